@@ -1,0 +1,82 @@
+"""The `echochamber` command: one subcommand per pipeline stage.
+
+Each handler imports its stage lazily so `echochamber --help` stays instant and a stage's heavy
+dependencies (torch, transformers) load only when that stage runs. A `UserError` anywhere becomes
+one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from echochamber import __version__
+from echochamber.errors import UserError
+
+
+def _cmd_data_world(args: argparse.Namespace) -> int:
+    from echochamber.data.world import WorldConfig, write_world
+    from echochamber.config import load_config
+
+    overrides = list(args.set)
+    if args.n is not None:
+        overrides.append(f"n_pretrain={args.n}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    config = load_config(WorldConfig, args.config, overrides)
+    manifest = write_world(config, Path(args.out))
+    counts = ", ".join(f"{split}={n}" for split, n in manifest["counts"].items())
+    print(f"wrote world to {args.out} ({counts})")
+    return 0
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from echochamber.verify.grade import grade_file
+
+    summary = grade_file(Path(args.input), Path(args.out) if args.out else None, workers=args.workers)
+    print(summary.render())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="echochamber",
+        description="Pretrain small LMs on a declared math mixture, RL-fine-tune them, watch formats move.",
+    )
+    parser.add_argument("--version", action="version", version=f"echochamber {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    world = data_sub.add_parser("world", help="generate the controlled math world in every format")
+    world.add_argument("--out", required=True, help="output folder")
+    world.add_argument("--n", type=int, help="number of pretraining-pool problems")
+    world.add_argument("--seed", type=int, help="generator seed")
+    world.add_argument("--config", help="YAML world config (difficulty, split sizes)")
+    world.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    world.set_defaults(func=_cmd_data_world)
+
+    grade = sub.add_parser("grade", help="grade completions: jsonl lines with 'completion' and 'gold'")
+    grade.add_argument("input", help="input jsonl")
+    grade.add_argument("--out", help="output jsonl (each line with format, answer, correct, status)")
+    grade.add_argument("--workers", type=int, default=2, help="sandbox worker processes")
+    grade.set_defaults(func=_cmd_grade)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"echochamber: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("echochamber: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
