@@ -1,0 +1,142 @@
+"""The pieces every RL update shares: token log-probs, KL estimators, loss aggregation, GAE.
+
+Plain tensor functions, each checked against its closed form in tests/rl/test_losses.py. The
+algorithm files (ppo.py, grpo.py, ei.py) compose them; nothing here knows which algorithm runs.
+
+Shapes: `[B, T]` over response tokens; `mask` is 1 on tokens the policy actually sampled (never on
+padding, prompt, or tokens after EOS).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+KLEstimator = Literal["k1", "k2", "k3"]
+KL_ESTIMATORS: tuple[KLEstimator, ...] = ("k1", "k2", "k3")
+Aggregation = Literal["token_mean", "seq_mean", "constant"]
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(target) under softmax(logits / temperature).
+
+    The temperature must be the sampler's: the ratio in PPO/GRPO compares the policy to the
+    distribution the tokens were actually drawn from (a known trainer/sampler mismatch elsewhere).
+    """
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.gather(F.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman's k1/k2/k3).
+
+    With log-ratio r = log p_ref - log p:  k1 = -r,  k2 = r^2 / 2,  k3 = (e^r - 1) - r.
+    k1 and k3 are unbiased *values*; as a *loss*, only k2's gradient matches the reverse-KL gradient
+    (k1 in the reward, via the policy gradient, is also right). Callers name estimator and placement.
+    """
+    log_ratio = ref_logp - logp
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.pow(2)
+    if estimator == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def aggregate(
+    values: torch.Tensor, mask: torch.Tensor, mode: Aggregation, constant: float | None = None
+) -> torch.Tensor:
+    """Reduce a per-token loss to a scalar, with the length weighting named.
+
+    token_mean: every token in the batch weighs the same, so long sequences weigh more in total
+      (with mostly-negative advantages this pushes toward short outputs).
+    seq_mean: mean over each sequence's tokens, then over sequences (GRPO paper): each sequence
+      weighs the same, but a token in a short sequence weighs more.
+    constant: sum over tokens divided by a fixed number (Dr. GRPO: batch size x max length), so
+      neither length nor batch composition changes a token's weight.
+    """
+    mask = mask.to(values.dtype)
+    if mode == "token_mean":
+        return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    if mode == "seq_mean":
+        per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return per_seq.mean()
+    if mode == "constant":
+        if constant is None or constant <= 0:
+            raise ValueError("aggregation 'constant' needs a positive constant")
+        return (values * mask).sum() / constant
+    raise ValueError(f"unknown aggregation {mode!r}")
+
+
+def clipped_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO clipped surrogate (to minimise) and a 0/1 tensor marking clipped tokens."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).float()
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """Per-token PPO value loss with value clipping: 0.5 * max((v - R)^2, (v_clipped - R)^2)."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    return 0.5 * torch.maximum((values - returns).pow(2), (clipped - returns).pow(2))
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded response tokens.
+
+    `rewards[b, t]` is the reward received after token t (the verifier's score sits on the last
+    sampled token; per-token KL penalties elsewhere). Bootstraps with 0 past each sequence's last
+    token. Returns (advantages, returns), both zero on padding.
+    """
+    mask = mask.to(values.dtype)
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = advantage * m
+        # Padding carries nothing back: the next real token sees the state after its own sequence.
+        next_value = values[:, t] * m + next_value * (1 - m)
+        next_advantage = advantage * m + next_advantage * (1 - m)
+    return advantages, (advantages + values) * mask
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero-mean, unit-variance over masked entries (PPO advantage whitening)."""
+    mask = mask.to(values.dtype)
+    n = mask.sum().clamp(min=1.0)
+    mean = (values * mask).sum() / n
+    var = ((values - mean).pow(2) * mask).sum() / n
+    return (values - mean) * torch.rsqrt(var + eps) * mask
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[target - predicted] / Var[target] over masked entries (cleanrl's diagnostic)."""
+    mask = mask.bool()
+    y, p = target[mask].float(), predicted[mask].float()
+    var_y = y.var(unbiased=False)
+    if var_y.item() == 0:
+        return float("nan")
+    return float(1 - (y - p).var(unbiased=False) / var_y)
