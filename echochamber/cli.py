@@ -31,11 +31,45 @@ def _cmd_data_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_mixture(args: argparse.Namespace) -> int:
+    from echochamber.data.mixture import build_from_spec, describe_manifest
+
+    manifest = build_from_spec(args.spec, Path(args.out), list(args.set))
+    print(f"wrote mixture to {args.out}\n{describe_manifest(manifest)}")
+    return 0
+
+
 def _cmd_grade(args: argparse.Namespace) -> int:
     from echochamber.verify.grade import grade_file
 
     summary = grade_file(Path(args.input), Path(args.out) if args.out else None, workers=args.workers)
     print(summary.render())
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from echochamber.config import load_config
+    from echochamber.evaluate import EvalConfig, render_summary, run_eval
+
+    flags = {
+        "benchmark": args.benchmark,
+        "n": args.n,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+        "limit": args.limit,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "backend": args.backend,
+    }
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    if args.no_greedy:
+        overrides.append("greedy=false")
+    config = load_config(EvalConfig, args.config, overrides + list(args.set))
+    if args.data is not None:
+        config.data = args.data  # a path verbatim, not parsed as YAML
+    results = run_eval(Path(args.ckpt), config, Path(args.out) if args.out else None)
+    print(render_summary(results))
     return 0
 
 
@@ -56,12 +90,35 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--config", help="YAML world config (difficulty, split sizes)")
     world.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     world.set_defaults(func=_cmd_data_world)
+    mixture = data_sub.add_parser("mixture", help="tokenize a declared mixture into packed, shuffled shards")
+    mixture.add_argument("spec", metavar="SPEC_OR_PRESET", help="mixture YAML file or preset name")
+    mixture.add_argument("--out", required=True, help="output folder")
+    mixture.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    mixture.set_defaults(func=_cmd_data_mixture)
 
     grade = sub.add_parser("grade", help="grade completions: jsonl lines with 'completion' and 'gold'")
     grade.add_argument("input", help="input jsonl")
     grade.add_argument("--out", help="output jsonl (each line with format, answer, correct, status)")
     grade.add_argument("--workers", type=int, default=2, help="sandbox worker processes")
     grade.set_defaults(func=_cmd_grade)
+
+    ev = sub.add_parser("eval", help="evaluate a Hugging Face causal-LM folder on a benchmark")
+    ev.add_argument("ckpt", help="model folder (config, weights, tokenizer)")
+    ev.add_argument("--benchmark", help="world-test, world-hard, gsm8k, math500 or aime")
+    ev.add_argument("--n", type=int, help="samples per prompt for pass@k / maj@k")
+    ev.add_argument("--temperature", type=float)
+    ev.add_argument("--top-p", type=float)
+    ev.add_argument("--max-new-tokens", type=int)
+    ev.add_argument("--limit", type=int, help="first N prompts only")
+    ev.add_argument("--seed", type=int)
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--backend", choices=["torch", "vllm"])
+    ev.add_argument("--no-greedy", action="store_true", help="skip the greedy pass@1 pass")
+    ev.add_argument("--data", help="real-data folder laid out like shared/data (else $ECHOCHAMBER_DATA)")
+    ev.add_argument("--out", help="output folder (default CKPT/eval/BENCHMARK)")
+    ev.add_argument("--config", help="YAML eval config")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    ev.set_defaults(func=_cmd_eval)
     return parser
 
 
@@ -76,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("echochamber: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `echochamber grade ... | head` closed our stdout: not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""Label a generated completion with its output format, and find the part that holds its answer.
+
+The labels follow the Echo Chamber reward code (first `<llm-code>` block -> OMI1, a Python function
+-> TinyGSM, otherwise text) with three repairs, because format shares are the study's headline
+measurement and must not be fooled:
+- TinyGSM is recognised by structure (the completion opens with a `def` that parses and returns a
+  value), not by the substring "def", so a question about "defective" parts is not code, nor is an
+  OMI2 solution that shows a helper function in passing. Text after the function is tolerated:
+  small models often run on into a new problem instead of stopping.
+- Degenerate text (boxed spam, a repeating tail, text that compresses like a loop) is `other`, so a
+  policy collapsing into garbage does not look like convergence onto a format.
+- OMI2 needs a worked solution around a `\\boxed{}` answer; a bare boxed number or unboxed prose
+  is `other`.
+
+`analyze` also says how to extract the answer (which code to run, or read the text), independent
+of the degenerate rule: the reward judges the answer, the label judges the format.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+import zlib
+from dataclasses import dataclass
+
+# More boxed answers than this is spam: MATH-500 and OMI-2 reference solutions carry at most 2.
+MAX_BOXED = 4
+# A tail that repeats with a period up to MAX_PERIOD chars, over at least MIN_REPEAT_CHARS chars
+# and at least three periods, is a generation loop (exact loops are what greedy decoding produces).
+MAX_PERIOD = 200
+MIN_REPEAT_CHARS = 150
+# zlib ratios of real solutions stay under 5 (MATH-500 max 4.98, OMI-2 max 3.7, GSM8K max 2.7);
+# a loop over most of a long text compresses far better.
+MAX_COMPRESSION_RATIO = 6.0
+MIN_COMPRESSION_CHARS = 400
+# OMI2 is a worked solution, not a bare answer: this much text besides the boxed answer(s).
+MIN_SOLUTION_CHARS = 10
+# Bounds the work on pathological inputs: parse attempts while looking for the function's end.
+MAX_FUNCTION_PARSES = 64
+
+_CODE_BLOCK = re.compile(r"<llm-code>(.*?)</llm-code>", re.DOTALL)
+_DEF_LINE = re.compile(r"^def[ \t]+([A-Za-z_]\w*)[ \t]*\(", re.MULTILINE)
+# What may precede the opening `def` of a TinyGSM completion.
+_PRELUDE = ("import ", "from ", "#", "```")
+_BOXED = "\\boxed{"
+_TAIL_KEY = 16  # chars of the tail looked up to find candidate loop periods
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What a completion is and where its answer lives.
+
+    `format` is one of FORMATS. `code` is the program whose result is the answer (the TinyGSM
+    function, or the first OMI1 block) and `entry` the function to call (None = value of the last
+    expression); with `code` None the answer is read from the text. `problem` is non-empty when
+    the completion attempted code that cannot be run (an unterminated block, a function that does
+    not parse or never returns): such a completion has no answer.
+    """
+
+    format: str
+    code: str | None = None
+    entry: str | None = None
+    problem: str = ""
+
+
+def classify(completion: str) -> str:
+    """The format label of one completion (never pass the prompt): one of echochamber.formats.FORMATS."""
+    return analyze(completion).format
+
+
+def analyze(completion: str) -> Analysis:
+    """Label a completion and locate its answer. Pure; microseconds for typical completions."""
+    degenerate = is_degenerate(completion)
+    block = _CODE_BLOCK.search(completion)
+    if block is not None:
+        return Analysis("other" if degenerate else "omi1", code=textwrap.dedent(block.group(1)).strip("\n"))
+    if "<llm-code>" in completion:
+        return Analysis("other", problem="unterminated <llm-code> block")
+    function = _find_function(completion)
+    if isinstance(function, tuple):
+        code, entry = function
+        return Analysis("other" if degenerate else "tinygsm", code=code, entry=entry)
+    boxed = _boxed_spans(completion)
+    if function is not None and not boxed:
+        return Analysis("other", problem=function)
+    if degenerate or not boxed:
+        return Analysis("other")
+    outside = completion
+    for start, end in reversed(boxed):
+        outside = outside[:start] + outside[end:]
+    worked = len("".join(outside.split())) >= MIN_SOLUTION_CHARS
+    return Analysis("omi2" if worked else "other")
+
+
+def is_degenerate(text: str) -> bool:
+    """True for generation loops: boxed spam, a repeating tail, or text that compresses like one."""
+    if text.count(_BOXED) > MAX_BOXED:
+        return True
+    if _has_repeating_tail(text):
+        return True
+    if len(text) >= MIN_COMPRESSION_CHARS:
+        raw = text.encode("utf-8", errors="replace")
+        if len(raw) / len(zlib.compress(raw)) >= MAX_COMPRESSION_RATIO:
+            return True
+    return False
+
+
+def _has_repeating_tail(text: str) -> bool:
+    stripped = text.rstrip()
+    # Trailing whitespace alone is a loop too (a model printing newlines to the limit).
+    if len(text) - len(stripped) >= MIN_REPEAT_CHARS:
+        return True
+    if len(stripped) < MIN_REPEAT_CHARS:
+        return False
+    # A loop of period p repeats the text's last KEY chars p chars earlier, so only the places
+    # where they recur (found by str.rfind, from the nearest) can be periods: cheap on every rollout.
+    size, key = len(stripped), stripped[-_TAIL_KEY:]
+    search_end = size - 1
+    while (start := stripped.rfind(key, max(0, size - _TAIL_KEY - MAX_PERIOD), search_end)) != -1:
+        period = size - _TAIL_KEY - start
+        span = max(3 * period, MIN_REPEAT_CHARS)
+        if span > size:
+            return False
+        if stripped[size - span + period :] == stripped[size - span : size - period]:
+            return True
+        search_end = start + _TAIL_KEY - 1
+    return False
+
+
+def _find_function(text: str) -> tuple[str, str] | str | None:
+    """The function a TinyGSM completion opens with: (source, name) if it parses and returns a
+    value, else a one-line reason it is unusable; None when the completion does not open with a
+    `def` (only blank lines, imports, comments or a code fence may come first: a `def` inside a
+    prose solution is an OMI2 aside, not the TinyGSM format)."""
+    match = _DEF_LINE.search(text)
+    if match is None:
+        return None
+    start = match.start()
+    prefix = text[:start].splitlines()
+    if not all(line.strip() == "" or line.lstrip().startswith(_PRELUDE) for line in prefix):
+        return None
+    imports = "".join(line + "\n" for line in prefix if line.startswith(("import ", "from ")))
+    body = text[start:]
+    # The function ends before the first later line that starts in column 0 at which the source
+    # parses; trying each such line (and the end) tolerates trailing prose, a new problem, etc.
+    ends = [m.start() for m in re.finditer(r"\n(?=\S)", body)] + [len(body)]
+    for end in ends[:MAX_FUNCTION_PARSES]:
+        try:
+            tree = ast.parse(body[:end])
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+        function = tree.body[0]
+        if not isinstance(function, ast.FunctionDef):
+            return "first def is not a function definition"
+        if not any(isinstance(node, ast.Return) and node.value is not None for node in ast.walk(function)):
+            return f"function {function.name} never returns a value"
+        return imports + body[:end], function.name
+    return f"function {match.group(1)} does not parse (truncated or not Python)"
+
+
+def _boxed_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every `\\boxed{...}` whose braces close."""
+    spans = []
+    position = text.find(_BOXED)
+    while position != -1:
+        depth, index = 0, position + len(_BOXED) - 1
+        while index < len(text):
+            if text[index] == "{":
+                depth += 1
+            elif text[index] == "}":
+                depth -= 1
+                if depth == 0:
+                    spans.append((position, index + 1))
+                    break
+            index += 1
+        position = text.find(_BOXED, position + len(_BOXED))
+    return spans
