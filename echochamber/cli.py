@@ -16,8 +16,8 @@ from echochamber.errors import UserError
 
 
 def _cmd_data_world(args: argparse.Namespace) -> int:
-    from echochamber.data.world import WorldConfig, write_world
     from echochamber.config import load_config
+    from echochamber.data.world import WorldConfig, write_world
 
     overrides = list(args.set)
     if args.n is not None:
@@ -44,6 +44,23 @@ def _cmd_grade(args: argparse.Namespace) -> int:
 
     summary = grade_file(Path(args.input), Path(args.out) if args.out else None, workers=args.workers)
     print(summary.render())
+    return 0
+
+
+def _cmd_rl(args: argparse.Namespace) -> int:
+    from echochamber.rl.config import load_rl_config
+    from echochamber.rl.core import run_rl
+
+    final = run_rl(load_rl_config(args.config, list(args.set)), algo=args.algo, resume=args.resume)
+    print(f"RL policy written to {final}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from echochamber.report.page import build_report
+
+    index = build_report(Path(args.dir), Path(args.out) if args.out else None)
+    print(f"wrote {index}")
     return 0
 
 
@@ -102,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--workers", type=int, default=2, help="sandbox worker processes")
     grade.set_defaults(func=_cmd_grade)
 
+    rl = sub.add_parser("rl", help="RL post-training (PPO, GRPO, Expert Iteration) from an HF checkpoint")
+    rl.add_argument("config", help="YAML RL config or a preset name (cpu)")
+    rl.add_argument("--algo", required=True, choices=["ppo", "grpo", "ei"])
+    rl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    rl.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the out folder")
+    rl.set_defaults(func=_cmd_rl)
+
     ev = sub.add_parser("eval", help="evaluate a Hugging Face causal-LM folder on a benchmark")
     ev.add_argument("ckpt", help="model folder (config, weights, tokenizer)")
     ev.add_argument("--benchmark", help="world-test, world-hard, gsm8k, math500 or aime")
@@ -119,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", help="YAML eval config")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     ev.set_defaults(func=_cmd_eval)
+
+    report = sub.add_parser("report", help="self-contained HTML report (+ PNG figures) of a run or sweep folder")
+    report.add_argument("dir", metavar="RUN_OR_SWEEP_DIR", help="run folder (run.json) or sweep folder (sweep.json)")
+    report.add_argument("--out", help="output folder (default DIR/report)")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

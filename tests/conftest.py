@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from echochamber.data.paths import ENV_VAR, data_dir
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# One intra-op thread per test process: the suite also runs sandbox and math-verify workers, and
+# two torch threads fighting them on a 2-core machine turned second-long tests into minutes.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
