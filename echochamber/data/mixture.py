@@ -1,0 +1,510 @@
+"""A declared pretraining mixture -> tokenized, packed, shuffled shards with exact token counts.
+
+A mixture names its sources (world formats or real-dataset adapters), how much of each to use (a
+repeat factor — the paper's k× passes, fractions allowed — or a token budget) and a seed. Building
+it writes, into one folder:
+
+    tokenizer/            HF tokenizer files (AutoTokenizer.from_pretrained loads them)
+    train.bin             flat token stream: every training document, shuffled, each ending in EOS
+    val/<source>.bin      held-out documents of one source (never in train.bin), for per-source loss
+    manifest.json         exact documents and tokens per source, tokenizer hash, spec hash, seed
+
+The folder is built under a temporary name, manifest last, then renamed: a crash never leaves a
+folder that looks complete. The same spec gives byte-identical files whatever the worker count.
+Tokenization runs through `datasets`' multi-process `map`; packing and shuffling are vectorised
+numpy over document offsets, so millions of documents never pass through a per-document loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+import yaml
+
+from echochamber import __version__
+from echochamber.config import config_hash, load_config, to_dict
+from echochamber.data.tokenizer import (
+    PROMPT_SEPARATOR,
+    TokenizerConfig,
+    check_round_trip,
+    encode_documents,
+    load_tokenizer,
+    pad_token_id,
+    tokenizer_hash,
+    train_bpe,
+)
+from echochamber.data.world import WorldConfig, world_records
+from echochamber.errors import UserError
+from echochamber.formats.render import RENDER_STYLES
+
+_PRESETS = resources.files("echochamber") / "configs" / "mixtures"  # package data, not a package
+MIXTURE_PRESETS: tuple[str, ...] = tuple(
+    sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # a source name is also a file name (val/<name>.bin)
+_ROUND_TRIP_CHECKS = 8  # documents per source decoded back to text before building
+_GATHER_DOCS = 16384  # documents copied per vectorised gather (bounds the index arrays' memory)
+
+
+@dataclass
+class SourceConfig:
+    """One source of documents: a world format or a real-dataset adapter, and how much of it."""
+
+    world: str | None = None  # a world format (tinygsm, omi1, omi2, gsm8k), drawn from the pretrain pool
+    dataset: str | None = None  # or an adapter of echochamber.data.sources (tinygsm, omi1, omi2, gsm8k, ...)
+    path: str | None = None  # local file/folder for `dataset`
+    hub: str | None = None  # hub id for `dataset` (needs a network)
+    split: str | None = None  # dataset split to read (default: the adapter's usual one)
+    limit: int | None = None  # read only the first this many dataset rows
+    name: str | None = None  # label in the manifest and val/<name>.bin; defaults to `world` or `dataset`
+    subset: float = 1.0  # fraction of the source's problems used (seeded), to mirror relative dataset sizes
+    repeat: float | None = None  # passes over the source (paper's k×); the fraction takes a seeded part-pass
+    tokens: int | None = None  # or a token budget: whole passes, then a seeded part-pass up to the budget
+
+    @property
+    def label(self) -> str:
+        return self.name or self.world or self.dataset or ""
+
+    def validate(self) -> None:
+        if (self.world is None) == (self.dataset is None):
+            raise UserError("each mixture source needs exactly one of 'world' or 'dataset'")
+        if self.world is not None and self.world not in RENDER_STYLES:
+            raise UserError(f"unknown world format '{self.world}' (choose from {', '.join(RENDER_STYLES)})")
+        if self.world is not None and (self.path or self.hub or self.limit is not None):
+            raise UserError(f"source '{self.label}': path/hub/limit apply to 'dataset' sources only")
+        if not _NAME.match(self.label):
+            raise UserError(f"source name {self.label!r} must be letters, digits and _.+- (it names a file)")
+        if not 0.0 < self.subset <= 1.0:
+            raise UserError(f"source '{self.label}': subset must be in (0, 1], got {self.subset}")
+        if self.repeat is not None and self.tokens is not None:
+            raise UserError(f"source '{self.label}': give 'repeat' or 'tokens', not both")
+        if self.repeat is not None and self.repeat <= 0:
+            raise UserError(f"source '{self.label}': repeat must be > 0, got {self.repeat}")
+        if self.tokens is not None and self.tokens <= 0:
+            raise UserError(f"source '{self.label}': tokens must be > 0, got {self.tokens}")
+        if self.limit is not None and self.limit <= 0:
+            raise UserError(f"source '{self.label}': limit must be > 0, got {self.limit}")
+
+
+@dataclass
+class MixtureConfig:
+    """A pretraining mixture: sources, the world they draw from, the tokenizer, held-out docs, seed."""
+
+    sources: list[SourceConfig]
+    seed: int = 0  # drives the held-out split, subsets, part-passes and the shuffle
+    world: WorldConfig = field(default_factory=WorldConfig)  # the controlled world the world sources render
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    val_docs: int = 64  # documents held out per source for validation loss (from the pretrain pool)
+    # Tokenizer processes (0: one per CPU core). Changes speed, never bytes: left out of the spec hash.
+    workers: int = 0
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise UserError("a mixture needs at least one source")
+        labels = [s.label for s in self.sources]
+        duplicate = next((name for name in labels if labels.count(name) > 1), None)
+        if duplicate is not None:
+            raise UserError(f"two mixture sources are named '{duplicate}'; set 'name' to tell them apart")
+        if self.seed < 0:
+            raise UserError(f"seed must be >= 0, got {self.seed}")
+        if self.val_docs < 0:
+            raise UserError(f"val_docs must be >= 0, got {self.val_docs}")
+        if self.workers < 0:
+            raise UserError(f"workers must be >= 0 (0: one per CPU core), got {self.workers}")
+
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+@dataclass
+class Shards:
+    """A built mixture, memory-mapped read-only."""
+
+    train: np.memmap
+    val: dict[str, np.memmap]
+    manifest: dict[str, Any]
+    tokenizer_path: Path
+
+
+def mixture_preset(name: str) -> dict[str, Any]:
+    """The raw YAML mapping of a packaged preset (see MIXTURE_PRESETS)."""
+    if name not in MIXTURE_PRESETS:
+        raise UserError(f"unknown mixture preset '{name}' (known: {', '.join(MIXTURE_PRESETS)})")
+    return yaml.safe_load(_PRESETS.joinpath(f"{name}.yaml").read_text())
+
+
+def spec_hash(config: MixtureConfig) -> str:
+    """Identifies the data a spec produces; the worker count changes speed, not bytes."""
+    spec = to_dict(config)
+    spec.pop("workers")
+    return config_hash(spec)
+
+
+def build_from_spec(
+    spec: str, out_dir: Path, overrides: list[str] | None = None, *, progress: bool = True
+) -> dict:
+    """What `echochamber data mixture SPEC_OR_PRESET --out DIR [--set k=v]` runs: a preset name or a
+    YAML file, plus overrides, built into `out_dir`. Returns the manifest."""
+    if spec in MIXTURE_PRESETS:
+        config = load_config(MixtureConfig, None, overrides, base=mixture_preset(spec))
+    elif Path(spec).is_file():
+        config = load_config(MixtureConfig, spec, overrides)
+    else:
+        raise UserError(
+            f"'{spec}' is neither a mixture file nor a preset (presets: {', '.join(MIXTURE_PRESETS)})"
+        )
+    return build_shards(config, out_dir, progress=progress)
+
+
+def describe_manifest(manifest: dict[str, Any]) -> str:
+    """A few lines for the terminal: per-source documents, tokens and share of the training stream."""
+    lines = [
+        f"{manifest['train_tokens']:,} training tokens ({manifest['dtype']}, vocab {manifest['vocab_size']})"
+    ]
+    for name, s in manifest["sources"].items():
+        lines.append(
+            f"  {name}: {s['documents']:,} docs ({s['unique_documents']:,} unique, {s['repeat']:g} passes), "
+            f"{s['tokens']:,} tokens ({s['token_share']:.1%}), val {s['val_documents']} docs / {s['val_tokens']:,} tokens"
+        )
+    return "\n".join(lines)
+
+
+def build_shards(config: MixtureConfig, out_dir: Path, *, progress: bool = True) -> dict:
+    """Build the mixture into `out_dir` and return its manifest.
+
+    An `out_dir` already holding this spec's shards is reused as is; one holding anything else is an
+    error (never overwritten).
+    """
+    out_dir = Path(out_dir)
+    expected_hash = spec_hash(config)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        existing = _read_manifest(out_dir) if (out_dir / "manifest.json").is_file() else {}
+        if existing.get("spec_hash") == expected_hash and existing.get("echochamber_version") == __version__:
+            open_shards(out_dir)  # reuse only if every shard is intact
+            return existing
+        raise UserError(f"output folder {out_dir} already exists and holds other data; choose another --out")
+    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the output folder {out_dir}: {exc.strerror or exc}") from None
+    try:
+        with _progress_bars(progress):
+            manifest = _build_into(config, staging, expected_hash)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def open_shards(path: str | Path) -> Shards:
+    """Memory-map a built mixture, checking every file against the manifest."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"shards folder not found: {path}")
+    manifest = _read_manifest(path)
+    dtype = np.dtype(manifest["dtype"])
+    train = _open_stream(path / "train.bin", manifest["train_tokens"], dtype)
+    val = {
+        name: _open_stream(path / "val" / f"{name}.bin", source["val_tokens"], dtype)
+        for name, source in manifest["sources"].items()
+        if source["val_tokens"] > 0
+    }
+    tokenizer_path = path / "tokenizer"
+    if not tokenizer_path.is_dir():
+        raise UserError(f"shards folder {path} has no tokenizer/ folder")
+    return Shards(train=train, val=val, manifest=manifest, tokenizer_path=tokenizer_path)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    file = path / "manifest.json"
+    if not file.is_file():
+        raise UserError(f"{path} has no manifest.json (not a built mixture, or the build did not finish)")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{file} is not valid JSON") from None
+
+
+def _open_stream(file: Path, tokens: int, dtype: np.dtype) -> np.memmap:
+    if not file.is_file():
+        raise UserError(f"missing shard {file}")
+    size = file.stat().st_size
+    if size != tokens * dtype.itemsize:
+        raise UserError(f"shard {file} has {size} bytes; the manifest says {tokens} {dtype.name} tokens")
+    return np.memmap(file, dtype=dtype, mode="r", shape=(tokens,))
+
+
+@dataclass
+class _Source:
+    """One source's documents and which of them go where (row positions into `table`)."""
+
+    config: SourceConfig
+    table: datasets.Dataset  # columns prompt, solution (at least)
+    val: np.ndarray  # held-out positions, ascending
+    train: np.ndarray  # positions of the unique training documents (after `subset`), ascending
+
+
+def _source_table(source: SourceConfig, config: MixtureConfig) -> datasets.Dataset:
+    if source.world is not None:
+        records = world_records(config.world, "pretrain", source.world)
+        return datasets.Dataset.from_dict(
+            {"prompt": [r.prompt for r in records], "solution": [r.solution for r in records]}
+        )
+    # Real corpora stay Arrow-backed (memory-mapped) end to end; only dataset mixtures need the adapters.
+    from echochamber.data.sources import load_dataset_rows, records_dataset
+
+    rows = load_dataset_rows(
+        source.dataset, path=source.path, hub=source.hub, split=source.split, limit=source.limit
+    )
+    workers = config.worker_count()
+    return records_dataset(source.dataset, rows, num_proc=workers if workers > 1 else None)
+
+
+def _load_sources(config: MixtureConfig) -> list[_Source]:
+    loaded = []
+    for source in config.sources:
+        table = _source_table(source, config).select_columns(["prompt", "solution"])
+        n = len(table)
+        empty = sum(
+            pc.sum(pc.equal(pc.utf8_length(batch.column("solution")), 0)).as_py() or 0
+            for batch in table.with_format("arrow").iter(batch_size=_GATHER_DOCS)
+        )
+        if empty:
+            raise UserError(f"source '{source.label}': {empty} of {n} records have no solution text")
+        if n <= config.val_docs:
+            raise UserError(
+                f"source '{source.label}' has {n} documents; at least val_docs+1 = {config.val_docs + 1} needed"
+            )
+        # The held-out draw depends only on (seed, pool size): world formats render one shared pool, so
+        # the same problems are held out of every format and none leaks into training via another.
+        order = np.random.default_rng([config.seed, 0]).permutation(n)
+        rest = order[config.val_docs :]
+        keep = max(1, round(source.subset * len(rest)))
+        rest = _source_rng(config.seed, 1, source.label).permutation(rest)[:keep]
+        loaded.append(_Source(source, table, np.sort(order[: config.val_docs]), np.sort(rest)))
+    return loaded
+
+
+def _source_rng(seed: int, stream: int, label: str) -> np.random.Generator:
+    """A generator per (seed, purpose, source name): independent of the order sources are listed in."""
+    return np.random.default_rng([seed, stream, int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)])
+
+
+def _build_into(config: MixtureConfig, folder: Path, expected_hash: str) -> dict:
+    sources = _load_sources(config)
+    tokenizer_dir = folder / "tokenizer"
+    if config.tokenizer.path is not None:
+        tokenizer = load_tokenizer(config.tokenizer.path)
+    else:
+        texts = _training_texts(sources, config.tokenizer.train_docs, config.seed)
+        tokenizer = train_bpe(texts, config.tokenizer.vocab_size, config.tokenizer.min_frequency)
+    tokenizer.save_pretrained(str(tokenizer_dir))
+    for source in sources:
+        for row in source.table.select(source.train[:_ROUND_TRIP_CHECKS]):
+            check_round_trip(tokenizer, row["prompt"], row["solution"])
+    vocab_size = len(tokenizer)
+    dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+    # One table of every distinct document (per source: held-out ones, then training ones).
+    docs = datasets.concatenate_datasets([s.table.select(np.concatenate([s.val, s.train])) for s in sources])
+    tokens_file = folder / "_documents.bin"
+    starts, lengths = _tokenize(tokenizer, docs, dtype, config.worker_count(), folder / "_cache", tokens_file)
+    tokens = np.memmap(tokens_file, dtype=dtype, mode="r")
+
+    train_docs, stats, first = [], {}, 0
+    for source in sources:
+        val_ids = np.arange(first, first + len(source.val))
+        unique_ids = np.arange(first + len(source.val), first + len(source.val) + len(source.train))
+        first += len(source.val) + len(source.train)
+        copies = _copies(source.config, lengths[unique_ids], _source_rng(config.seed, 2, source.config.label))
+        if copies.sum() == 0:
+            raise UserError(
+                f"source '{source.config.label}' contributes no documents; raise its repeat or tokens"
+            )
+        train_docs.append(np.repeat(unique_ids, copies))
+        pass_tokens = int(lengths[unique_ids].sum())
+        source_tokens = int((lengths[unique_ids] * copies).sum())
+        val_tokens = 0
+        if len(val_ids):
+            (folder / "val").mkdir(exist_ok=True)
+            val_tokens = _write_stream(
+                tokens, starts, lengths, val_ids, folder / "val" / f"{source.config.label}.bin"
+            )
+        kind = f"world:{source.config.world}" if source.config.world else f"dataset:{source.config.dataset}"
+        stats[source.config.label] = {
+            "kind": kind,
+            "documents": int(copies.sum()),
+            "unique_documents": len(unique_ids),
+            "tokens": source_tokens,
+            "repeat": round(source_tokens / pass_tokens, 6),
+            "token_budget": source.config.tokens,
+            "val_documents": len(val_ids),
+            "val_tokens": val_tokens,
+        }
+    order = np.random.default_rng([config.seed, 3]).permutation(np.concatenate(train_docs))
+    train_tokens = _write_stream(tokens, starts, lengths, order, folder / "train.bin")
+    for s in stats.values():
+        s["token_share"] = round(s["tokens"] / train_tokens, 6)
+
+    del tokens
+    tokens_file.unlink()
+    shutil.rmtree(folder / "_cache")
+    manifest = {
+        "dtype": dtype.name,
+        "vocab_size": vocab_size,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": pad_token_id(tokenizer),
+        "train_tokens": train_tokens,
+        "train_documents": len(order),
+        "sources": stats,
+        "document": f"prompt + {PROMPT_SEPARATOR!r} + solution + EOS",
+        "tokenizer_hash": tokenizer_hash(tokenizer_dir),
+        "spec_hash": expected_hash,
+        "seed": config.seed,
+        "echochamber_version": __version__,
+    }
+    # Written last: its presence is what marks the folder complete.
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _training_texts(sources: list[_Source], sample: int | None, seed: int) -> Iterator[list[str]]:
+    """BPE training text, in batches: a seeded sample of `sample` unique training documents (all of
+    them when None), each cut the way it is encoded (prompt with its separator, solution alone)."""
+    sizes = np.array([len(s.train) for s in sources])
+    picked = np.arange(sizes.sum())
+    if sample is not None and sample < len(picked):
+        picked = np.sort(np.random.default_rng([seed, 4]).choice(len(picked), sample, replace=False))
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    for i, source in enumerate(sources):
+        mine = picked[(picked >= bounds[i]) & (picked < bounds[i + 1])] - bounds[i]
+        for batch in source.table.select(source.train[mine]).iter(batch_size=1000):
+            yield [p + PROMPT_SEPARATOR for p in batch["prompt"] if p] + batch["solution"]
+
+
+def _encode_batch(batch: dict[str, list[str]], tokenizer: Any) -> dict[str, list[list[int]]]:
+    return {"ids": encode_documents(tokenizer, batch["prompt"], batch["solution"])}
+
+
+def _tokenize(
+    tokenizer: Any, docs: datasets.Dataset, dtype: np.dtype, workers: int, cache_dir: Path, tokens_file: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize every document with `workers` processes into one flat file; return (starts, lengths)."""
+    cache_dir.mkdir()
+    # Forked workers each run their own tokenizer; saying so up front keeps the Rust thread pool
+    # (already used by BPE training) from warning about, and risking, a fork after parallel use.
+    with _env("TOKENIZERS_PARALLELISM", "false" if workers > 1 else None):
+        encoded = _map_documents(tokenizer, docs, dtype, workers, cache_dir, tokens_file)
+    chunks = encoded.data.column("ids").chunks
+    lengths = np.concatenate([np.diff(c.offsets.to_numpy()) for c in chunks]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    flat = np.memmap(tokens_file, dtype=dtype, mode="w+", shape=(int(lengths.sum()),))
+    pos = 0
+    for chunk in chunks:  # arrow record batches (~1000 documents each), not documents
+        values = chunk.flatten().to_numpy()
+        flat[pos : pos + len(values)] = values
+        pos += len(values)
+    flat.flush()
+    del flat
+    return starts, lengths
+
+
+def _map_documents(
+    tokenizer: Any, docs: datasets.Dataset, dtype: np.dtype, workers: int, cache_dir: Path, tokens_file: Path
+) -> datasets.Dataset:
+    """`datasets`' multi-process map of `encode_documents`; results go to Arrow files in `cache_dir`."""
+    return docs.map(
+        _encode_batch,
+        fn_kwargs={"tokenizer": tokenizer},
+        batched=True,
+        remove_columns=["prompt", "solution"],
+        features=datasets.Features({"ids": datasets.List(datasets.Value(dtype.name))}),
+        num_proc=workers if workers > 1 and len(docs) > 1 else None,
+        cache_file_name=str(cache_dir / "documents.arrow"),
+        new_fingerprint=hashlib.sha256(tokens_file.as_posix().encode()).hexdigest()[:16],
+        desc="tokenizing",
+    )
+
+
+@contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """Set an environment variable for a block (None: leave it alone), then restore it."""
+    previous = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None and previous is None:
+            del os.environ[name]
+        elif value is not None:
+            os.environ[name] = previous
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """`datasets` progress bars on or off for a block (its switch is global)."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+    try:
+        yield
+    finally:
+        (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()
+
+
+def _copies(source: SourceConfig, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """How many times each unique training document appears in train.bin.
+
+    `repeat` r: floor(r) passes, then a seeded round(frac(r) * n) documents once more. `tokens` B:
+    whole passes while they fit, then documents in a seeded order while the running total stays
+    <= B (so the source gets at most B tokens, and exactly B when the documents happen to fit).
+    """
+    n = len(lengths)
+    part_order = rng.permutation(n)
+    if source.tokens is None:
+        repeat = 1.0 if source.repeat is None else source.repeat
+        copies = np.full(n, int(repeat), dtype=np.int64)
+        copies[part_order[: round((repeat - int(repeat)) * n)]] += 1
+        return copies
+    pass_tokens = int(lengths.sum())
+    copies = np.full(n, source.tokens // pass_tokens, dtype=np.int64)
+    remainder = source.tokens - int(copies[0]) * pass_tokens
+    fits = int(np.searchsorted(np.cumsum(lengths[part_order]), remainder, side="right"))
+    copies[part_order[:fits]] += 1
+    return copies
+
+
+def _write_stream(
+    tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, doc_ids: np.ndarray, path: Path
+) -> int:
+    """Concatenate documents `doc_ids` (in that order) into a flat token file; return its length."""
+    total = int(lengths[doc_ids].sum())
+    out = np.memmap(path, dtype=tokens.dtype, mode="w+", shape=(total,))
+    pos = 0
+    for i in range(0, len(doc_ids), _GATHER_DOCS):
+        ids = doc_ids[i : i + _GATHER_DOCS]
+        lens = lengths[ids]
+        n = int(lens.sum())
+        # Token k of this block comes from its document's start plus its offset inside the document.
+        shift = np.repeat(starts[ids] - (np.cumsum(lens) - lens), lens)
+        out[pos : pos + n] = tokens[shift + np.arange(n)]
+        pos += n
+    out.flush()
+    del out
+    return total

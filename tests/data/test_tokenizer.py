@@ -1,0 +1,169 @@
+"""The tokenizer: BPE training, HF folder round trip, and the prompt-prefix property of documents."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from echochamber.data.tokenizer import (
+    EOS_TOKEN,
+    PAD_TOKEN,
+    PROMPT_SEPARATOR,
+    TokenizerConfig,
+    check_round_trip,
+    encode_document,
+    encode_documents,
+    encode_prompt,
+    load_tokenizer,
+    pad_token_id,
+    tokenizer_hash,
+    train_bpe,
+)
+from echochamber.errors import UserError
+
+QUESTIONS = [
+    "Tom has 12 apples and buys 7 more. How many apples does he have?",
+    "A box holds 24 pens. How many pens are in 3 boxes?",
+    "Mia reads 15 pages a day for 4 days. How many pages does she read?",
+]
+SOLUTIONS = [
+    "def simple_math_problem() -> int:\n    apples = 12\n    bought = 7\n    result = apples + bought\n    return result",
+    "Let's solve this problem using Python code.\n<llm-code>\n24 * 3\n</llm-code>\n<llm-code-output>\n72\n</llm-code-output>\nThere are \\boxed{72} pens.",
+    "Mia reads $15 \\times 4 = 60$ pages.\nSo she reads \\boxed{60} pages.",
+]
+# Solutions whose first characters BPE would otherwise fuse with, or cut differently after, "\n\n".
+AWKWARD_SOLUTIONS = ["3 + 4 = 7", "\nanswer 7", " leading space", "\n\n\nthree newlines", "x"]
+
+
+def corpus() -> list[str]:
+    texts = []
+    for _ in range(20):
+        texts += [q + PROMPT_SEPARATOR for q in QUESTIONS] + SOLUTIONS + AWKWARD_SOLUTIONS
+    return texts
+
+
+@pytest.fixture(scope="module")
+def bpe() -> PreTrainedTokenizerFast:
+    return train_bpe(corpus(), vocab_size=400, min_frequency=1)
+
+
+def test_bpe_splits_digits_and_has_eos_and_pad(bpe: PreTrainedTokenizerFast) -> None:
+    assert len(bpe) == 400
+    assert bpe.convert_ids_to_tokens([bpe.eos_token_id, bpe.pad_token_id]) == [EOS_TOKEN, PAD_TOKEN]
+    assert bpe.eos_token_id != bpe.pad_token_id
+    pieces = [
+        bpe.decode([i]) for i in bpe("In 2024, 1234 + 56 = 1290", add_special_tokens=False)["input_ids"]
+    ]
+    digit_pieces = [p for p in pieces if any(c.isdigit() for c in p)]
+    assert digit_pieces == list("20241234561290")  # every digit alone, none merged with anything
+    # No learned merge contains a digit next to anything else.
+    for token in bpe.get_vocab():
+        text = bpe.convert_tokens_to_string([token])
+        assert len(text) == 1 or not any(c.isdigit() for c in text), token
+
+
+def test_saved_folder_loads_with_auto_tokenizer(bpe: PreTrainedTokenizerFast, tmp_path) -> None:
+    bpe.save_pretrained(str(tmp_path))
+    loaded = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert (loaded.eos_token_id, loaded.pad_token_id, len(loaded)) == (
+        bpe.eos_token_id,
+        bpe.pad_token_id,
+        len(bpe),
+    )
+    for q, s in zip(QUESTIONS, SOLUTIONS, strict=True):
+        assert encode_document(loaded, q, s) == encode_document(bpe, q, s)
+    assert load_tokenizer(tmp_path).eos_token_id == bpe.eos_token_id
+
+
+def test_training_is_deterministic(tmp_path) -> None:
+    for name in ("a", "b"):
+        train_bpe(corpus(), vocab_size=400, min_frequency=1).save_pretrained(str(tmp_path / name))
+    assert tokenizer_hash(tmp_path / "a") == tokenizer_hash(tmp_path / "b")
+    other = train_bpe(corpus(), vocab_size=350, min_frequency=1)
+    other.save_pretrained(str(tmp_path / "c"))
+    assert tokenizer_hash(tmp_path / "c") != tokenizer_hash(tmp_path / "a")
+
+
+def assert_prompt_is_prefix_and_text_round_trips(tokenizer, prompt: str, solution: str) -> None:
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    doc = encode_document(tokenizer, prompt, solution)
+    assert doc[: len(prompt_ids)] == prompt_ids
+    assert doc[-1] == tokenizer.eos_token_id
+    assert tokenizer.eos_token_id not in doc[:-1]
+    assert tokenizer.decode(doc[:-1]) == prompt + PROMPT_SEPARATOR + solution
+
+
+def test_prompt_is_a_token_prefix_of_its_document(bpe: PreTrainedTokenizerFast) -> None:
+    cases = [(q, s) for q in QUESTIONS for s in SOLUTIONS + AWKWARD_SOLUTIONS]
+    naive_mismatches = 0
+    for q, s in cases:
+        assert_prompt_is_prefix_and_text_round_trips(bpe, q, s)
+        whole = bpe(q + PROMPT_SEPARATOR + s, add_special_tokens=False)["input_ids"]
+        naive_mismatches += whole[: len(encode_prompt(bpe, q))] != encode_prompt(bpe, q)
+    # The property is not free: encoding the document as one string breaks it for these cases.
+    assert naive_mismatches > 0
+    batched = encode_documents(bpe, [q for q, _ in cases], [s for _, s in cases])
+    assert batched == [encode_document(bpe, q, s) for q, s in cases]
+
+
+def test_plain_text_document_has_no_separator(bpe: PreTrainedTokenizerFast) -> None:
+    doc = encode_document(bpe, "", SOLUTIONS[2])
+    assert bpe.decode(doc[:-1]) == SOLUTIONS[2]
+
+
+def sentencepiece_like(normalizer=None) -> PreTrainedTokenizerFast:
+    """A Llama-2-style tokenizer: Metaspace marker prepended to the start of each input."""
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    if normalizer is not None:
+        backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    alphabet = sorted(set("".join(corpus())) | {"▁"})
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus(), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def test_sentencepiece_style_solution_is_encoded_as_a_continuation() -> None:
+    tokenizer = sentencepiece_like()
+    q, s = QUESTIONS[0], SOLUTIONS[0]
+    # Encoded alone, the solution gains a word-boundary marker: "\n\n def ..." after the prompt.
+    alone = tokenizer(s, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(encode_prompt(tokenizer, q) + alone) != q + PROMPT_SEPARATOR + s
+    for q, s in zip(QUESTIONS, SOLUTIONS, strict=True):
+        assert_prompt_is_prefix_and_text_round_trips(tokenizer, q, s)
+        check_round_trip(tokenizer, q, s)
+    assert pad_token_id(tokenizer) == tokenizer.eos_token_id  # no pad token -> EOS pads
+
+
+def test_round_trip_check_rejects_a_normalising_tokenizer() -> None:
+    tokenizer = sentencepiece_like(normalizers.Lowercase())
+    with pytest.raises(UserError, match="round-trip"):
+        check_round_trip(tokenizer, QUESTIONS[0], SOLUTIONS[0])
+
+
+def test_load_tokenizer_errors(tmp_path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        load_tokenizer(tmp_path / "missing")
+    with pytest.raises(UserError, match="cannot load"):
+        load_tokenizer(tmp_path)  # an empty folder
+    no_eos = PreTrainedTokenizerFast(tokenizer_object=sentencepiece_like().backend_tokenizer)
+    no_eos.save_pretrained(str(tmp_path / "no_eos"))
+    with pytest.raises(UserError, match="no EOS"):
+        load_tokenizer(tmp_path / "no_eos")
+
+
+def test_config_rejects_tiny_vocabulary() -> None:
+    with pytest.raises(UserError, match="vocab_size"):
+        TokenizerConfig(vocab_size=100).validate()
+    TokenizerConfig(vocab_size=100, path="some/folder").validate()  # ignored when a folder is given
