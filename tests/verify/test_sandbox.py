@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from echochamber.errors import UserError
-from echochamber.verify import sandbox
+from echochamber.verify import confine, sandbox
 from echochamber.verify.sandbox import STATUSES, ExecJob, ExecResult, SandboxPool
 
 ENTRY = "simple_math_problem"
@@ -403,12 +403,12 @@ def test_kernel_layers_hold_without_the_audit_hook(tmp_path):
         try:
             roots = tuple(sorted({os.path.realpath(p) for p in sys.path if os.path.isdir(p)}))
             devnull = os.open(os.devnull, os.O_RDWR)
-            network = sandbox._enter_network_namespace(libc)
-            abi = sandbox._landlock_worker(libc, roots, str(scratch))
-            ctx = sandbox._WorkerContext(str(scratch), roots, devnull, libc, os.fork, parent, abi, (65534, 65534),
+            network = confine._enter_network_namespace(libc)
+            abi = confine._landlock_worker(libc, roots, str(scratch))
+            ctx = confine._WorkerContext(str(scratch), roots, devnull, libc, os.fork, parent, abi, (65534, 65534),
                                          2 << 30, 10.0, 5.0, 4096)
             os.chdir(scratch)
-            sandbox._confine(ctx, write_fd, 1)
+            confine._confine(ctx, write_fd, 1)
             outcomes = {"network namespace": str(network)}
             for name, statement in attempts.items():
                 try:
