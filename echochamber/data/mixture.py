@@ -11,8 +11,11 @@ it writes, into one folder:
 
 The folder is built under a temporary name, manifest last, then renamed: a crash never leaves a
 folder that looks complete. The same spec gives byte-identical files whatever the worker count.
-Tokenization runs through `datasets`' multi-process `map`; packing and shuffling are vectorised
-numpy over document offsets, so millions of documents never pass through a per-document loop.
+Tokenization (`DocumentEncoder`, which reuses the ids of repeated text) runs in this process for up
+to `_IN_PROCESS_MAX_DOCS` documents — a world mixture builds in seconds — and through `datasets`'
+multi-process `map` above that; packing and shuffling are vectorised numpy over document offsets,
+so millions of documents never pass through a per-document loop. `datasets` is imported only for
+dataset sources and the multi-process path (its import alone takes over a second).
 """
 
 from __future__ import annotations
@@ -28,28 +31,31 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
-import pyarrow.compute as pc
 import yaml
 
 from echochamber import __version__
 from echochamber.config import config_hash, load_config, to_dict
 from echochamber.data.tokenizer import (
     PROMPT_SEPARATOR,
+    DocumentEncoder,
     TokenizerConfig,
     check_round_trip,
-    encode_documents,
+    encode_to_file,
+    encode_to_file_in_workers,
     load_tokenizer,
     pad_token_id,
     tokenizer_hash,
     train_bpe,
 )
-from echochamber.data.world import WorldConfig, world_records
+from echochamber.data.world import WorldConfig, generate_world
 from echochamber.errors import UserError
-from echochamber.formats.render import RENDER_STYLES
+from echochamber.formats.render import RENDER_STYLES, solution_text
+
+if TYPE_CHECKING:
+    import datasets
 
 _PRESETS = resources.files("echochamber") / "configs" / "mixtures"  # package data, not a package
 MIXTURE_PRESETS: tuple[str, ...] = tuple(
@@ -58,6 +64,11 @@ MIXTURE_PRESETS: tuple[str, ...] = tuple(
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # a source name is also a file name (val/<name>.bin)
 _ROUND_TRIP_CHECKS = 8  # documents per source decoded back to text before building
 _GATHER_DOCS = 16384  # documents copied per vectorised gather (bounds the index arrays' memory)
+_ENCODE_DOCS = 8192  # documents per DocumentEncoder call (bounds the batch's memory)
+# Up to this many distinct documents are tokenized in this process: the encoder's cache then serves
+# every source, and starting worker processes would cost more than it saves (a default-world mixture
+# has ~60k documents and encodes in 1-2 s). Larger mixtures use `workers` processes.
+_IN_PROCESS_MAX_DOCS = 200_000
 
 
 @dataclass
@@ -203,8 +214,7 @@ def build_shards(config: MixtureConfig, out_dir: Path, *, progress: bool = True)
     except OSError as exc:
         raise UserError(f"cannot write the output folder {out_dir}: {exc.strerror or exc}") from None
     try:
-        with _progress_bars(progress):
-            manifest = _build_into(config, staging, expected_hash)
+        manifest = _build_into(config, staging, expected_hash, progress)
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -251,54 +261,95 @@ def _open_stream(file: Path, tokens: int, dtype: np.dtype) -> np.memmap:
 
 
 @dataclass
+class _Rendered:
+    """A world source's documents (plain lists: an Arrow table built from them would import pandas)."""
+
+    prompts: list[str]
+    solutions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
 class _Source:
-    """One source's documents and which of them go where (row positions into `table`)."""
+    """One source's distinct documents: its held-out ones, then its unique training ones."""
 
     config: SourceConfig
-    table: datasets.Dataset  # columns prompt, solution (at least)
-    val: np.ndarray  # held-out positions, ascending
-    train: np.ndarray  # positions of the unique training documents (after `subset`), ascending
+    documents: _Rendered | datasets.Dataset  # a dataset's rows stay Arrow-backed (memory-mapped)
+    val_count: int
+
+    @property
+    def train_count(self) -> int:
+        return len(self.documents) - self.val_count
 
 
-def _source_table(source: SourceConfig, config: MixtureConfig) -> datasets.Dataset:
-    if source.world is not None:
-        records = world_records(config.world, "pretrain", source.world)
-        return datasets.Dataset.from_dict(
-            {"prompt": [r.prompt for r in records], "solution": [r.solution for r in records]}
-        )
+def _rows(documents: _Rendered | datasets.Dataset, positions: np.ndarray) -> tuple[list[str], list[str]]:
+    """The prompts and solutions of some of a source's documents."""
+    if isinstance(documents, _Rendered):
+        return [documents.prompts[i] for i in positions], [documents.solutions[i] for i in positions]
+    table = documents.select(positions).with_format("arrow")[:]
+    return table.column("prompt").to_pylist(), table.column("solution").to_pylist()
+
+
+def _load_sources(config: MixtureConfig, progress: bool) -> list[_Source]:
+    loaded = []
+    for source in config.sources:
+        if source.world is not None:
+            # Only the pool's size is needed to split it; render just the documents that get used.
+            pool = generate_world(config.world, ("pretrain",))["pretrain"]
+            val, train = _split(config, source, len(pool))
+            chosen = [pool[i] for i in np.concatenate([val, train])]
+            documents = _Rendered(
+                [p.question for p in chosen], [solution_text(p, source.world) for p in chosen]
+            )
+            n, empty = len(pool), documents.solutions.count("")
+        else:
+            table, empty = _dataset_table(source, config, progress)
+            val, train = _split(config, source, len(table))
+            documents, n = table.select(np.concatenate([val, train])), len(table)
+        if empty:
+            raise UserError(f"source '{source.label}': {empty} of {n} records have no solution text")
+        loaded.append(_Source(source, documents, len(val)))
+    return loaded
+
+
+def _dataset_table(
+    source: SourceConfig, config: MixtureConfig, progress: bool
+) -> tuple[datasets.Dataset, int]:
+    """A dataset source's records (columns prompt, solution) and how many have no solution."""
+    import pyarrow.compute as pc
+
     # Real corpora stay Arrow-backed (memory-mapped) end to end; only dataset mixtures need the adapters.
     from echochamber.data.sources import load_dataset_rows, records_dataset
 
-    rows = load_dataset_rows(
-        source.dataset, path=source.path, hub=source.hub, split=source.split, limit=source.limit
-    )
-    workers = config.worker_count()
-    return records_dataset(source.dataset, rows, num_proc=workers if workers > 1 else None)
-
-
-def _load_sources(config: MixtureConfig) -> list[_Source]:
-    loaded = []
-    for source in config.sources:
-        table = _source_table(source, config).select_columns(["prompt", "solution"])
-        n = len(table)
-        empty = sum(
-            pc.sum(pc.equal(pc.utf8_length(batch.column("solution")), 0)).as_py() or 0
-            for batch in table.with_format("arrow").iter(batch_size=_GATHER_DOCS)
+    with _progress_bars(progress):
+        rows = load_dataset_rows(
+            source.dataset, path=source.path, hub=source.hub, split=source.split, limit=source.limit
         )
-        if empty:
-            raise UserError(f"source '{source.label}': {empty} of {n} records have no solution text")
-        if n <= config.val_docs:
-            raise UserError(
-                f"source '{source.label}' has {n} documents; at least val_docs+1 = {config.val_docs + 1} needed"
-            )
-        # The held-out draw depends only on (seed, pool size): world formats render one shared pool, so
-        # the same problems are held out of every format and none leaks into training via another.
-        order = np.random.default_rng([config.seed, 0]).permutation(n)
-        rest = order[config.val_docs :]
-        keep = max(1, round(source.subset * len(rest)))
-        rest = _source_rng(config.seed, 1, source.label).permutation(rest)[:keep]
-        loaded.append(_Source(source, table, np.sort(order[: config.val_docs]), np.sort(rest)))
-    return loaded
+        workers = config.worker_count()
+        table = records_dataset(source.dataset, rows, num_proc=workers if workers > 1 else None)
+    table = table.select_columns(["prompt", "solution"])
+    empty = sum(
+        pc.sum(pc.equal(pc.utf8_length(batch.column("solution")), 0)).as_py() or 0
+        for batch in table.with_format("arrow").iter(batch_size=_GATHER_DOCS)
+    )
+    return table, empty
+
+
+def _split(config: MixtureConfig, source: SourceConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the held-out documents and of the (subset of) training documents, ascending."""
+    if n <= config.val_docs:
+        raise UserError(
+            f"source '{source.label}' has {n} documents; at least val_docs+1 = {config.val_docs + 1} needed"
+        )
+    # The held-out draw depends only on (seed, pool size): world formats render one shared pool, so
+    # the same problems are held out of every format and none leaks into training via another.
+    order = np.random.default_rng([config.seed, 0]).permutation(n)
+    rest = order[config.val_docs :]
+    keep = max(1, round(source.subset * len(rest)))
+    rest = _source_rng(config.seed, 1, source.label).permutation(rest)[:keep]
+    return np.sort(order[: config.val_docs]), np.sort(rest)
 
 
 def _source_rng(seed: int, stream: int, label: str) -> np.random.Generator:
@@ -306,8 +357,8 @@ def _source_rng(seed: int, stream: int, label: str) -> np.random.Generator:
     return np.random.default_rng([seed, stream, int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)])
 
 
-def _build_into(config: MixtureConfig, folder: Path, expected_hash: str) -> dict:
-    sources = _load_sources(config)
+def _build_into(config: MixtureConfig, folder: Path, expected_hash: str, progress: bool) -> dict:
+    sources = _load_sources(config, progress)
     tokenizer_dir = folder / "tokenizer"
     if config.tokenizer.path is not None:
         tokenizer = load_tokenizer(config.tokenizer.path)
@@ -316,22 +367,23 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str) -> dict
         tokenizer = train_bpe(texts, config.tokenizer.vocab_size, config.tokenizer.min_frequency)
     tokenizer.save_pretrained(str(tokenizer_dir))
     for source in sources:
-        for row in source.table.select(source.train[:_ROUND_TRIP_CHECKS]):
-            check_round_trip(tokenizer, row["prompt"], row["solution"])
+        checked = np.arange(source.val_count, len(source.documents))[:_ROUND_TRIP_CHECKS]
+        for prompt, solution in zip(*_rows(source.documents, checked), strict=True):
+            check_round_trip(tokenizer, prompt, solution)
     vocab_size = len(tokenizer)
     dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
-    # One table of every distinct document (per source: held-out ones, then training ones).
-    docs = datasets.concatenate_datasets([s.table.select(np.concatenate([s.val, s.train])) for s in sources])
+    # Every distinct document, flat, source after source (each: held-out ones, then training ones).
     tokens_file = folder / "_documents.bin"
-    starts, lengths = _tokenize(tokenizer, docs, dtype, config.worker_count(), folder / "_cache", tokens_file)
+    lengths = _tokenize(tokenizer, sources, dtype, config.worker_count(), tokens_file, progress)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     tokens = np.memmap(tokens_file, dtype=dtype, mode="r")
 
     train_docs, stats, first = [], {}, 0
     for source in sources:
-        val_ids = np.arange(first, first + len(source.val))
-        unique_ids = np.arange(first + len(source.val), first + len(source.val) + len(source.train))
-        first += len(source.val) + len(source.train)
+        val_ids = np.arange(first, first + source.val_count)
+        unique_ids = np.arange(first + source.val_count, first + len(source.documents))
+        first += len(source.documents)
         copies = _copies(source.config, lengths[unique_ids], _source_rng(config.seed, 2, source.config.label))
         if copies.sum() == 0:
             raise UserError(
@@ -364,7 +416,6 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str) -> dict
 
     del tokens
     tokens_file.unlink()
-    shutil.rmtree(folder / "_cache")
     manifest = {
         "dtype": dtype.name,
         "vocab_size": vocab_size,
@@ -387,79 +438,50 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str) -> dict
 def _training_texts(sources: list[_Source], sample: int | None, seed: int) -> Iterator[list[str]]:
     """BPE training text, in batches: a seeded sample of `sample` unique training documents (all of
     them when None), each cut the way it is encoded (prompt with its separator, solution alone)."""
-    sizes = np.array([len(s.train) for s in sources])
+    sizes = np.array([s.train_count for s in sources])
     picked = np.arange(sizes.sum())
     if sample is not None and sample < len(picked):
         picked = np.sort(np.random.default_rng([seed, 4]).choice(len(picked), sample, replace=False))
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     for i, source in enumerate(sources):
         mine = picked[(picked >= bounds[i]) & (picked < bounds[i + 1])] - bounds[i]
-        for batch in source.table.select(source.train[mine]).iter(batch_size=1000):
-            yield [p + PROMPT_SEPARATOR for p in batch["prompt"] if p] + batch["solution"]
-
-
-def _encode_batch(batch: dict[str, list[str]], tokenizer: Any) -> dict[str, list[list[int]]]:
-    return {"ids": encode_documents(tokenizer, batch["prompt"], batch["solution"])}
+        prompts, solutions = _rows(source.documents, source.val_count + mine)
+        for start in range(0, len(prompts), 1000):
+            batch = slice(start, start + 1000)
+            yield [p + PROMPT_SEPARATOR for p in prompts[batch] if p] + solutions[batch]
 
 
 def _tokenize(
-    tokenizer: Any, docs: datasets.Dataset, dtype: np.dtype, workers: int, cache_dir: Path, tokens_file: Path
-) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize every document with `workers` processes into one flat file; return (starts, lengths)."""
-    cache_dir.mkdir()
-    # Forked workers each run their own tokenizer; saying so up front keeps the Rust thread pool
-    # (already used by BPE training) from warning about, and risking, a fork after parallel use.
-    with _env("TOKENIZERS_PARALLELISM", "false" if workers > 1 else None):
-        encoded = _map_documents(tokenizer, docs, dtype, workers, cache_dir, tokens_file)
-    chunks = encoded.data.column("ids").chunks
-    lengths = np.concatenate([np.diff(c.offsets.to_numpy()) for c in chunks]).astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    flat = np.memmap(tokens_file, dtype=dtype, mode="w+", shape=(int(lengths.sum()),))
-    pos = 0
-    for chunk in chunks:  # arrow record batches (~1000 documents each), not documents
-        values = chunk.flatten().to_numpy()
-        flat[pos : pos + len(values)] = values
-        pos += len(values)
-    flat.flush()
-    del flat
-    return starts, lengths
+    tokenizer: Any, sources: list[_Source], dtype: np.dtype, workers: int, tokens_file: Path, progress: bool
+) -> np.ndarray:
+    """Tokenize every source's documents, in order, into one flat file; return each one's length."""
+    encoder = DocumentEncoder(tokenizer)
+    if workers == 1 or sum(len(s.documents) for s in sources) <= _IN_PROCESS_MAX_DOCS:
+        batches = (
+            _rows(s.documents, np.arange(start, min(start + _ENCODE_DOCS, len(s.documents))))
+            for s in sources
+            for start in range(0, len(s.documents), _ENCODE_DOCS)
+        )
+        return encode_to_file(encoder, batches, dtype, tokens_file)
+    import datasets
 
-
-def _map_documents(
-    tokenizer: Any, docs: datasets.Dataset, dtype: np.dtype, workers: int, cache_dir: Path, tokens_file: Path
-) -> datasets.Dataset:
-    """`datasets`' multi-process map of `encode_documents`; results go to Arrow files in `cache_dir`."""
-    return docs.map(
-        _encode_batch,
-        fn_kwargs={"tokenizer": tokenizer},
-        batched=True,
-        remove_columns=["prompt", "solution"],
-        features=datasets.Features({"ids": datasets.List(datasets.Value(dtype.name))}),
-        num_proc=workers if workers > 1 and len(docs) > 1 else None,
-        cache_file_name=str(cache_dir / "documents.arrow"),
-        new_fingerprint=hashlib.sha256(tokens_file.as_posix().encode()).hexdigest()[:16],
-        desc="tokenizing",
+    docs = datasets.concatenate_datasets(
+        [
+            datasets.Dataset.from_dict({"prompt": s.documents.prompts, "solution": s.documents.solutions})
+            if isinstance(s.documents, _Rendered)
+            else s.documents
+            for s in sources
+        ]
     )
-
-
-@contextmanager
-def _env(name: str, value: str | None) -> Iterator[None]:
-    """Set an environment variable for a block (None: leave it alone), then restore it."""
-    previous = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if value is not None and previous is None:
-            del os.environ[name]
-        elif value is not None:
-            os.environ[name] = previous
+    with _progress_bars(progress):
+        return encode_to_file_in_workers(encoder, docs, dtype, workers, tokens_file, _ENCODE_DOCS)
 
 
 @contextmanager
 def _progress_bars(enabled: bool) -> Iterator[None]:
     """`datasets` progress bars on or off for a block (its switch is global)."""
+    import datasets
+
     was_enabled = datasets.is_progress_bar_enabled()
     (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
     try:

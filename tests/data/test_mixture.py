@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import yaml
 from transformers import AutoTokenizer
 
 from echochamber.config import from_dict, load_config
+from echochamber.data import mixture
 from echochamber.data.mixture import (
     MIXTURE_PRESETS,
     MixtureConfig,
@@ -128,9 +131,17 @@ def test_shards_hold_exactly_the_declared_documents(built) -> None:
     assert not held_out & trained_prompts
 
 
-def test_same_spec_gives_byte_identical_shards(built, tmp_path) -> None:
-    out, manifest = built
-    again, manifest_again = build(tmp_path, "again", workers=2)  # the worker count changes nothing
+def test_same_spec_gives_byte_identical_shards(built, tmp_path, monkeypatch) -> None:
+    out, manifest = built  # tokenized in this process (small mixture)
+    # The multi-process path, forced on this small mixture, gives the same bytes.
+    in_workers = []
+    original = mixture.encode_to_file_in_workers
+    monkeypatch.setattr(mixture, "_IN_PROCESS_MAX_DOCS", 0)
+    monkeypatch.setattr(
+        mixture, "encode_to_file_in_workers", lambda *args: in_workers.append(args[3]) or original(*args)
+    )
+    again, manifest_again = build(tmp_path, "again", workers=2)
+    assert in_workers == [2]
     assert manifest_again == manifest
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
@@ -142,6 +153,21 @@ def test_same_spec_gives_byte_identical_shards(built, tmp_path) -> None:
     _, other_seed = build(tmp_path, "other", seed=8)
     assert other_seed["spec_hash"] != manifest["spec_hash"]
     assert (tmp_path / "other" / "train.bin").read_bytes() != (out / "train.bin").read_bytes()
+
+
+def test_world_mixture_imports_neither_datasets_nor_torch(tmp_path) -> None:
+    # Those imports alone took ~3.5 s of what should be a few-second build on a laptop.
+    overrides = [f"world.{k}={v}" for k, v in SMALL_WORLD.items()] + ["tokenizer.vocab_size=300"]
+    code = (
+        "import sys; from pathlib import Path; from echochamber.data.mixture import build_from_spec; "
+        f"build_from_spec('tinygsm+omi1', Path(sys.argv[1]), {overrides!r}, progress=False); "
+        "print(sorted(m for m in ('datasets', 'torch', 'pandas') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+    assert (tmp_path / "m" / "manifest.json").is_file()
 
 
 def test_existing_output_is_reused_or_refused(built, tmp_path) -> None:

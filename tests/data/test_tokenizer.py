@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -10,17 +13,21 @@ from echochamber.data.tokenizer import (
     EOS_TOKEN,
     PAD_TOKEN,
     PROMPT_SEPARATOR,
+    DocumentEncoder,
     TokenizerConfig,
     check_round_trip,
     encode_document,
     encode_documents,
     encode_prompt,
+    encode_to_file,
     load_tokenizer,
     pad_token_id,
     tokenizer_hash,
     train_bpe,
 )
+from echochamber.data.world import WorldConfig, generate_world
 from echochamber.errors import UserError
+from echochamber.formats.render import solution_text
 
 QUESTIONS = [
     "Tom has 12 apples and buys 7 more. How many apples does he have?",
@@ -105,6 +112,83 @@ def test_prompt_is_a_token_prefix_of_its_document(bpe: PreTrainedTokenizerFast) 
     assert naive_mismatches > 0
     batched = encode_documents(bpe, [q for q, _ in cases], [s for _, s in cases])
     assert batched == [encode_document(bpe, q, s) for q, s in cases]
+
+
+# Texts where a cut in the wrong place changes the ids: whitespace runs before words and digits
+# (GPT-2's pattern splits "\n    x" as "\n   " + " x"), digits glued to letters, apostrophes,
+# non-ASCII letters, numerals other than 0-9, and the EOS text itself inside a document.
+TRICKY_TEXTS = [
+    "    apples = 12\n    result = apples * 3\n    return result",
+    "a  b   c\t d \n\n e 7  8 9x9 x9 9 x",
+    "It's 3's and 12'll 'd 5 'm   7 ' 8 '",
+    "café 4 naïve  5 日本 6 é é  x \u00a0 y",
+    "٣ apples, ² squares, ½ cake, Ⅻ o'clock, １２ fullwidth",
+    f"before {EOS_TOKEN} after 3{EOS_TOKEN}4 {EOS_TOKEN}",
+    "12345",
+    "  ",
+    "",
+]
+
+
+def encode_by_pieces(tokenizer, cut: str, prompts: list[str], solutions: list[str]) -> list[list[int]]:
+    """The encoder's scheme with another cut rule: each piece encoded alone, then concatenated."""
+    docs = []
+    for p, s in zip(prompts, solutions, strict=True):
+        parts = ([p + PROMPT_SEPARATOR] if p else []) + [s]
+        pieces = [x for part in parts for x in re.split(cut, part)]
+        docs.append([i for x in pieces for i in tokenizer(x, add_special_tokens=False)["input_ids"]])
+        docs[-1].append(tokenizer.eos_token_id)
+    return docs
+
+
+def split_flat(ids: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    return [doc.tolist() for doc in np.split(ids, np.cumsum(lengths)[:-1])] if len(lengths) else []
+
+
+def test_document_encoder_gives_the_ids_of_encode_documents(bpe: PreTrainedTokenizerFast) -> None:
+    texts = TRICKY_TEXTS + SOLUTIONS + AWKWARD_SOLUTIONS
+    prompts = [q for q in QUESTIONS + TRICKY_TEXTS for _ in texts]
+    solutions = texts * len(QUESTIONS + TRICKY_TEXTS)
+    expected = encode_documents(bpe, prompts, solutions)
+    encoder = DocumentEncoder(bpe)
+    assert encoder.memoises
+    ids, lengths = encoder.encode(prompts, solutions)
+    assert ids.dtype == np.int64 and split_flat(ids, lengths) == expected
+    # Again, from a warm cache and in other batch sizes: only speed may change.
+    halves = [encoder.encode(prompts[:7], solutions[:7]), encoder.encode(prompts[7:], solutions[7:])]
+    assert [d for ids, lengths in halves for d in split_flat(ids, lengths)] == expected
+    assert split_flat(*encoder.encode([], [])) == []
+    # The check has teeth: cutting before every space, or after every newline, changes ids here.
+    for wrong_cut in (r"(?= )", r"(?<=\n)"):
+        assert encode_by_pieces(bpe, wrong_cut, prompts, solutions) != expected, wrong_cut
+
+
+def test_document_encoder_on_world_text() -> None:
+    problems = generate_world(WorldConfig(n_pretrain=200, n_rl=5, n_test=5, n_hard=5, seed=1))["pretrain"]
+    prompts = [p.question for p in problems] * 3
+    solutions = [solution_text(p, style) for style in ("tinygsm", "omi1", "omi2") for p in problems]
+    tokenizer = train_bpe([q + PROMPT_SEPARATOR for q in prompts] + solutions, vocab_size=600)
+    encoder = DocumentEncoder(tokenizer)
+    ids, lengths = encoder.encode(prompts, solutions)
+    assert split_flat(ids, lengths) == encode_documents(tokenizer, prompts, solutions)
+
+
+def test_document_encoder_uses_its_cut_only_where_it_is_exact(bpe, tmp_path) -> None:
+    bpe.save_pretrained(str(tmp_path))
+    assert DocumentEncoder(load_tokenizer(tmp_path)).memoises  # the saved folder is the same pipeline
+    prompts, solutions = QUESTIONS, SOLUTIONS
+    for other in (sentencepiece_like(), sentencepiece_like(normalizers.Lowercase())):
+        encoder = DocumentEncoder(other)
+        assert not encoder.memoises
+        assert split_flat(*encoder.encode(prompts, solutions)) == encode_documents(other, prompts, solutions)
+
+
+def test_encode_to_file_writes_the_documents_flat(bpe: PreTrainedTokenizerFast, tmp_path) -> None:
+    batches = [(QUESTIONS, SOLUTIONS), (["", QUESTIONS[0]], AWKWARD_SOLUTIONS[:2])]
+    lengths = encode_to_file(DocumentEncoder(bpe), iter(batches), np.dtype(np.uint16), tmp_path / "t.bin")
+    stream = np.fromfile(tmp_path / "t.bin", dtype=np.uint16)
+    expected = [d for prompts, solutions in batches for d in encode_documents(bpe, prompts, solutions)]
+    assert split_flat(stream, lengths) == expected
 
 
 def test_plain_text_document_has_no_separator(bpe: PreTrainedTokenizerFast) -> None:
