@@ -1,0 +1,162 @@
+"""Model presets: the paper's OLMo-v1-style decoder, built as a plain Hugging Face `OlmoForCausalLM`.
+
+OLMo v1 (the paper's architecture) has a *non-parametric* LayerNorm, SwiGLU, RoPE and no biases;
+transformers' `OlmoForCausalLM` implements exactly that, so a checkpoint is an ordinary
+`save_pretrained` folder that `AutoModelForCausalLM.from_pretrained` loads with no echochamber code.
+
+SwiGLU width: the paper's "hidden 8·d split into gate/up" is OLMo's `mlp_ratio=8` projection whose
+output is halved by the gating, i.e. gate and up are each 4·d wide. `ModelSpec.mlp_hidden` is that
+per-branch width (HF `intermediate_size`), so 150M ≈ 162M and 1B ≈ 1.18B parameters with a 32k vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from transformers import AutoModelForCausalLM, OlmoConfig, OlmoForCausalLM, PreTrainedModel
+
+from echochamber.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture of one preset; the vocabulary comes from the tokenizer, not from here."""
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    mlp_hidden: int  # width of each SwiGLU branch (gate and up): HF intermediate_size
+    max_seq_len: int
+    tie_embeddings: bool
+    rope_theta: float = 10_000.0
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+MODEL_PRESETS: dict[str, ModelSpec] = {
+    # ≈1M parameters with a ~4k vocabulary: unit tests and CPU studies.
+    "tiny": ModelSpec(d_model=96, n_layers=4, n_heads=4, mlp_hidden=384, max_seq_len=512, tie_embeddings=True),
+    # ≈7M parameters with a ~4k vocabulary: CPU studies where tiny cannot learn the task.
+    "small": ModelSpec(d_model=256, n_layers=6, n_heads=8, mlp_hidden=1024, max_seq_len=1024, tie_embeddings=True),
+    # The paper's shapes.
+    "150m": ModelSpec(d_model=768, n_layers=12, n_heads=12, mlp_hidden=3072, max_seq_len=2048, tie_embeddings=False),
+    "1b": ModelSpec(d_model=2048, n_layers=16, n_heads=16, mlp_hidden=8192, max_seq_len=2048, tie_embeddings=True),
+}
+
+
+def get_spec(preset: str) -> ModelSpec:
+    if preset not in MODEL_PRESETS:
+        raise UserError(f"unknown model preset {preset!r}; known presets: {', '.join(MODEL_PRESETS)}")
+    return MODEL_PRESETS[preset]
+
+
+def build_model(
+    preset: str,
+    vocab_size: int,
+    *,
+    max_seq_len: int | None = None,
+    seed: int = 0,
+    pad_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> PreTrainedModel:
+    """A freshly initialised float32 `OlmoForCausalLM` of the preset's shape (deterministic in `seed`)."""
+    spec = get_spec(preset)
+    if vocab_size < 2:
+        raise UserError(f"vocab_size must be at least 2, got {vocab_size}")
+    seq_len = spec.max_seq_len if max_seq_len is None else max_seq_len
+    if seq_len < 1:
+        raise UserError(f"max_seq_len must be positive, got {seq_len}")
+    for name, token in (("pad_token_id", pad_token_id), ("eos_token_id", eos_token_id)):
+        if token is not None and not 0 <= token < vocab_size:
+            raise UserError(f"{name}={token} is outside the vocabulary (size {vocab_size})")
+    config = OlmoConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.d_model,
+        intermediate_size=spec.mlp_hidden,
+        num_hidden_layers=spec.n_layers,
+        num_attention_heads=spec.n_heads,
+        num_key_value_heads=spec.n_heads,
+        hidden_act="silu",
+        max_position_embeddings=seq_len,
+        initializer_range=spec.init_std,
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        attention_bias=False,
+        tie_word_embeddings=spec.tie_embeddings,
+        # The embedding's padding_idx gets no gradient; when pad doubles as EOS that would freeze the
+        # EOS embedding, so the pad id is recorded only in the generation config then.
+        pad_token_id=pad_token_id if pad_token_id != eos_token_id else None,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+    )
+    # fork_rng: building a model must not move the caller's global RNG stream (training resumes
+    # compare RNG states).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = OlmoForCausalLM(config)
+    model.generation_config.pad_token_id = pad_token_id if pad_token_id is not None else eos_token_id
+    model.generation_config.eos_token_id = eos_token_id
+    model.generation_config.bos_token_id = None
+    return model
+
+
+def load_model(path: str | Path) -> PreTrainedModel:
+    """Any Hugging Face causal-LM folder (ours or a user's), in eval mode."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"model folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot load model from {folder}: {first_line}") from error
+    model.eval()
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def spec_of(model: PreTrainedModel) -> ModelSpec:
+    """The ModelSpec of a loaded Olmo/Llama-style model, read from its config."""
+    config = model.config
+    return ModelSpec(
+        d_model=config.hidden_size,
+        n_layers=config.num_hidden_layers,
+        n_heads=config.num_attention_heads,
+        mlp_hidden=config.intermediate_size,
+        max_seq_len=config.max_position_embeddings,
+        tie_embeddings=bool(config.tie_word_embeddings),
+    )
+
+
+def flops_per_token(
+    model_or_spec: PreTrainedModel | ModelSpec, seq_len: int, *, vocab_size: int | None = None
+) -> float:
+    """Training FLOPs per token (forward + backward), the PaLM/nanochat convention used for MFU.
+
+    6·N over every weight used in a matmul (all layer weights plus the output projection, not the
+    embedding lookup) plus 12·L·d·seq_len for the attention scores and weighted sum. Forward-only
+    (sampling) cost is a third of this.
+    """
+    if isinstance(model_or_spec, ModelSpec):
+        spec = model_or_spec
+        if vocab_size is None:
+            raise ValueError("flops_per_token(spec, ...) needs vocab_size")
+    else:
+        spec = spec_of(model_or_spec)
+        vocab_size = model_or_spec.config.vocab_size if vocab_size is None else vocab_size
+    d = spec.d_model
+    per_layer = 4 * d * d + 3 * d * spec.mlp_hidden  # q, k, v, o + gate, up, down
+    matmul_params = spec.n_layers * per_layer + vocab_size * d
+    return 6.0 * matmul_params + 12.0 * spec.n_layers * d * seq_len
+

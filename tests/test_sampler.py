@@ -1,0 +1,327 @@
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from echochamber import decoders as decoders_module
+from echochamber import sampler as sampler_module
+from echochamber.errors import UserError
+from echochamber.model import build_model
+from echochamber.sampler import (
+    Sample,
+    SamplingParams,
+    build_sampler,
+    sample_key,
+    sampling_logprobs,
+    uniforms,
+)
+
+TEXT = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.\n\n",
+    "def simple_math_problem() -> int:\n    result = 48 + 24\n    return result\n",
+    "Let's solve this problem using Python code.\n<llm-code>\n48 / 2\n</llm-code>\n\\boxed{24}\n",
+]
+PROMPTS = [
+    "Natalia sold clips",
+    "How many clips did Natalia sell altogether in April and May?\n\n",
+    "48",
+    "def simple_math_problem() -> int:\n",
+    "Let's solve this problem using Python code.",
+]
+IDS = [f"q{i}" for i in range(len(PROMPTS))]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # These tests run many tiny ops; on a shared, oversubscribed 2-core machine OpenMP's barriers
+    # make each op wait for a descheduled thread (30 s instead of 1 s). One thread avoids that.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(TEXT * 10, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def make_model(tokenizer, preset: str = "tiny", seed: int = 0, max_seq_len: int | None = 256):
+    return build_model(
+        preset, len(tokenizer), max_seq_len=max_seq_len, seed=seed,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    return make_model(tokenizer)
+
+
+def hf_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, eos: int) -> list[list[int]]:
+    """HF generate's greedy continuations, cut after the first EOS (HF pads finished rows)."""
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos)
+    rows = []
+    for row in out[:, encoded.input_ids.shape[1] :].tolist():
+        rows.append(row[: row.index(eos) + 1] if eos in row else row)
+    return rows
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_greedy_equals_hf_generate_on_ragged_prompts(tokenizer, preset):
+    model = make_model(tokenizer, preset, seed=1)
+    samples = build_sampler(model, tokenizer, batch_size=3).generate(PROMPTS, IDS, 1, SamplingParams(0.0, max_new_tokens=24))
+    expected = hf_greedy(model, tokenizer, PROMPTS, 24, tokenizer.eos_token_id)
+    assert [row[0].token_ids for row in samples] == expected
+    assert all(row[0].truncated == (tokenizer.eos_token_id not in row[0].token_ids) for row in samples)
+
+
+def test_stops_at_eos_keeps_it_in_tokens_but_not_in_text(tokenizer, tiny):
+    params = SamplingParams(0.0, max_new_tokens=20)
+    free = build_sampler(tiny, tokenizer).generate(PROMPTS, IDS, 1, params)
+    # Declare a token the model does emit greedily to be EOS, so stopping actually happens.
+    stop_token = free[0][0].token_ids[5]
+    stopping = copy.deepcopy(tokenizer)
+    stopping.eos_token = tokenizer.convert_ids_to_tokens(stop_token)
+    samples = build_sampler(tiny, stopping, batch_size=2).generate(PROMPTS, IDS, 1, params)
+    for before, (after,) in zip(free, samples, strict=True):
+        ids = before[0].token_ids
+        if stop_token in ids:
+            end = ids.index(stop_token) + 1
+            assert after.token_ids == ids[:end] and not after.truncated
+            assert len(after.logprobs) == end
+            assert after.text == stopping.decode(ids[: end - 1])
+        else:
+            assert after.token_ids == ids and after.truncated
+    assert samples[0][0].truncated is False
+    assert samples[0][0].token_ids == hf_greedy(tiny, tokenizer, PROMPTS[:1], 20, stop_token)[0]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=16, seed=3),
+        SamplingParams(temperature=1.3, top_k=20, top_p=0.8, max_new_tokens=16, seed=4),
+        SamplingParams(temperature=1.0, max_new_tokens=16, seed=5),
+        SamplingParams(temperature=0.0, max_new_tokens=16),
+    ],
+    ids=["T0.7-p0.95", "T1.3-k20-p0.8", "T1", "greedy"],
+)
+def test_logprobs_equal_a_full_forward_with_the_same_transform(tokenizer, tiny, params):
+    samples = build_sampler(tiny, tokenizer, batch_size=4).generate(PROMPTS, IDS, 2, params)
+    for prompt, row in zip(PROMPTS, samples, strict=True):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for sample in row:
+            ids = torch.tensor([prompt_ids + sample.token_ids])
+            with torch.no_grad():
+                logits = tiny(ids).logits[0, len(prompt_ids) - 1 : -1]
+            expected = sampling_logprobs(logits, params).gather(-1, torch.tensor(sample.token_ids)[:, None])[:, 0]
+            assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4, rtol=0)
+            assert all(math.isfinite(lp) and lp <= 0 for lp in sample.logprobs)
+
+
+def test_results_do_not_depend_on_batch_size_or_order(tokenizer, tiny):
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=7)
+    runs = [build_sampler(tiny, tokenizer, batch_size=b).generate(PROMPTS, IDS, 3, params) for b in (1, 7, 64)]
+    reordered = build_sampler(tiny, tokenizer, batch_size=7).generate(PROMPTS[::-1], IDS[::-1], 3, params)[::-1]
+    reference = runs[0]
+    for other in [*runs[1:], reordered]:
+        for row_a, row_b in zip(reference, other, strict=True):
+            for a, b in zip(row_a, row_b, strict=True):
+                assert (a.prompt_id, a.sample_index, a.token_ids, a.text, a.truncated) == (
+                    b.prompt_id, b.sample_index, b.token_ids, b.text, b.truncated)
+                assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    # Different samples of one prompt differ, and a different seed changes them.
+    assert len({tuple(s.token_ids) for s in reference[1]}) == 3
+    reseeded = build_sampler(tiny, tokenizer).generate(PROMPTS, IDS, 3, SamplingParams(1.0, 0.9, max_new_tokens=12, seed=8))
+    assert [s.token_ids for s in reseeded[1]] != [s.token_ids for s in reference[1]]
+
+
+def test_dropping_finished_rows_mid_batch_changes_nothing(tokenizer, tiny):
+    params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=11)
+    free = build_sampler(tiny, tokenizer).generate(PROMPTS, IDS, 4, params)
+    counts = torch.bincount(torch.tensor([t for row in free for s in row for t in s.token_ids]))
+    stopping = copy.deepcopy(tokenizer)  # make a frequently drawn token EOS: rows finish at many steps
+    stopping.eos_token = tokenizer.convert_ids_to_tokens(int(counts.argmax()))
+    alone = build_sampler(tiny, stopping, batch_size=1).generate(PROMPTS, IDS, 4, params)
+    together = build_sampler(tiny, stopping, batch_size=64).generate(PROMPTS, IDS, 4, params)
+    lengths = {len(s.token_ids) for row in together for s in row}
+    assert len(lengths) > 3 and any(not s.truncated for row in together for s in row)
+    for row_a, row_b in zip(alone, together, strict=True):
+        for a, b in zip(row_a, row_b, strict=True):
+            assert (a.token_ids, a.truncated) == (b.token_ids, b.truncated)
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_generate_tokens_is_what_generate_wraps(tokenizer, tiny):
+    params = SamplingParams(temperature=0.8, max_new_tokens=8, seed=1)
+    sampler = build_sampler(tiny, tokenizer)
+    by_text = sampler.generate(PROMPTS, IDS, 2, params)
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    assert sampler.generate_tokens(encoded, IDS, 2, params) == by_text
+    assert isinstance(by_text[0][0], Sample) and [s.sample_index for s in by_text[0]] == [0, 1]
+
+
+def test_hf_fallback_decoder_agrees_with_the_fast_path(tokenizer, tiny, monkeypatch):
+    params = SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=10, seed=2)
+    fast = build_sampler(tiny, tokenizer, batch_size=4).generate(PROMPTS, IDS, 2, params)
+    monkeypatch.setattr(decoders_module, "has_fast_path", lambda model: False)
+    slow = build_sampler(tiny, tokenizer, batch_size=4).generate(PROMPTS, IDS, 2, params)
+    assert [[s.token_ids for s in row] for row in slow] == [[s.token_ids for s in row] for row in fast]
+
+
+def test_context_limit_truncates_and_ignore_eos_runs_to_length(tokenizer, tiny):
+    model = make_model(tokenizer, max_seq_len=24)
+    prompt = tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    params = SamplingParams(1.0, max_new_tokens=100, ignore_eos=True)
+    ((sample,),) = build_sampler(model, tokenizer).generate_tokens([prompt], ["p"], 1, params)
+    assert sample.truncated and len(sample.token_ids) == 24 - len(prompt)
+    params = SamplingParams(1.0, max_new_tokens=9, ignore_eos=True)
+    rows = build_sampler(tiny, tokenizer).generate(PROMPTS[:3], IDS[:3], 4, params)
+    assert all(len(s.token_ids) == 9 and s.truncated for row in rows for s in row)
+
+
+def test_sampler_sees_weight_updates_and_restores_training_mode(tokenizer):
+    model = make_model(tokenizer, seed=5)
+    sampler = build_sampler(model, tokenizer)
+    params = SamplingParams(0.0, max_new_tokens=10)
+    before = sampler.generate(PROMPTS, IDS, 1, params)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.train()
+    after = sampler.generate(PROMPTS, IDS, 1, params)
+    assert model.training
+    assert [r[0].token_ids for r in after] != [r[0].token_ids for r in before]
+    assert [r[0].token_ids for r in after] == hf_greedy(model.eval(), tokenizer, PROMPTS, 10, tokenizer.eos_token_id)
+
+
+def test_uniforms_are_splitmix64_and_look_uniform():
+    def splitmix(x: int) -> int:
+        mask = (1 << 64) - 1
+        z = (x + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    keys = [sample_key(0, "q1", i) for i in range(4)] + [-1, 0, 2**63 - 1]
+    for step in (0, 1, 1000):
+        got = uniforms(torch.tensor(keys), step).tolist()
+        # The torch version adds (step+1)·golden to the key, then applies the standard finaliser.
+        expected = [(splitmix((k + step * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)) >> 11) / 2**53 for k in keys]
+        assert got == expected
+    many = uniforms(torch.arange(20_000), 3)
+    assert many.min() >= 0 and many.max() < 1 and abs(many.mean().item() - 0.5) < 0.01
+    assert sample_key(0, "a:1", 2) != sample_key(0, "a", 12)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.8, top_p=0.9),  # rejection from the tempered distribution
+        SamplingParams(temperature=1.5, top_p=0.3),  # small nucleus: masked sampling
+        SamplingParams(temperature=1.0, top_k=3),
+    ],
+    ids=["top-p 0.9", "top-p 0.3", "top-k 3"],
+)
+def test_sampled_frequencies_follow_the_filtered_distribution(params):
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    probs = sampling_logprobs(logits, params).exp()[0]
+    n = 40_000
+    tokens, logprobs = sampler_module._pick(logits.expand(n, -1), torch.arange(n), 0, params)
+    counts = torch.bincount(tokens, minlength=6).double() / n
+    assert counts[probs == 0].sum() == 0  # filtered tokens never drawn
+    assert torch.allclose(counts, probs.double(), atol=0.01)
+    assert torch.allclose(logprobs, probs.log()[tokens], atol=1e-5)
+
+
+def brute_force_top_p(x: torch.Tensor, top_p: float) -> torch.Tensor:
+    probs = x.double().softmax(-1)
+    keep = torch.zeros_like(x, dtype=torch.bool)
+    for r in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            keep[r, i] = probs[r, i] > 0 and probs[r][probs[r] > probs[r, i]].sum() < top_p
+    return keep
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.5, 3.0, 30.0])
+def test_top_p_mask_matches_the_definition_including_ties(scale):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 60, generator=generator) * scale
+    x[:, :4] = x[:, 4:5]  # a tie group in every row
+    x[0] = 0.25  # a row of identical logits
+    for top_p in (0.05, 0.5, 0.9, 0.95):
+        for top_k in (0, 7):
+            tempered = sampler_module._temper(x, SamplingParams(1.0, top_p=top_p, top_k=top_k))
+            expected = brute_force_top_p(tempered.logits, top_p)
+            nucleus = sampler_module._nucleus(tempered, top_p)
+            assert torch.equal(nucleus.mask(tempered.logits), expected)
+            kept = torch.where(expected, tempered.weights, 0).sum(-1, keepdim=True)
+            assert torch.allclose(nucleus.kept_weight, kept, rtol=1e-5)
+            rows, tokens = torch.meshgrid(torch.arange(10), torch.arange(60), indexing="ij")
+            keeps = nucleus.keeps(rows.flatten(), tokens.flatten(), tempered.logits).view(10, 60)
+            drawable = tempered.weights > 0  # keeps() is only asked about tokens that can be drawn
+            assert torch.equal(keeps[drawable], expected[drawable])
+            sorted_mask = sampler_module._nucleus_mask_sorted(tempered.logits, tempered.weights, top_p)
+            assert torch.equal(sorted_mask, expected)
+
+
+def test_top_p_matches_hf_warpers_on_distinct_logits():
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    x = torch.randn(8, 500, generator=torch.Generator().manual_seed(1)) * 2
+    params = SamplingParams(temperature=0.7, top_k=50, top_p=0.9)
+    hf = TopPLogitsWarper(0.9)(None, TopKLogitsWarper(50)(None, TemperatureLogitsWarper(0.7)(None, x.clone())))
+    assert torch.allclose(sampling_logprobs(x, params), torch.log_softmax(hf, -1))
+
+
+def test_bad_requests_are_user_errors(tokenizer, tiny):
+    sampler = build_sampler(tiny, tokenizer)
+    params = SamplingParams(max_new_tokens=4)
+    with pytest.raises(UserError, match="prompt ids"):
+        sampler.generate(PROMPTS, IDS[:2], 1, params)
+    with pytest.raises(UserError, match="unique"):
+        sampler.generate(PROMPTS[:2], ["a", "a"], 1, params)
+    with pytest.raises(UserError, match="n \\(samples"):
+        sampler.generate(PROMPTS, IDS, 0, params)
+    with pytest.raises(UserError, match="empty"):
+        sampler.generate([""], ["e"], 1, params)
+    with pytest.raises(UserError, match="context"):
+        sampler.generate_tokens([[1] * 256], ["long"], 1, params)
+    for bad in ({"temperature": -1}, {"top_p": 0.0}, {"top_k": -2}, {"max_new_tokens": 0}):
+        with pytest.raises(UserError):
+            SamplingParams(**bad)
+    with pytest.raises(UserError, match="known: torch, vllm"):
+        build_sampler(tiny, tokenizer, backend="jax")
+
+
+def test_vllm_backend_without_vllm_is_a_user_error(tokenizer, tiny):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="pip install"):
+            build_sampler(tiny, tokenizer, backend="vllm")
+    else:
+        pytest.skip("vllm is installed; the GPU path is exercised on GPU machines")
