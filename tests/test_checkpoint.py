@@ -1,0 +1,141 @@
+"""Checkpoints: complete HF folders, atomic writes, pruning, and exact optimizer/RNG round trips."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from echochamber.checkpoint import (
+    STATE_FILE,
+    capture_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    remove_partial_checkpoints,
+    restore_optimizer,
+    restore_rng_state,
+    save_checkpoint,
+)
+from echochamber.model import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are too small to gain from a second thread, and on a shared, loaded machine
+    OpenMP's spinning threads make them ~10x slower; one thread keeps the tests fast everywhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    backend.train_from_iterator(["x = 1 + 2"], trainer)
+    folder = tmp_path / "tokenizer"
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>").save_pretrained(folder)
+    return folder
+
+
+def trained_pair(steps: int = 2) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = build_model("tiny", 300, max_seq_len=16, seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in range(steps):
+        ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(step))
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model, optimizer
+
+
+def save(out, step, model, optimizer, tokenizer_dir, keep=2):
+    return save_checkpoint(
+        out, step, model=model, hf_model=model, optimizer=optimizer, tokenizer_dir=tokenizer_dir,
+        trainer_state={"step": step}, keep=keep,
+    )  # fmt: skip
+
+
+def test_checkpoint_is_a_loadable_hf_folder_with_the_trainer_state(tmp_path, tokenizer_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, optimizer = trained_pair()
+    folder = save(tmp_path, 7, model, optimizer, tokenizer_dir)
+    assert folder == tmp_path / "checkpoints" / "step_7"
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    ids = torch.arange(10).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+    assert AutoTokenizer.from_pretrained(folder).eos_token == "<|endoftext|>"
+    state = load_trainer_state(folder)
+    assert state["step"] == 7 and len(state["rng"]) == 1 and state["optimizer"]["state"]
+
+
+def test_optimizer_and_rng_round_trip_exactly(tmp_path, tokenizer_dir):
+    model, optimizer = trained_pair()
+    torch.manual_seed(5)
+    random.seed(5)
+    np.random.seed(5)
+    save(tmp_path, 1, model, optimizer, tokenizer_dir)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    fresh_model, _ = trained_pair(steps=0)
+    fresh_model.load_state_dict(model.state_dict())
+    fresh_optimizer = torch.optim.AdamW(fresh_model.parameters(), lr=1e-3)
+    state = load_trainer_state(tmp_path / "checkpoints" / "step_1")
+    restore_optimizer(fresh_model, fresh_optimizer, state["optimizer"])
+    for name, param in model.named_parameters():
+        old, new = optimizer.state[param], fresh_optimizer.state[dict(fresh_model.named_parameters())[name]]
+        assert torch.equal(old["exp_avg"], new["exp_avg"]) and torch.equal(old["exp_avg_sq"], new["exp_avg_sq"])
+    torch.manual_seed(99)  # move every stream away, then restore the saved one
+    random.seed(99)
+    np.random.seed(99)
+    restore_rng_state(state["rng"][0])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert random.random() == expected[1] and np.random.rand() == expected[2]
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path, tokenizer_dir):
+    model, optimizer = trained_pair(steps=1)
+    for step in (2, 4, 6):
+        save(tmp_path, step, model, optimizer, tokenizer_dir, keep=2)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4, 6]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_4", "step_6"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_6"
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint_current(tmp_path, tokenizer_dir, monkeypatch):
+    model, optimizer = trained_pair(steps=1)
+    save(tmp_path, 2, model, optimizer, tokenizer_dir)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands in for SIGKILL arriving while trainer_state.pt is written
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 4, model, optimizer, tokenizer_dir)
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_2"
+    assert not (tmp_path / "checkpoints" / "step_4").exists()
+    # A step folder without its state file (written by something else) is not a checkpoint either.
+    (tmp_path / "checkpoints" / "step_9").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_2"
+    remove_partial_checkpoints(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_2", "step_9"]
+    assert (tmp_path / "checkpoints" / "step_2" / STATE_FILE).is_file()
+
+
+def test_rng_state_round_trip():
+    state = capture_rng_state()
+    first = (torch.rand(4), random.random(), np.random.rand(2))
+    restore_rng_state(state)
+    again = (torch.rand(4), random.random(), np.random.rand(2))
+    assert torch.equal(first[0], again[0]) and first[1] == again[1] and np.array_equal(first[2], again[2])
