@@ -1,0 +1,196 @@
+"""Seconds per GRPO step: TRL's `GRPOTrainer` next to ours (rl/core.py + rl/grpo.py), in one process.
+
+    python benchmarks/bench_grpo_vs_trl.py                       # 16 prompts x 8, <= 128 new tokens
+    python benchmarks/bench_grpo_vs_trl.py --steps 3 --policy RUN/final   # a pretrained checkpoint
+
+Both sides get the same model (by default a random `tiny` preset, ~1M parameters, over a 4k BPE
+trained on GSM8K questions; or --policy), the same GSM8K train prompts (question + "\\n\\n"), group
+size, completion limit, temperature (no top-p: ours never truncates the RL sampling distribution),
+beta (k3 in the loss, TRL's ratio-weighted "bias correction" off), clip, seq-mean loss, lr, Adam
+betas and grad clip, and the same verifier reward (our Grader; TRL's reward function wraps it, and
+like ours scores a completion that never reached EOS as 0). A step is everything between two
+updates: sampling, reward, reference log-probs, the update. TRL's step time comes from a trainer
+callback; ours from the timing split core writes to metrics.jsonl for every step. The first step of
+each side is a warm-up and is not counted; the whole call (setup, warm-up, logging, saving) per step
+is printed too, as an upper bound. A random model rarely stops before the limit, so both
+sides sample the full length: the worst case for sampling speed.
+
+The machine may be shared: the load average is printed before and after; compare runs made at
+similar load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from echochamber.data.paths import data_dir
+from echochamber.data.sources import load_source
+from echochamber.data.tokenizer import PROMPT_SEPARATOR, load_tokenizer, pad_token_id, train_bpe
+from echochamber.metrics import METRICS_FILE, read_metrics
+from echochamber.model import build_model, count_parameters, load_model
+from echochamber.rl.config import load_rl_config
+from echochamber.rl.core import run_rl
+from echochamber.verify.grade import Grader
+
+
+def random_policy(folder: Path, questions: list[str], vocab: int) -> Path:
+    tokenizer = train_bpe((q + PROMPT_SEPARATOR for q in questions), vocab)
+    model = build_model(
+        "tiny", len(tokenizer), seed=0, pad_token_id=pad_token_id(tokenizer), eos_token_id=tokenizer.eos_token_id
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def time_trl(policy: Path, records: list, grader: Grader, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    import datasets
+    import trl
+    from transformers import TrainerCallback
+
+    tokenizer = load_tokenizer(policy)
+    eos = tokenizer.eos_token_id
+
+    def verifier_reward(completions: list[str], completion_ids: list[list[int]], answer: list[str], **_: Any) -> list[float]:
+        grades = grader.grade(completions, answer)
+        # Same rule as ours: a completion that never emitted EOS is truncated and never correct.
+        return [1.0 if grade.correct and eos in ids else 0.0 for grade, ids in zip(grades, completion_ids, strict=True)]
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            self.seconds.append(time.perf_counter() - self.started)
+
+    config = trl.GRPOConfig(
+        output_dir=str(out), max_steps=args.steps + 1, per_device_train_batch_size=args.prompts * args.group,
+        num_generations=args.group, gradient_accumulation_steps=1, num_iterations=1,
+        max_completion_length=args.new_tokens, temperature=args.temperature, top_p=1.0, beta=args.beta,
+        use_bias_correction_kl=False, epsilon=0.2, loss_type="grpo", scale_rewards="group",
+        learning_rate=args.lr, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0,
+        lr_scheduler_type="constant", logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
+        bf16=False, disable_tqdm=True, seed=0,
+        gradient_checkpointing=False,  # TRL's GRPO default is on; a 1M model does not need it, nor do we use it
+    )  # fmt: skip
+    dataset = datasets.Dataset.from_dict(
+        {"prompt": [r.prompt + PROMPT_SEPARATOR for r in records], "answer": [r.answer for r in records]}
+    )
+    timer = StepTimer()
+    trainer = trl.GRPOTrainer(
+        model=str(policy), reward_funcs=verifier_reward, args=config, train_dataset=dataset,
+        processing_class=tokenizer, callbacks=[timer],
+    )  # fmt: skip
+    # Sampling + reward + reference log-probs happen in this method; the rest of a step is the update.
+    rollout_seconds: list[float] = []
+    generate_and_score = trainer._generate_and_score_completions
+
+    def timed_generate_and_score(*inputs: Any, **options: Any) -> Any:
+        started = time.perf_counter()
+        result = generate_and_score(*inputs, **options)
+        rollout_seconds.append(time.perf_counter() - started)
+        return result
+
+    trainer._generate_and_score_completions = timed_generate_and_score
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+    lengths = [row["completions/mean_length"] for row in trainer.state.log_history if "completions/mean_length" in row]
+    rollout = statistics.mean(rollout_seconds[1:])
+    return {
+        "seconds": timer.seconds[1:],
+        "split": {"generate+reward+reference": rollout, "update": statistics.mean(timer.seconds[1:]) - rollout},
+        "wall": wall / (args.steps + 1),
+        "mean_length": statistics.mean(lengths[1:]),
+    }
+
+
+def time_ours(policy: Path, gsm8k: Path, grader: Grader, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    config = load_rl_config("cpu", [f"policy={policy}", f"out={out}"])
+    config.prompts.dataset, config.prompts.path = "gsm8k", str(gsm8k)
+    config.rollout.prompts_per_step, config.rollout.samples_per_prompt = args.prompts, args.group
+    config.rollout.max_new_tokens, config.rollout.temperature = args.new_tokens, args.temperature
+    config.rollout.batch_size = args.prompts * args.group
+    config.grpo.kl_coef, config.grpo.kl_estimator, config.grpo.kl_placement = args.beta, "k3", "loss"
+    config.grpo.lr, config.grpo.clip, config.grpo.aggregation = args.lr, 0.2, "seq_mean"
+    config.betas, config.grad_clip, config.weight_decay = [0.9, 0.95], 1.0, 0.0
+    config.micro_batch_size = args.micro_batch or config.micro_batch_size
+    config.max_steps, config.checkpoint_every = args.steps + 1, args.steps + 1
+    config.eval.every, config.tensorboard, config.progress = 0, False, False
+    started = time.perf_counter()
+    run_rl(config, algo="grpo", grader=grader)
+    wall = time.perf_counter() - started
+    lines = read_metrics(out / METRICS_FILE, "rl")[1:]
+    parts = ("time_generate", "time_reward", "time_reference", "time_update")
+    return {
+        "seconds": [sum(line[part] for part in parts) for line in lines],
+        "wall": wall / (args.steps + 1),
+        "split": {part: statistics.mean(line[part] for line in lines) for part in parts},
+        "mean_length": statistics.mean(line["response_length"] for line in lines),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", type=Path, help="HF model folder (default: a random tiny model)")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    parser.add_argument("--group", type=int, default=8, help="samples per prompt")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--beta", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per side (after one warm-up step)")
+    parser.add_argument("--vocab", type=int, default=4096, help="BPE size of the random model")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
+    parser.add_argument("--micro-batch", type=int, help="our sequences per forward/backward (default: the cpu preset's)")
+    parser.add_argument("--only", choices=("trl", "ours"), help="time one side only")
+    args = parser.parse_args()
+
+    folder = data_dir()
+    if folder is None:
+        raise SystemExit("needs the real data folder (shared/data) for GSM8K prompts")
+    gsm8k = folder / "gsm8k" / "train.jsonl"
+    torch.set_num_threads(args.threads)
+    records = load_source("gsm8k", path=gsm8k)
+    with tempfile.TemporaryDirectory() as tmp, Grader(workers=2) as grader:
+        work = Path(tmp)
+        policy = args.policy or random_policy(work / "policy", [r.prompt for r in records], args.vocab)
+        model = load_model(policy)
+        print(f"model: {policy} ({count_parameters(model) / 1e6:.2f}M parameters, vocab {model.config.vocab_size}); "
+              f"{args.prompts} prompts x {args.group} = {args.prompts * args.group} completions, <= {args.new_tokens} "
+              f"new tokens, T={args.temperature}, beta={args.beta}; {args.threads} threads; "
+              f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+        results = {}
+        if args.only in (None, "trl"):
+            results["trl"] = time_trl(policy, records, grader, args, work / "trl")
+        if args.only in (None, "ours"):
+            results["ours"] = time_ours(policy, gsm8k, grader, args, work / "ours")
+    import trl
+
+    names = {"trl": f"TRL {trl.__version__} GRPOTrainer", "ours": "echochamber GRPO"}
+    for side, result in results.items():
+        per_step = statistics.median(result["seconds"])
+        steps = ", ".join(f"{s:.2f}" for s in result["seconds"])
+        split = "".join(f", {k.removeprefix('time_')} {v:.2f}" for k, v in result.get("split", {}).items())
+        print(f"{names[side]:28s} {per_step:6.2f} s/step (median of {len(result['seconds'])}: {steps}{split}; "
+              f"mean completion {result['mean_length']:.0f} tokens; whole call incl. setup and warm-up "
+              f"{result['wall']:.2f} s/step)")  # fmt: skip
+    if len(results) == 2:
+        ratio = statistics.median(results["trl"]["seconds"]) / statistics.median(results["ours"]["seconds"])
+        print(f"speed-up (TRL s/step / ours): {ratio:.1f}x (goal >= 3x)")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""The RL stage's config: one typed dataclass tree, the paper's settings as defaults, YAML presets.
+
+`RLConfig` defaults reproduce Echo Chamber's RL (OpenRLHF settings from its sweep scripts); the
+packaged presets under `echochamber/configs/rl/` scale it down (`cpu`: minutes on 2 cores). Each
+algorithm reads its own section (`ppo`, `grpo`, `ei`); everything else (prompts, sampling, reward,
+evaluation, checkpoints, logging) is shared. Every choice the field notes list as a source of
+confusion is a named option here: KL estimator and placement, loss aggregation, advantage
+normalisation, what happens to truncated responses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from echochamber.config import load_config, read_yaml
+from echochamber.data.world import WorldConfig
+from echochamber.errors import UserError
+from echochamber.rl.losses import Aggregation, KLEstimator
+
+ALGORITHMS = ("ppo", "grpo", "ei")
+_PRESETS = resources.files("echochamber") / "configs" / "rl"  # package data, not a package
+KLPlacement = Literal["reward", "loss"]
+
+
+def _positive(section: str, **values: float | int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise UserError(f"{section}{name} must be > 0, got {value}")
+
+
+def _kl_coef(section: str, coef: float) -> None:
+    # Every estimator x placement pair is allowed (the study compares them); only k1 in the reward and
+    # k2 in the loss give an unbiased reverse-KL gradient (see losses.kl_estimate).
+    if coef < 0:
+        raise UserError(f"{section}kl_coef must be >= 0, got {coef}")
+
+
+@dataclass
+class PromptConfig:
+    """Where the RL prompts come from (the gold answers come with them)."""
+
+    dataset: str = "world"  # "world" = the controlled world's RL split; else an adapter of data.sources (gsm8k, math, ...)
+    path: str | None = None  # local file or folder for an adapter (e.g. shared/data/gsm8k/train.jsonl)
+    split: str | None = None  # adapter split (default: the adapter's usual one, "train" for gsm8k)
+    limit: int | None = None  # use only the first this many prompts
+    world: WorldConfig = field(default_factory=WorldConfig)  # must be the world the policy was pretrained on
+
+    def validate(self) -> None:
+        if self.dataset != "world":
+            from echochamber.data.sources import get_spec
+
+            get_spec(self.dataset)  # unknown adapter -> UserError listing the known ones
+        _positive("prompts.", limit=self.limit)
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling and reward for PPO/GRPO steps (EI samples with its own settings, see EIConfig).
+
+    No top-p/top-k here on purpose: the ratio and the KL to the reference compare full-support
+    distributions at one temperature; under a truncated sampling distribution the reference can
+    give a sampled token probability 0 and the KL is infinite.
+    """
+
+    prompts_per_step: int = 64  # prompts drawn per step (a seeded permutation per epoch, no repeats in a step)
+    samples_per_prompt: int = 8  # G: the group size
+    temperature: float = 0.7
+    max_new_tokens: int = 1024
+    truncation: Literal["zero", "mask"] = "zero"  # truncated responses: reward 0 and trained, or left out of the loss
+    batch_size: int = 512  # sampler rows per batch (memory knob; results do not depend on it)
+    grader_workers: int = 2  # sandbox / math-verify worker processes per rank
+
+    def validate(self) -> None:
+        _positive(
+            "rollout.", prompts_per_step=self.prompts_per_step, samples_per_prompt=self.samples_per_prompt,
+            temperature=self.temperature, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+            grader_workers=self.grader_workers,
+        )  # fmt: skip
+
+
+@dataclass
+class RLEvalConfig:
+    """Periodic evaluation through the eval suite: at step 0 (the base model), every `every` steps, at the end."""
+
+    every: int = 50  # steps between evaluations; 0 = never
+    benchmarks: list[str] = field(default_factory=lambda: ["world-test", "world-hard"])  # the harder split = transfer check
+    limit: int | None = None  # first this many problems of each benchmark (None = all)
+    n: int = 64  # samples per problem for pass@k / maj@k (0 = greedy pass@1 only)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 2048
+    batch_size: int = 256
+    data: str | None = None  # real-data folder for gsm8k/math500/aime (default: data.paths.data_dir())
+
+    def validate(self) -> None:
+        if self.every < 0 or self.n < 0:
+            raise UserError("eval.every and eval.n must be >= 0")
+        _positive("eval.", limit=self.limit, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"eval.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GRPOConfig:
+    """Group-relative policy optimisation (no critic): advantage = normalised reward within a prompt's group."""
+
+    lr: float = 1e-6
+    clip: float = 0.2  # PPO ratio clip epsilon (TRL: epsilon)
+    kl_coef: float = 1e-3  # beta
+    kl_estimator: KLEstimator = "k3"  # the paper's GRPO: k3 ...
+    kl_placement: KLPlacement = "loss"  # ... added to the per-token loss
+    normalization: Literal["zscore", "center"] = "zscore"  # (r - mean) / (max(std, std_floor) + std_eps), or r - mean
+    std_eps: float = 1e-6  # the paper's epsilon added to the group std (TRL uses 1e-4)
+    std_floor: float = 0.0  # lower bound on the group std before dividing (0 = off); stops near-ties blowing up
+    aggregation: Aggregation = "seq_mean"  # token_mean / seq_mean (OpenRLHF 0.6, TRL "grpo") / constant (Dr. GRPO)
+    epochs: int = 1  # passes over each rollout (TRL: num_iterations)
+    minibatches: int = 1  # optimizer steps per pass
+
+    def validate(self) -> None:
+        _positive("grpo.", lr=self.lr, clip=self.clip, epochs=self.epochs, minibatches=self.minibatches)
+        if self.std_eps < 0 or self.std_floor < 0:
+            raise UserError("grpo.std_eps and grpo.std_floor must be >= 0")
+        if self.normalization == "zscore" and self.std_eps == 0 and self.std_floor == 0:
+            raise UserError("grpo.normalization 'zscore' needs std_eps > 0 or std_floor > 0 (zero-variance groups divide by 0)")
+        _kl_coef("grpo.", self.kl_coef)
+
+
+@dataclass
+class PPOConfig:
+    """PPO with a critic (initialised from the policy checkpoint, fresh value head) and GAE."""
+
+    lr: float = 1e-6
+    critic_lr: float = 7e-6
+    clip: float = 0.2
+    value_clip: float = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95  # GAE lambda
+    kl_coef: float = 1e-3
+    kl_estimator: KLEstimator = "k1"  # the paper's PPO: k1 per token ...
+    kl_placement: KLPlacement = "reward"  # ... subtracted from the reward
+    whiten_advantages: bool = True
+    aggregation: Aggregation = "seq_mean"
+    epochs: int = 1  # passes over each rollout
+    minibatches: int = 1  # optimizer steps per pass
+
+    def validate(self) -> None:
+        _positive(
+            "ppo.", lr=self.lr, critic_lr=self.critic_lr, clip=self.clip, value_clip=self.value_clip,
+            epochs=self.epochs, minibatches=self.minibatches,
+        )  # fmt: skip
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise UserError("ppo.gamma and ppo.lam must be in [0, 1]")
+        _kl_coef("ppo.", self.kl_coef)
+
+
+@dataclass
+class EIConfig:
+    """Expert Iteration: sample, keep verified-correct responses, de-duplicate, SFT; `rounds` times."""
+
+    rounds: int = 3  # the paper: 3 (150M), 2 (1B)
+    samples_per_prompt: int = 64
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int | None = None  # None = rollout.max_new_tokens
+    init: Literal["base", "last"] = "base"  # SFT each round from the base model (paper) or continue the last round's
+    dedupe: bool = True  # drop exact-duplicate responses to the same prompt
+    epochs: int = 2
+    lr: float = 1e-4
+    batch_size: int = 256  # sequences per optimizer step
+
+    def validate(self) -> None:
+        _positive(
+            "ei.", rounds=self.rounds, samples_per_prompt=self.samples_per_prompt, temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+        )  # fmt: skip
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"ei.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class RLConfig:
+    """One RL run: start from `policy` (any HF causal-LM folder), write everything under `out`."""
+
+    policy: str  # HF causal-LM folder (weights + tokenizer) to start from
+    out: str  # run folder: config.yaml, metrics.jsonl, tb/, rollouts/, eval/, checkpoints/step_N/, final/
+    reference: str | None = None  # KL reference model folder (default: `policy`)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    ei: EIConfig = field(default_factory=EIConfig)
+    epochs: float = 10.0  # passes over the prompt set (the paper: 10); a step is one rollout batch
+    max_steps: int | None = None  # stop after this many steps instead (wins over `epochs`)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # Adam betas (every optimiser)
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0  # max global gradient norm; null = no clipping (norm still logged)
+    micro_batch_size: int = 16  # sequences per forward/backward (memory knob; the update does not depend on it)
+    checkpoint_every: int = 20  # steps between checkpoints (and always at the last step)
+    keep_checkpoints: int = 2
+    seed: int = 0
+    tensorboard: bool = True
+    wandb_project: str | None = None  # also log to this W&B project (needs `pip install wandb`)
+    progress: bool = True
+
+    def validate(self) -> None:
+        _positive(
+            "", epochs=self.epochs, max_steps=self.max_steps, micro_batch_size=self.micro_batch_size,
+            checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints,
+        )  # fmt: skip
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise UserError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.weight_decay < 0:
+            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        _positive("", grad_clip=self.grad_clip)
+
+
+RL_PRESETS: tuple[str, ...] = tuple(
+    sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
+)
+
+
+def rl_preset(name: str) -> dict[str, Any]:
+    """A packaged preset as plain data (a base that a YAML file and `--set` overrides go on top of)."""
+    if name not in RL_PRESETS:
+        raise UserError(f"unknown RL preset {name!r}; known presets: {', '.join(RL_PRESETS)}")
+    return read_yaml(Path(str(_PRESETS / f"{name}.yaml")))
+
+
+def load_rl_config(config: str | None, overrides: list[str] | None = None) -> RLConfig:
+    """`config` is a YAML file path or a preset name (`cpu`); None = the paper's defaults."""
+    if config is not None and not Path(config).exists() and config in RL_PRESETS:
+        return load_config(RLConfig, overrides=overrides, base=rl_preset(config))
+    return load_config(RLConfig, config, overrides)

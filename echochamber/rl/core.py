@@ -1,0 +1,473 @@
+"""The RL stage: rollout -> reward -> reference -> update, with logging, checkpoints and periodic eval.
+
+`run_rl(config, algo=...)` is the whole stage for PPO, GRPO (one update per step through the
+`Algorithm` protocol) and Expert Iteration (one `ei.run_round` per round, same sampling, grading and
+logging). Under `torchrun --nproc_per_node N` each rank samples and grades its share of a step's
+prompts and the update is data-parallel (see rollout.py); rank 0 writes the run folder:
+
+    config.yaml              the resolved config (the algorithm is in every metrics line)
+    metrics.jsonl            one "rl" line per step (reward, formats, KL k1/k2/k3, entropy, lengths,
+                             truncation, timing split, the algorithm's diagnostics) + "eval" lines
+    tb/                      TensorBoard (W&B when asked for)
+    rollouts/step_N.jsonl.gz every graded sample of step N (prompt id, sample index, text, reward, ...)
+    eval/step_N/<benchmark>/ the eval suite's generations.jsonl and results.json
+    checkpoints/step_N/      HF policy folder (+ tokenizer, PPO critic) and trainer_state.pt
+    final/                   the last policy as an HF folder
+
+Resume (SIGKILL at any point, then `resume=True`) reproduces the uninterrupted run: the prompts of a
+step and every sample's randomness are pure functions of (seed, step), the policy weights and the
+optimizer state come from the checkpoint, and metrics/rollouts written after it are replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from echochamber.checkpoint import (
+    CHECKPOINTS_DIR,
+    STATE_FILE,
+    atomic_dir,
+    gather_rng_states,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    remove_partial_checkpoints,
+    replace_dir,
+    restore_rank_rng,
+)
+from echochamber.config import save_config, to_dict
+from echochamber.data.tokenizer import load_tokenizer
+from echochamber.errors import UserError
+from echochamber.evaluate import EvalConfig, benchmark_prompts, evaluate, generation_stats
+from echochamber.formats import FORMATS
+from echochamber.metrics import METRICS_FILE, MetricsWriter, read_metrics, truncate_metrics
+from echochamber.model import load_model
+from echochamber.rl.config import ALGORITHMS, RLConfig, load_rl_config
+from echochamber.rl.losses import KL_ESTIMATORS, kl_estimate
+from echochamber.rl.rollout import (
+    RolloutBatch,
+    build_batch,
+    gather_rows,
+    generate_rollouts,
+    global_sum,
+    load_prompts,
+    rank_share,
+    step_prompts,
+    steps_per_epoch,
+    write_rollouts,
+)
+from echochamber.sampler import SamplingParams
+from echochamber.verify.grade import Grader
+
+STAGE = "rl"
+EVAL_STAGE = "eval"
+# What a run computes; resuming with any of these changed would splice two different runs. The run
+# length (epochs, max_steps), evaluation, logging and memory knobs may change.
+RUN_DEFINING_KEYS = ("policy", "reference", "prompts", "rollout", "betas", "weight_decay", "grad_clip", "seed")
+
+
+class Algorithm(Protocol):
+    name: str
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def save_models(self, folder: Path) -> None: ...
+
+
+def run_rl(config: RLConfig, *, algo: str, resume: bool = False, grader: Grader | None = None) -> Path:
+    """Run (or, with `resume`, continue) RL from `config.policy`; returns the final policy folder.
+
+    `grader` lets a caller share a running Grader (its worker pools take seconds to start);
+    otherwise one with `rollout.grader_workers` workers lives for the run.
+    """
+    if algo not in ALGORITHMS:
+        raise UserError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+    config.validate()
+    owns_group, device = _init_distributed()
+    try:
+        return _Run(config, algo, resume, device).run(grader)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _init_distributed() -> tuple[bool, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        return True, device
+    return False, device
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def sample_seed(seed: int, step: int) -> int:
+    """The sampler seed of step (or EI round) `step`: fresh samples when a prompt comes back next epoch."""
+    return int.from_bytes(hashlib.blake2b(f"rl:{seed}:{step}".encode(), digest_size=4).digest(), "little")
+
+
+def total_steps(config: RLConfig, algo: str, n_prompts: int) -> int:
+    if algo == "ei":
+        return config.ei.rounds
+    if config.max_steps is not None:
+        return config.max_steps
+    return max(1, math.ceil(config.epochs * steps_per_epoch(n_prompts, config.rollout.prompts_per_step)))
+
+
+def rollout_kl(batch: RolloutBatch) -> torch.Tensor:
+    """[sum of k1, k2, k3 over response tokens, token count] of the sampling policy vs the reference."""
+    mask = batch.response_mask
+    sums = [(kl_estimate(batch.old_logp, batch.ref_logp, name) * mask).sum() for name in KL_ESTIMATORS]
+    return torch.stack([*sums, mask.sum()]).double()
+
+
+def step_metrics(
+    rows: list[dict[str, Any]],
+    *,
+    algo: str,
+    truncation: str,
+    kl: list[float] | None,
+    seconds: dict[str, float],
+    diagnostics: dict[str, Any],
+) -> dict[str, Any]:
+    """One metrics line from a step's graded samples (all ranks), its KL sums and its diagnostics.
+
+    A format with no samples has accuracy/length None, never 0 (the eval suite's convention).
+    """
+    stats = generation_stats(rows)
+    formats = stats["formats"]
+    tokens = sum(row["n_tokens"] for row in rows)
+    line: dict[str, Any] = {
+        "algo": algo,
+        "n_samples": len(rows),
+        "reward_mean": sum(row["reward"] for row in rows) / len(rows),
+        "accuracy": stats["accuracy"],
+        "format_share": {name: formats[name]["share"] for name in FORMATS},
+        "format_accuracy": {name: formats[name]["accuracy"] for name in FORMATS},
+        "response_length": stats["mean_tokens"],
+        "length_by_format": {name: formats[name]["mean_tokens"] for name in FORMATS},
+        "truncation_rate": stats["truncation_rate"],
+        "truncation": truncation,  # the policy: "zero" (reward 0, trained) or "mask" (out of the loss)
+        "status_counts": stats["status_counts"],
+    }
+    for index, name in enumerate(KL_ESTIMATORS):
+        line[f"kl_{name}"] = kl[index] / max(kl[-1], 1.0) if kl is not None else None
+    step_time = sum(seconds.values())
+    line.update(seconds)
+    # Response tokens per second of the whole step, and of sampling alone.
+    line["tokens_per_s"] = tokens / step_time if step_time > 0 else None
+    line["generate_tokens_per_s"] = tokens / seconds["time_generate"] if seconds["time_generate"] > 0 else None
+    line.update(diagnostics)
+    return line
+
+
+class _Run:
+    """The state of one RL run; `run()` executes it."""
+
+    def __init__(self, config: RLConfig, algo: str, resume: bool, device: torch.device) -> None:
+        self.config, self.algo, self.device = config, algo, device
+        self.out = Path(config.out)
+        self.rank0 = _rank() == 0
+        _prepare_out(self.out)
+        self.checkpoint = latest_checkpoint(self.out) if resume else None
+        if not resume and (list_checkpoints(self.out) or read_metrics(self.out / METRICS_FILE, STAGE)):
+            raise UserError(f"{self.out} already holds an RL run; pass --resume to continue it or choose another out")
+        if self.rank0:
+            remove_partial_checkpoints(self.out)
+        self.state = load_trainer_state(self.checkpoint) if self.checkpoint is not None else None
+        if self.state is not None:
+            _check_resumable(config, algo, self.state, self.checkpoint)
+        self.start = self.state["step"] if self.state is not None else 0
+        self.resume = resume
+        if resume and self.rank0:
+            _drop_rollouts_after(self.out / "rollouts", self.start)
+
+        self.tokenizer = load_tokenizer(config.policy)
+        self.ref = load_model(config.reference or config.policy).to(device).eval().requires_grad_(False)
+        self.policy = load_model(self.checkpoint or config.policy).to(device)
+        if self.policy.config.vocab_size != self.ref.config.vocab_size:
+            raise UserError(f"policy and reference have different vocabularies ({config.policy}, {config.reference})")
+        self.records = load_prompts(config.prompts)
+        self.total = total_steps(config, algo, len(self.records))
+
+    def run(self, grader: Grader | None) -> Path:
+        writers = self._writers()
+        try:
+            scope = nullcontext(grader) if grader is not None else Grader(workers=self.config.rollout.grader_workers)
+            with scope as self.grader:
+                if self.start == 0:
+                    self._maybe_eval(0, writers)
+                if self.algo == "ei":
+                    self._run_ei(writers)
+                else:
+                    self._run_steps(writers)
+        finally:
+            for writer in writers.values():
+                writer.close()
+        final = self.out / "final"
+        self._save_folder(final, self._save_policy)
+        return final
+
+    # --- PPO / GRPO -----------------------------------------------------------------------------
+
+    def _run_steps(self, writers: dict[str, MetricsWriter]) -> None:
+        config = self.config
+        algorithm = _build_algorithm(self.algo, self.policy, self.ref, self.tokenizer, config)
+        if self.state is not None:
+            algorithm.load_state_dict(self.state["algorithm"])
+            restore_rank_rng(self.state["rng"])
+        self._save_policy = algorithm.save_models
+        bar = self._bar()
+        for step in range(self.start, self.total):
+            done = step + 1
+            prompts = rank_share(step_prompts(self.records, step, config.rollout.prompts_per_step, config.seed))
+            params = SamplingParams(
+                temperature=config.rollout.temperature, max_new_tokens=config.rollout.max_new_tokens,
+                seed=sample_seed(config.seed, step),
+            )  # fmt: skip
+            rollouts, seconds = generate_rollouts(
+                self.policy, self.tokenizer, prompts, config.rollout.samples_per_prompt, params, self.grader,
+                batch_size=config.rollout.batch_size,
+            )  # fmt: skip
+            batch, seconds["time_reference"] = build_batch(
+                rollouts, tokenizer=self.tokenizer, ref=self.ref, temperature=config.rollout.temperature,
+                truncation=config.rollout.truncation, micro_batch_size=config.micro_batch_size,
+            )  # fmt: skip
+            kl = global_sum(rollout_kl(batch)).tolist()
+            started = time.perf_counter()
+            diagnostics = algorithm.update(batch)
+            seconds["time_update"] = time.perf_counter() - started
+            self._log_step(done, [r.row() for r in rollouts], kl, seconds, diagnostics, writers, bar)
+            self._after_step(done, writers, algorithm.state_dict, algorithm.save_models)
+        bar.close()
+
+    # --- Expert Iteration ---------------------------------------------------------------------
+
+    def _run_ei(self, writers: dict[str, MetricsWriter]) -> None:
+        from echochamber.rl import ei
+
+        config = self.config
+        if self.state is not None:
+            restore_rank_rng(self.state["rng"])
+        self._save_policy = self.policy.save_pretrained
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        # Whole prompts per rank; the few left over when the set does not split evenly sit out.
+        records = rank_share(self.records[: len(self.records) - len(self.records) % world])
+        bar = self._bar()
+        for round_index in range(self.start, self.total):
+            done = round_index + 1
+            params = SamplingParams(
+                temperature=config.ei.temperature, top_p=config.ei.top_p,
+                max_new_tokens=config.ei.max_new_tokens or config.rollout.max_new_tokens,
+                seed=sample_seed(config.seed, round_index),
+            )  # fmt: skip
+            rollouts, seconds = generate_rollouts(
+                self.policy, self.tokenizer, records, config.ei.samples_per_prompt, params, self.grader,
+                batch_size=config.rollout.batch_size,
+            )  # fmt: skip
+            seconds["time_reference"] = 0.0  # EI has no reference pass
+            started = time.perf_counter()
+            self.policy, diagnostics = ei.run_round(round_index, self.policy, rollouts, self.tokenizer, config)
+            seconds["time_update"] = time.perf_counter() - started
+            self._save_policy = self.policy.save_pretrained
+            self._log_step(done, [r.row() for r in rollouts], None, seconds, diagnostics, writers, bar)
+            self._after_step(done, writers, lambda: {}, self.policy.save_pretrained)
+        bar.close()
+
+    # --- shared --------------------------------------------------------------------------------
+
+    def _log_step(
+        self,
+        done: int,
+        rows: list[dict[str, Any]],
+        kl: list[float] | None,
+        seconds: dict[str, float],
+        diagnostics: dict[str, Any],
+        writers: dict[str, MetricsWriter],
+        bar: tqdm,
+    ) -> None:
+        rows = gather_rows(rows)
+        if not self.rank0:
+            return
+        write_rollouts(self.out / "rollouts" / f"step_{done:06d}.jsonl.gz", rows)
+        line = step_metrics(
+            rows, algo=self.algo, truncation=self.config.rollout.truncation, kl=kl, seconds=seconds,
+            diagnostics=diagnostics,
+        )  # fmt: skip
+        writers[STAGE].log(done, line)
+        bar.set_postfix(reward=f"{line['reward_mean']:.3f}", other=f"{line['format_share']['other']:.2f}", refresh=False)
+        bar.update(1)
+
+    def _after_step(
+        self,
+        done: int,
+        writers: dict[str, MetricsWriter],
+        algorithm_state: Callable[[], dict[str, Any]],
+        save_models: Callable[[Path], None],
+    ) -> None:
+        self._maybe_eval(done, writers)
+        # An EI round is minutes of sampling and SFT: checkpoint every round, not every N steps.
+        if self.algo == "ei" or done % self.config.checkpoint_every == 0 or done == self.total:
+            state = {
+                "step": done, "algo": self.algo, "config": to_dict(self.config),
+                "algorithm": algorithm_state(), "rng": gather_rng_states(),
+            }  # fmt: skip
+            self._save_folder(self.out / CHECKPOINTS_DIR / f"step_{done}", save_models, state)
+            if self.rank0:
+                for _, stale in list_checkpoints(self.out)[: -self.config.keep_checkpoints]:
+                    doomed = stale.with_name(f".tmp-del-{stale.name}")  # renamed first: never half-deleted
+                    stale.rename(doomed)
+                    shutil.rmtree(doomed)
+            _barrier()
+
+    def _save_folder(self, dest: Path, save_models: Callable[[Path], None], state: dict[str, Any] | None = None) -> None:
+        """Atomically write an HF folder (policy + tokenizer [+ trainer_state.pt, written last])."""
+        if self.rank0:
+            tmp = atomic_dir(dest)
+            tmp.mkdir()
+            save_models(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            if state is not None:
+                torch.save(state, tmp / STATE_FILE)
+            replace_dir(tmp, dest)
+        _barrier()
+
+    def _maybe_eval(self, done: int, writers: dict[str, MetricsWriter]) -> None:
+        every = self.config.eval.every
+        if every == 0 or not (done % every == 0 or done == self.total):
+            return
+        if self.rank0:
+            for benchmark in self.config.eval.benchmarks:
+                eval_config = self._eval_config(benchmark)
+                results = evaluate(
+                    self.policy, self.tokenizer, benchmark_prompts(eval_config), eval_config, grader=self.grader,
+                    out_dir=self.out / "eval" / f"step_{done:06d}" / benchmark, progress=False,
+                )  # fmt: skip
+                writers[EVAL_STAGE].log(done, {k: v for k, v in results.items() if k != "config"})
+        _barrier()
+
+    def _eval_config(self, benchmark: str) -> EvalConfig:
+        settings = self.config.eval
+        config = EvalConfig(
+            benchmark=benchmark, n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens, limit=settings.limit, seed=self.config.seed,
+            data=settings.data, world=self.config.prompts.world, batch_size=settings.batch_size,
+        )  # fmt: skip
+        config.validate()
+        return config
+
+    def _writers(self) -> dict[str, MetricsWriter]:
+        if not self.rank0:
+            return {}
+        save_config(self.config, self.out / "config.yaml")
+        path = self.out / METRICS_FILE
+        # On resume, lines a killed run logged after its checkpoint go; without a checkpoint all of
+        # them (step 0's evaluation included: it runs again). Truncation rewrites the file, which
+        # would orphan an already open writer's handle: so the eval stage is truncated here, before
+        # any writer opens, and the rl writer truncates its own stage (and its TensorBoard steps).
+        keep_until = self.start if self.checkpoint is not None else -1
+        if self.resume:
+            truncate_metrics(path, EVAL_STAGE, keep_until)
+
+        def writer(stage: str, resume_step: int | None) -> MetricsWriter:
+            return MetricsWriter(
+                self.out, stage, tensorboard=self.config.tensorboard, wandb_project=self.config.wandb_project,
+                run_name=f"{self.out.name}-{self.algo}", config=to_dict(self.config), resume_step=resume_step,
+            )  # fmt: skip
+
+        rl = writer(STAGE, keep_until if self.resume else None)
+        return {STAGE: rl, EVAL_STAGE: writer(EVAL_STAGE, None)}
+
+    def _bar(self) -> tqdm:
+        return tqdm(
+            total=self.total, initial=self.start, desc=f"rl {self.algo}", unit="step",
+            disable=not (self.config.progress and self.rank0), dynamic_ncols=True,
+        )  # fmt: skip
+
+
+def _build_algorithm(algo: str, policy: Any, ref: Any, tokenizer: Any, config: RLConfig) -> Algorithm:
+    if algo == "grpo":
+        from echochamber.rl import grpo
+
+        return grpo.build(policy, ref, tokenizer, config)
+    from echochamber.rl import ppo
+
+    return ppo.build(policy, ref, tokenizer, config)
+
+
+def _drop_rollouts_after(folder: Path, step: int) -> None:
+    """Rollout files a killed run wrote past its checkpoint: they are written again (or, if the
+    resumed run stops earlier, they never happened)."""
+    for path in folder.glob("step_*.jsonl.gz"):
+        if int(path.name.removeprefix("step_").removesuffix(".jsonl.gz")) > step:
+            path.unlink()
+
+
+def _prepare_out(out: Path) -> None:
+    """Fail early, on every rank, if the run folder cannot be written."""
+    probe = out / f".write-probe-{_rank()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"output folder {out} is not writable: {error.strerror}") from None
+
+
+def _check_resumable(config: RLConfig, algo: str, state: dict[str, Any], checkpoint: Path) -> None:
+    if state["algo"] != algo:
+        raise UserError(f"cannot resume from {checkpoint}: it was written by --algo {state['algo']}, not {algo}")
+    now = to_dict(config)
+    for key in (*RUN_DEFINING_KEYS, algo):
+        if state["config"].get(key) != now[key]:
+            raise UserError(f"cannot resume from {checkpoint}: config key '{key}' changed since it was written")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m echochamber.rl.core CONFIG --algo ALGO [--set k=v] [--resume]` (what torchrun launches)."""
+    parser = argparse.ArgumentParser(prog="echochamber rl")
+    parser.add_argument("config", help="YAML RLConfig or a preset name (cpu)")
+    parser.add_argument("--algo", required=True, choices=ALGORITHMS)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out/")
+    args = parser.parse_args(argv)
+    try:
+        final = run_rl(load_rl_config(args.config, args.set), algo=args.algo, resume=args.resume)
+    except UserError as error:
+        print(f"echochamber: error: {error}", file=sys.stderr)
+        return 2
+    print(f"RL policy written to {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""GRPO: PPO's clipped surrogate with a group baseline instead of a critic.
+
+Advantage of sample i of prompt p: (r_i - mean_p) / (max(std_p, std_floor) + std_eps) ("zscore", the
+paper; std with Bessel's correction as in OpenRLHF and TRL) or r_i - mean_p ("center", Dr. GRPO), one
+value for every token of the response. The KL to the reference is named twice: its estimator
+(k1/k2/k3) and its placement ("loss": beta * estimate added per token, the paper's GRPO; "reward":
+beta * the summed estimate subtracted from each sample's reward before the group statistics). The
+aggregation of the per-token loss is named too (token_mean / seq_mean / constant = Dr. GRPO's
+N x max_new_tokens), and stays exact under micro-batching and data parallelism: each micro-batch's
+share is normalised by the minibatch's global token or sequence count.
+
+Samples left out of the loss (truncation "mask") are left out of their group's mean and std too.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from echochamber.rl.config import GRPOConfig, RLConfig
+from echochamber.rl.losses import Aggregation, aggregate, clipped_policy_loss, kl_estimate
+from echochamber.rl.rollout import RolloutBatch, global_sum, sequence_logprobs, sum_gradients
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group: torch.Tensor,
+    valid: torch.Tensor,
+    config: GRPOConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample advantages ([N], 0 for invalid samples) and a per-group flag: no reward variance.
+
+    A group whose valid samples all got the same reward (or that has no valid sample) carries no
+    learning signal; its fraction is the zero-variance diagnostic.
+    """
+    n_groups = int(group.max()) + 1
+    weight = valid.to(rewards.dtype)
+    count = rewards.new_zeros(n_groups).index_add_(0, group, weight)
+    mean = rewards.new_zeros(n_groups).index_add_(0, group, rewards * weight) / count.clamp(min=1)
+    centred = (rewards - mean[group]) * weight
+    squares = rewards.new_zeros(n_groups).index_add_(0, group, centred.pow(2))
+    zero_variance = squares <= 1e-12
+    if config.normalization == "center":
+        return centred, zero_variance
+    std = torch.sqrt(squares / (count - 1).clamp(min=1))
+    return centred / (std.clamp(min=config.std_floor) + config.std_eps)[group], zero_variance
+
+
+def shaped_rewards(batch: RolloutBatch, config: GRPOConfig) -> torch.Tensor:
+    """The verifier reward, minus beta x the summed KL estimate when the KL is placed in the reward
+    (the rollout's own KL, sampler vs reference: fixed for the whole update, like the reward)."""
+    rewards = batch.rewards.float()
+    if config.kl_placement == "reward" and config.kl_coef > 0:
+        kl = kl_estimate(batch.old_logp, batch.ref_logp, config.kl_estimator) * batch.response_mask
+        rewards = rewards - config.kl_coef * kl.sum(1)
+    return rewards
+
+
+def micro_batch_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: Aggregation,
+    *,
+    total_tokens: torch.Tensor | float,
+    total_sequences: torch.Tensor | float,
+    max_new_tokens: int,
+) -> torch.Tensor:
+    """This micro-batch's share of the minibatch loss: the shares of all micro-batches (on every rank)
+    sum to the minibatch's loss aggregated as named, given the minibatch's global `total_tokens`
+    (response tokens) and `total_sequences`. Shared with PPO."""
+    if aggregation == "token_mean":
+        return aggregate(per_token, mask, "token_mean") * (mask.sum() / max(float(total_tokens), 1.0))
+    if aggregation == "seq_mean":
+        return aggregate(per_token, mask, "seq_mean") * (mask.shape[0] / float(total_sequences))
+    return aggregate(per_token, mask, "constant", constant=float(total_sequences) * max_new_tokens)
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    config: GRPOConfig,
+    *,
+    total_tokens: torch.Tensor | float,
+    total_sequences: torch.Tensor | float,
+    max_new_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss share, clipped [B, T], kl_to_ref [B, T]) of a micro-batch of B sequences ([B, T] log-probs,
+    [B] advantages): the clipped surrogate, plus beta x the KL estimate per token when it is placed in
+    the loss, aggregated by `micro_batch_loss`."""
+    per_token, clipped = clipped_policy_loss(logp, old_logp, advantages[:, None], config.clip)
+    kl_to_ref = kl_estimate(logp, ref_logp, config.kl_estimator)
+    if config.kl_placement == "loss" and config.kl_coef > 0:
+        per_token = per_token + config.kl_coef * kl_to_ref
+    loss = micro_batch_loss(
+        per_token, mask, config.aggregation, total_tokens=total_tokens, total_sequences=total_sequences,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    return loss, clipped, kl_to_ref
+
+
+class Sums:
+    """Named running sums for diagnostics, all-reduced once per update (one collective, any rank count)."""
+
+    def __init__(self, **values: torch.Tensor | float | int) -> None:
+        self.values = {name: float(value) for name, value in values.items()}
+
+    def add(self, other: Sums) -> None:
+        for name, value in other.values.items():
+            self.values[name] = self.values.get(name, 0.0) + value
+
+    def global_totals(self, device: torch.device) -> dict[str, float]:
+        names = sorted(self.values)
+        totals = global_sum(torch.tensor([self.values[n] for n in names], dtype=torch.float64, device=device))
+        return dict(zip(names, totals.tolist(), strict=True))
+
+
+class GRPO:
+    """The GRPO update over one RolloutBatch (implements core's Algorithm protocol)."""
+
+    name = "grpo"
+
+    def __init__(self, policy: torch.nn.Module, ref: torch.nn.Module, tokenizer: Any, config: RLConfig) -> None:
+        self.policy = policy
+        self.config = config
+        self.optimizer = torch.optim.AdamW(
+            policy.parameters(),
+            lr=config.grpo.lr,
+            betas=(config.betas[0], config.betas[1]),
+            weight_decay=config.weight_decay,
+        )
+        self.updates = 0  # rollouts consumed: seeds the minibatch shuffle
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        grpo = self.config.grpo
+        mask = batch.response_mask
+        advantages, zero_variance = group_advantages(shaped_rewards(batch, grpo), batch.group, mask.sum(1) > 0, grpo)
+
+        self.policy.train()
+        lengths = mask.sum(1)
+        sums = Sums(
+            zero_variance_groups=zero_variance.sum(), groups=len(zero_variance),
+            advantage_tokens=(advantages * lengths).sum(), response_tokens=lengths.sum(),
+        )  # fmt: skip
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.updates)
+        for _ in range(grpo.epochs):
+            order = torch.randperm(len(batch), generator=generator) if grpo.minibatches > 1 else torch.arange(len(batch))
+            for indices in order.chunk(grpo.minibatches):
+                sums.add(self._minibatch(batch, advantages, indices.to(mask.device)))
+        self.updates += 1
+        total = sums.global_totals(mask.device)
+        tokens, steps = max(total["tokens"], 1.0), max(total["steps"], 1.0)
+        return {
+            "loss": total["loss"] / steps,
+            "entropy": total["entropy"] / tokens,
+            "clip_fraction": total["clipped"] / tokens,
+            "approx_kl": total["approx_kl"] / tokens,
+            "kl_loss": total["kl_to_ref"] / tokens,  # the estimator vs the reference during the update
+            "grad_norm": total["grad_norm"] / steps,
+            "zero_variance_groups": total["zero_variance_groups"] / total["groups"],
+            # Token-weighted: negative means long responses are pushed down (the short-format trap).
+            "advantage_token_mean": total["advantage_tokens"] / max(total["response_tokens"], 1.0),
+        }
+
+    def _minibatch(self, batch: RolloutBatch, advantages: torch.Tensor, indices: torch.Tensor) -> Sums:
+        grpo = self.config.grpo
+        temperature = self.config.rollout.temperature
+        total_tokens = global_sum(batch.response_mask[indices].sum().double())
+        total_sequences = global_sum(torch.tensor(float(len(indices)), dtype=torch.float64, device=indices.device))
+        sums = Sums()
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in indices.split(self.config.micro_batch_size):
+            # Trim to the longest row in this micro-batch: padding columns cost a full forward each.
+            cols = int(batch.attention_mask[micro].sum(1).max())
+            tokens, attention = batch.tokens[micro, :cols], batch.attention_mask[micro, :cols]
+            mask = batch.response_mask[micro, :cols]
+            logp, entropy = sequence_logprobs(self.policy, tokens, attention, temperature)
+            assert entropy is not None
+            old_logp = batch.old_logp[micro, :cols]
+            loss, clipped, kl_to_ref = grpo_loss(
+                logp, old_logp, batch.ref_logp[micro, :cols], advantages[micro], mask, grpo,
+                total_tokens=total_tokens, total_sequences=total_sequences,
+                max_new_tokens=self.config.rollout.max_new_tokens,
+            )  # fmt: skip
+            loss.backward()
+            with torch.no_grad():
+                log_ratio = logp - old_logp
+                sums.add(
+                    Sums(
+                        entropy=(entropy * mask).sum(), clipped=(clipped * mask).sum(),
+                        approx_kl=((torch.expm1(log_ratio) - log_ratio) * mask).sum(),
+                        kl_to_ref=(kl_to_ref * mask).sum(), tokens=mask.sum(), loss=loss,
+                    )
+                )  # fmt: skip
+        sum_gradients(self.policy)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip or math.inf)
+        self.optimizer.step()
+        # Every rank holds the same (global) norm and step: count each once after the global sum.
+        share = 1.0 / _world()
+        sums.add(Sums(grad_norm=float(grad_norm) * share, steps=share))
+        return sums
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = state["updates"]
+
+    def save_models(self, folder: Path) -> None:
+        self.policy.save_pretrained(folder)
+
+
+def _world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def build(policy: torch.nn.Module, ref: torch.nn.Module, tokenizer: Any, config: RLConfig) -> GRPO:
+    return GRPO(policy, ref, tokenizer, config)

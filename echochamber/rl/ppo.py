@@ -1,0 +1,313 @@
+"""PPO with a critic: the paper's main algorithm (OpenRLHF 0.6 settings), one rollout per `update`.
+
+Per rollout batch (cleanrl's order, one token = one action):
+1. the critic values every response token's state (once, before any step: the "old" values);
+2. per-token rewards: the KL penalty -kl_coef * estimate(old_logp, ref_logp) on every response token
+   (the paper: k1 "in the reward") and the verifier's score on the last response token;
+3. GAE (gamma, lambda) gives advantages and returns; advantages are whitened over the whole batch
+   (all ranks);
+4. `epochs` passes over `minibatches` shuffled minibatches, each one actor step (clipped surrogate)
+   and one critic step (clipped value loss), each optimizer with its own lr and gradient clipping.
+
+The critic is the policy's transformer body (no LM head) with a fresh scalar head on the last hidden
+state, zero-initialised so that every value starts at 0 and building it draws no random numbers
+(resume compares RNG states). Losses are exact under micro-batching and data parallelism: each
+micro-batch's share is normalised by the minibatch's global token or sequence count (grpo.py's
+`micro_batch_loss`), gradients are summed over ranks before clipping.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, PreTrainedModel
+
+from echochamber.errors import UserError
+from echochamber.rl.config import RLConfig
+from echochamber.rl.grpo import Sums, micro_batch_loss
+from echochamber.rl.losses import (
+    KLEstimator,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    kl_estimate,
+)
+from echochamber.rl.rollout import RolloutBatch, global_sum, sequence_logprobs, sum_gradients
+
+CRITIC_DIR = "critic"
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+class ValueModel(torch.nn.Module):
+    """V(state): a causal-LM body plus a scalar head on its last hidden state.
+
+    `forward` is laid out like `sequence_logprobs`: column s holds the value of the state in which
+    tokens[:, s] was chosen, i.e. of the prefix tokens[:, :s] (the hidden state at s - 1); column 0 is 0.
+    """
+
+    def __init__(self, backbone: PreTrainedModel, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @classmethod
+    def from_policy(cls, policy: PreTrainedModel) -> ValueModel:
+        """A copy of the policy's body (the LM head is dropped: a critic never needs the vocabulary)."""
+        backbone = copy.deepcopy(policy.base_model)
+        device = next(backbone.parameters()).device
+        # float32 head whatever the body's dtype: values and returns are small differences of rewards.
+        head = torch.nn.Linear(backbone.config.hidden_size, 1, device=device, dtype=torch.float32)
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+        return cls(backbone, head)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        values = self.head(hidden.float()).squeeze(-1)
+        return F.pad(values[:, :-1], (1, 0))
+
+    def save(self, folder: Path) -> None:
+        """An HF base-model folder (AutoModel loads it) plus the head's weights."""
+        self.backbone.save_pretrained(folder)
+        save_file(
+            {"weight": self.head.weight.detach().contiguous(), "bias": self.head.bias.detach()},
+            folder / VALUE_HEAD_FILE,
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> ValueModel:
+        """Read a folder written by `save` (on the CPU; move it with `.to`)."""
+        try:
+            backbone = AutoModel.from_pretrained(folder)
+            weights = load_file(folder / VALUE_HEAD_FILE)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"cannot load critic from {folder}: {first_line}") from error
+        head = torch.nn.Linear(backbone.config.hidden_size, 1, dtype=torch.float32)
+        head.load_state_dict(weights)
+        return cls(backbone, head)
+
+
+def token_rewards(
+    scores: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_coef: float,
+    estimator: KLEstimator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N, S] reward after each response token, [N, S] KL penalty subtracted from it).
+
+    The verifier's score (`scores`, [N]) sits on each row's last response token. The penalty compares
+    the sampling policy with the reference: it is part of the environment's reward, fixed for the
+    whole update, so its gradient reaches the policy only through the advantages (k1 this way is an
+    unbiased reverse-KL gradient, unlike k1 in the loss).
+    """
+    mask = mask.to(old_logp.dtype)
+    penalty = kl_coef * kl_estimate(old_logp, ref_logp, estimator) * mask
+    rewards = -penalty
+    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # a row without response tokens gets score * 0
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    rewards[rows, last] += scores.to(rewards.dtype) * (mask.sum(1) > 0).to(rewards.dtype)
+    return rewards, penalty
+
+
+def global_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """losses.masked_whiten with the mean and variance of every rank's tokens (OpenRLHF's
+    all-reduced normalisation), so an update over N processes equals the single-process one."""
+    mask = mask.to(values.dtype)
+    stats = global_sum(
+        torch.stack([mask.sum(), (values * mask).sum(), (values.pow(2) * mask).sum()]).double()
+    )
+    n = stats[0].clamp(min=1.0)
+    mean = stats[1] / n
+    var = (stats[2] / n - mean.pow(2)).clamp(min=0.0)
+    return ((values - mean) * torch.rsqrt(var + eps)).to(values.dtype) * mask
+
+
+class PPO:
+    """The PPO update over one RolloutBatch (implements core's Algorithm protocol)."""
+
+    name = "ppo"
+
+    def __init__(self, policy: PreTrainedModel, critic: ValueModel, config: RLConfig) -> None:
+        self.policy, self.critic, self.config = policy, critic, config
+        betas = (config.betas[0], config.betas[1])
+        self.actor_optimizer = torch.optim.AdamW(
+            policy.parameters(), lr=config.ppo.lr, betas=betas, weight_decay=config.weight_decay
+        )
+        self.critic_optimizer = torch.optim.AdamW(
+            critic.parameters(), lr=config.ppo.critic_lr, betas=betas, weight_decay=config.weight_decay
+        )
+        self.updates = 0  # rollouts consumed: seeds the minibatch shuffle
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        ppo = self.config.ppo
+        mask = batch.response_mask
+        old_values = self._values(batch)
+        penalty_coef = ppo.kl_coef if ppo.kl_placement == "reward" else 0.0
+        rewards, penalty = token_rewards(
+            batch.rewards.float(), batch.old_logp, batch.ref_logp, mask, kl_coef=penalty_coef, estimator=ppo.kl_estimator
+        )  # fmt: skip
+        advantages, returns = gae(rewards, old_values, mask, ppo.gamma, ppo.lam)
+        if ppo.whiten_advantages:
+            advantages = global_whiten(advantages, mask)
+
+        self.policy.train()
+        self.critic.train()
+        sums = Sums(
+            value_sum=(old_values * mask).sum(), returns_sum=(returns * mask).sum(),
+            penalty_sum=penalty.sum(), response_tokens=mask.sum(),
+        )  # fmt: skip
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.updates)
+        for _ in range(ppo.epochs):
+            order = (
+                torch.randperm(len(batch), generator=generator)
+                if ppo.minibatches > 1
+                else torch.arange(len(batch))
+            )
+            for indices in order.chunk(ppo.minibatches):
+                sums.add(self._minibatch(batch, advantages, returns, old_values, indices.to(mask.device)))
+        self.updates += 1
+        total = sums.global_totals(mask.device)
+        tokens, steps = max(total["tokens"], 1.0), max(total["steps"], 1.0)
+        response_tokens = max(total["response_tokens"], 1.0)
+        return {
+            # The actor's objective: the clipped surrogate (+ the KL term when kl_placement is "loss").
+            "loss": total["loss"] / steps,
+            "policy_loss": total["policy_loss"] / steps,
+            "value_loss": total["value_loss"] / steps,
+            "entropy": total["entropy"] / tokens,
+            "approx_kl": total["approx_kl"] / tokens,
+            "clip_fraction": total["clipped"] / tokens,
+            "kl_loss": total["kl_to_ref"] / tokens,  # the estimator vs the reference during the update
+            "grad_norm": total["grad_norm"] / steps,
+            "critic_grad_norm": total["critic_grad_norm"] / steps,
+            # Of the critic's values before this update; this rank's tokens only under torchrun.
+            "explained_variance": explained_variance(old_values, returns, mask),
+            "value_mean": total["value_sum"] / response_tokens,
+            "returns_mean": total["returns_sum"] / response_tokens,
+            "kl_penalty_mean": total["penalty_sum"] / response_tokens,
+        }
+
+    @torch.no_grad()
+    def _values(self, batch: RolloutBatch) -> torch.Tensor:
+        """The critic's values of every response token's state before this update ([N, S], 0 off the mask)."""
+        self.critic.eval()
+        values = torch.zeros_like(batch.old_logp)
+        for lo in range(0, len(batch), self.config.micro_batch_size):
+            hi = min(lo + self.config.micro_batch_size, len(batch))
+            cols = int(batch.attention_mask[lo:hi].sum(1).max())
+            values[lo:hi, :cols] = self.critic(batch.tokens[lo:hi, :cols], batch.attention_mask[lo:hi, :cols])
+        return values * batch.response_mask
+
+    def _minibatch(
+        self,
+        batch: RolloutBatch,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        old_values: torch.Tensor,
+        indices: torch.Tensor,
+    ) -> Sums:
+        ppo = self.config.ppo
+        shares = {
+            "total_tokens": global_sum(batch.response_mask[indices].sum().double()),
+            "total_sequences": global_sum(
+                torch.tensor(float(len(indices)), dtype=torch.float64, device=indices.device)
+            ),
+            "max_new_tokens": self.config.rollout.max_new_tokens,
+        }
+        sums = Sums()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        for micro in indices.split(self.config.micro_batch_size):
+            # Trim to the longest row in this micro-batch: padding columns cost a full forward each.
+            cols = int(batch.attention_mask[micro].sum(1).max())
+            tokens, attention = batch.tokens[micro, :cols], batch.attention_mask[micro, :cols]
+            mask = batch.response_mask[micro, :cols]
+            old_logp, ref_logp = batch.old_logp[micro, :cols], batch.ref_logp[micro, :cols]
+
+            logp, entropy = sequence_logprobs(self.policy, tokens, attention, self.config.rollout.temperature)
+            assert entropy is not None
+            per_token, clipped = clipped_policy_loss(logp, old_logp, advantages[micro, :cols], ppo.clip)
+            policy_loss = micro_batch_loss(per_token, mask, ppo.aggregation, **shares)
+            kl_to_ref = kl_estimate(logp, ref_logp, ppo.kl_estimator)
+            loss = policy_loss
+            if ppo.kl_placement == "loss" and ppo.kl_coef > 0:
+                loss = loss + micro_batch_loss(ppo.kl_coef * kl_to_ref, mask, ppo.aggregation, **shares)
+            loss.backward()
+
+            values = self.critic(tokens, attention)
+            per_token_value = clipped_value_loss(
+                values, old_values[micro, :cols], returns[micro, :cols], ppo.value_clip
+            )
+            value_loss = micro_batch_loss(per_token_value, mask, ppo.aggregation, **shares)
+            value_loss.backward()
+
+            with torch.no_grad():
+                log_ratio = logp - old_logp
+                sums.add(
+                    Sums(
+                        loss=loss, policy_loss=policy_loss, value_loss=value_loss, tokens=mask.sum(),
+                        entropy=(entropy * mask).sum(), clipped=(clipped * mask).sum(),
+                        # cleanrl's approx_kl: (ratio - 1) - log ratio, nonnegative, low variance.
+                        approx_kl=((torch.expm1(log_ratio) - log_ratio) * mask).sum(),
+                        kl_to_ref=(kl_to_ref * mask).sum(),
+                    )
+                )  # fmt: skip
+        max_norm = self.config.grad_clip or math.inf
+        sum_gradients(self.policy)
+        sum_gradients(self.critic)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        critic_grad_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), max_norm)
+        self.actor_optimizer.step()
+        self.critic_optimizer.step()
+        # Every rank holds the same (global) norms and step: count each once after the global sum.
+        share = 1.0 / (dist.get_world_size() if dist.is_initialized() else 1)
+        sums.add(
+            Sums(
+                grad_norm=float(grad_norm) * share,
+                critic_grad_norm=float(critic_grad_norm) * share,
+                steps=share,
+            )
+        )
+        return sums
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the saved policy folder lacks: both optimizers, the critic, the update counter."""
+        return {
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "critic": self.critic.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.critic.load_state_dict(state["critic"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.updates = state["updates"]
+
+    def save_models(self, folder: Path) -> None:
+        """The policy as an HF folder at `folder`, the critic in `folder/critic/`."""
+        self.policy.save_pretrained(folder)
+        (folder / CRITIC_DIR).mkdir(exist_ok=True)
+        self.critic.save(folder / CRITIC_DIR)
+
+
+def build(policy: PreTrainedModel, ref: torch.nn.Module, tokenizer: Any, config: RLConfig) -> PPO:
+    """PPO for `policy` (the checkpoint just loaded; on resume `load_state_dict` then replaces the
+    critic's weights). `ref` and `tokenizer` are unused: the reference log-probs come in the batch."""
+    return PPO(policy, ValueModel.from_policy(policy), config)

@@ -1,0 +1,337 @@
+"""One RL step's data: the prompt set, sampling, rewards from the verifier, and the padded batch.
+
+Every algorithm consumes the same thing. `generate_rollouts` samples G responses per prompt through
+the project's sampler and grades them with the verifier; `build_batch` pads them into a
+`RolloutBatch` with the sampler's own log-probs (`old_logp`: the distribution the tokens were really
+drawn from, so the first ratio of an update is 1 up to float error, not a trainer/sampler mismatch)
+and the reference model's log-probs at the same temperature.
+
+Two policies are explicit here because the field notes list them as silent bugs elsewhere:
+- a truncated response (max_new_tokens ran out before EOS) is never correct (status "truncated" if
+  the verifier liked its partial answer, as in the eval suite); with truncation "zero" it is trained
+  with reward 0, with "mask" it is left out of the loss entirely;
+- a response that ended in EOS keeps the EOS token in the batch: stopping was the policy's choice.
+
+Under torchrun each rank handles its share of the step's prompts; the policy is not DDP-wrapped,
+algorithms normalise losses by global counts (`global_sum`) and call `sum_gradients` after backward
+(works for any module, a critic included).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from echochamber.data.records import Record
+from echochamber.data.tokenizer import encode_prompt, pad_token_id
+from echochamber.errors import UserError
+from echochamber.rl.config import PromptConfig
+from echochamber.sampler import SamplingParams, build_sampler
+from echochamber.verify.grade import Grader
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+
+def load_prompts(config: PromptConfig) -> list[Record]:
+    """The RL prompt set: the world's RL split, or any data.sources adapter (GSM8K train, ...)."""
+    if config.dataset == "world":
+        from echochamber.data.world import world_records
+
+        # Any style will do: RL uses only the question and the gold answer.
+        records = world_records(config.world, "rl", "gsm8k")[: config.limit]
+    else:
+        from echochamber.data.sources import load_source
+
+        records = load_source(config.dataset, path=config.path, split=config.split, limit=config.limit)
+    if not records:
+        raise UserError(f"the RL prompt set ({config.dataset}) is empty")
+    ids = [record.id for record in records]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"the RL prompt set ({config.dataset}) repeats prompt ids; ids seed each sample")
+    return records
+
+
+def steps_per_epoch(n_prompts: int, prompts_per_step: int) -> int:
+    """Whole steps per pass over the prompts; the remainder of a pass is skipped (it never straddles
+    two epochs, so no prompt appears twice in one step)."""
+    if prompts_per_step > n_prompts:
+        raise UserError(f"rollout.prompts_per_step={prompts_per_step} but the prompt set has only {n_prompts} prompts")
+    return n_prompts // prompts_per_step
+
+
+def step_prompts(records: Sequence[Record], step: int, prompts_per_step: int, seed: int) -> list[Record]:
+    """The prompts of step `step` (0-based): a slice of a seeded permutation per epoch.
+
+    A pure function of (seed, step), so resuming needs no cursor and every rank agrees.
+    """
+    per_epoch = steps_per_epoch(len(records), prompts_per_step)
+    epoch, within = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(len(records))
+    return [records[i] for i in order[within * prompts_per_step : (within + 1) * prompts_per_step]]
+
+
+def rank_share(items: Sequence[Any]) -> list[Any]:
+    """This rank's contiguous share (whole prompts, so GRPO groups never span ranks)."""
+    rank, world = _rank_world()
+    if len(items) % world:
+        raise UserError(f"{len(items)} prompts per step do not split evenly over {world} processes")
+    share = len(items) // world
+    return list(items[rank * share : (rank + 1) * share])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and reward
+
+
+@dataclass
+class Rollout:
+    """One graded sample. `token_ids`/`logprobs` are the response only (EOS included when it stopped)."""
+
+    prompt_id: str
+    sample_index: int
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    format: str
+    answer: str | None
+    status: str
+    correct: bool
+    truncated: bool
+    reward: float
+
+    def row(self) -> dict[str, Any]:
+        """What rollouts/step_N.jsonl.gz keeps of it (and what metrics are computed from)."""
+        keep = asdict(self)
+        del keep["prompt_token_ids"], keep["token_ids"], keep["logprobs"]
+        return {**keep, "n_tokens": len(self.token_ids)}
+
+
+def generate_rollouts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[Record],
+    n: int,
+    params: SamplingParams,
+    grader: Grader,
+    *,
+    batch_size: int = 256,
+) -> tuple[list[Rollout], dict[str, float]]:
+    """`n` graded samples per record (prompt-major) and the time spent sampling and grading.
+
+    Reward = 1 for a verified-correct, complete response, else 0 (the paper: no format reward).
+    """
+    started = time.perf_counter()
+    sampler = build_sampler(model, tokenizer, batch_size=batch_size)
+    # encode_prompt is exactly how every pretraining document began (question + "\n\n", no BOS).
+    prompt_tokens = [encode_prompt(tokenizer, record.prompt) for record in records]
+    samples = sampler.generate_tokens(prompt_tokens, [record.id for record in records], n, params)
+    generated = time.perf_counter()
+    pairs = [(i, sample) for i, row in enumerate(samples) for sample in row]
+    grades = grader.grade([sample.text for _, sample in pairs], [records[i].answer for i, _ in pairs])
+    rollouts = []
+    for (i, sample), grade in zip(pairs, grades, strict=True):
+        correct, status = grade.correct, grade.status
+        if sample.truncated and correct:
+            correct, status = False, "truncated"
+        rollouts.append(
+            Rollout(
+                prompt_id=records[i].id, sample_index=sample.sample_index, prompt_token_ids=prompt_tokens[i],
+                token_ids=sample.token_ids, logprobs=sample.logprobs, text=sample.text, format=grade.format,
+                answer=grade.answer, status=status, correct=correct, truncated=sample.truncated,
+                reward=1.0 if correct else 0.0,
+            )
+        )  # fmt: skip
+    timings = {"time_generate": generated - started, "time_reward": time.perf_counter() - generated}
+    return rollouts, timings
+
+
+# ---------------------------------------------------------------------------------------------
+# The padded batch
+
+
+@dataclass
+class RolloutBatch:
+    """One step's samples, N = prompts × G, as right-padded [N, S] tensors (see rl_spec.md)."""
+
+    prompt_ids: list[str]
+    sample_index: list[int]
+    group: torch.Tensor  # [N] group id (0..prompts-1) per sample
+    texts: list[str]
+    formats: list[str]
+    statuses: list[str]
+    correct: torch.Tensor  # [N] bool
+    rewards: torch.Tensor  # [N] verifier reward after the truncation policy
+    truncated: torch.Tensor  # [N] bool
+    tokens: torch.Tensor  # [N, S] prompt + response, right-padded with the pad id
+    attention_mask: torch.Tensor  # [N, S]
+    response_mask: torch.Tensor  # [N, S] 1 on sampled response tokens; 0 on prompt, padding, masked samples
+    old_logp: torch.Tensor  # [N, S] the sampler's log-probs of tokens[:, s] (0 where response_mask is 0)
+    ref_logp: torch.Tensor  # [N, S] reference log-probs at the same temperature (0 where response_mask is 0)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float,
+    *,
+    entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """([N, S] log p(tokens[:, s] | tokens[:, :s]) at `temperature`, [N, S] entropy or None).
+
+    Position 0 (nothing predicts it) is 0. The temperature must be the sampler's, so that these
+    log-probs and the sampler's describe one distribution. One log-softmax serves both outputs.
+    """
+    logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)
+    logp = F.pad(logp_all.gather(-1, tokens[:, 1:, None]).squeeze(-1), (1, 0))
+    if not entropy:
+        return logp, None
+    with torch.no_grad():  # a diagnostic: no graph over [N, S, vocab] kept for it
+        return logp, F.pad(-(logp_all.exp() * logp_all).sum(-1), (1, 0))
+
+
+def build_batch(
+    rollouts: Sequence[Rollout],
+    *,
+    tokenizer: Any,
+    ref: torch.nn.Module,
+    temperature: float,
+    truncation: Literal["zero", "mask"],
+    micro_batch_size: int,
+) -> tuple[RolloutBatch, float]:
+    """Pad `rollouts` (prompt-major, G per prompt) into a RolloutBatch on `ref`'s device, and the
+    seconds the reference pass took."""
+    if not rollouts:
+        raise ValueError("build_batch needs at least one rollout")
+    device = next(ref.parameters()).device
+    n = len(rollouts)
+    width = max(len(r.prompt_token_ids) + len(r.token_ids) for r in rollouts)
+    tokens = torch.full((n, width), pad_token_id(tokenizer), dtype=torch.long)
+    attention_mask = torch.zeros(n, width, dtype=torch.long)
+    response_mask = torch.zeros(n, width)
+    old_logp = torch.zeros(n, width)
+    groups: dict[str, int] = {}
+    for i, rollout in enumerate(rollouts):
+        start, end = len(rollout.prompt_token_ids), len(rollout.prompt_token_ids) + len(rollout.token_ids)
+        tokens[i, :end] = torch.tensor(rollout.prompt_token_ids + rollout.token_ids)
+        attention_mask[i, :end] = 1
+        if not (truncation == "mask" and rollout.truncated):
+            response_mask[i, start:end] = 1
+            old_logp[i, start:end] = torch.tensor(rollout.logprobs)
+        groups.setdefault(rollout.prompt_id, len(groups))
+    tokens, attention_mask = tokens.to(device), attention_mask.to(device)
+    response_mask, old_logp = response_mask.to(device), old_logp.to(device)
+
+    started = time.perf_counter()
+    ref_logp = torch.zeros_like(old_logp)
+    with torch.no_grad():
+        for lo in range(0, n, micro_batch_size):
+            hi = min(lo + micro_batch_size, n)
+            # Trim each chunk to its own longest row: padding columns cost a full forward each.
+            cols = int(attention_mask[lo:hi].sum(1).max())
+            logp, _ = sequence_logprobs(ref, tokens[lo:hi, :cols], attention_mask[lo:hi, :cols], temperature, entropy=False)
+            ref_logp[lo:hi, :cols] = logp
+    ref_logp *= response_mask
+    ref_seconds = time.perf_counter() - started
+
+    batch = RolloutBatch(
+        prompt_ids=[r.prompt_id for r in rollouts],
+        sample_index=[r.sample_index for r in rollouts],
+        group=torch.tensor([groups[r.prompt_id] for r in rollouts], device=device),
+        texts=[r.text for r in rollouts],
+        formats=[r.format for r in rollouts],
+        statuses=[r.status for r in rollouts],
+        correct=torch.tensor([r.correct for r in rollouts], device=device),
+        rewards=torch.tensor([r.reward for r in rollouts], device=device),
+        truncated=torch.tensor([r.truncated for r in rollouts], device=device),
+        tokens=tokens,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        old_logp=old_logp,
+        ref_logp=ref_logp,
+    )
+    return batch, ref_seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistence
+
+
+def write_rollouts(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """rollouts/step_N.jsonl.gz, written to a temp name and renamed: a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    # mtime=0: the same rows give byte-identical files (resume tests compare them).
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+        for row in rows:
+            out.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+    os.replace(tmp, path)
+
+
+def read_rollouts(path: Path) -> list[dict[str, Any]]:
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data parallelism (no-ops in a single process)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def global_sum(value: torch.Tensor) -> torch.Tensor:
+    """All-reduce sum in place (returns the tensor): loss normalisers use global counts so that an
+    update over N processes equals the single-process one."""
+    if _rank_world()[1] > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def sum_gradients(module: torch.nn.Module) -> None:
+    """Sum gradients over ranks (call after backward, before clipping). Each rank's loss must be
+    normalised by global counts (`global_sum`), so the sum is the gradient of the global loss.
+    One flat all-reduce; a parameter without a gradient contributes zeros so every rank sends the
+    same layout."""
+    if _rank_world()[1] == 1:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's rows, in rank order (the metrics line and rollout file cover the whole step)."""
+    world = _rank_world()[1]
+    if world == 1:
+        return rows
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, rows)
+    return [row for part in gathered for row in part]
