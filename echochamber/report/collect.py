@@ -1,0 +1,391 @@
+"""Run and sweep folders -> plain data for the report (`collect`), and the study's findings (`compute_findings`).
+
+A run folder holds `run.json`, `config.yaml`, `pretrain/metrics.jsonl`, `rl/metrics.jsonl` ("rl" lines
+per step, "eval" lines per periodic evaluation), `rl/config.yaml`, and the eval suite's folders
+`eval/{base,final}/<benchmark>/{results.json,generations.jsonl}`. A sweep folder holds `sweep.json`
+and one run folder per cell. Anything missing is left empty here and reported as "not run" on the
+page; only malformed files are errors.
+
+Per prompt, the generations are reduced to what the findings bootstrap over (greedy correctness,
+unbiased pass@k and maj@k, the format counts) plus the greedy and first sampled generation for the
+browser, so a 64-sample GSM8K evaluation does not stay in memory as text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from echochamber.config import from_dict, read_yaml
+from echochamber.errors import UserError
+from echochamber.formats import FORMATS
+from echochamber.metrics import METRICS_FILE, read_metrics
+from echochamber.metrics_passk import default_ks, maj_at_ks, pass_at_k, vote_key
+
+PHASES = ("base", "final")  # eval/base = before RL, eval/final = after RL
+RESULTS_FILE = "results.json"
+GENERATIONS_FILE = "generations.jsonl"
+_ROW_KEYS = ("prompt_id", "mode", "correct", "format", "truncated")
+
+
+@dataclass
+class PromptEval:
+    """One prompt of one evaluation, reduced to what the findings and the browser need."""
+
+    prompt_id: str
+    gold: str
+    greedy: dict[str, Any] | None = None  # the greedy generation row
+    sample: dict[str, Any] | None = None  # the first sampled generation row
+    n_sampled: int = 0
+    n_correct: int = 0
+    formats: Counter[str] = field(
+        default_factory=Counter
+    )  # over the sampled generations, else the greedy one
+    pass_at: dict[int, float] = field(default_factory=dict)  # unbiased pass@k from the sampled generations
+    maj_at: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def pass1(self) -> float | None:
+        """Greedy correctness (the paper's pass@1), else the sampled accuracy."""
+        if self.greedy is not None:
+            return float(self.greedy["correct"])
+        return self.n_correct / self.n_sampled if self.n_sampled else None
+
+    def share(self, name: str) -> float | None:
+        total = sum(self.formats.values())
+        return self.formats[name] / total if total else None
+
+
+@dataclass
+class EvalData:
+    """One evaluation folder: results.json as written, per-prompt reductions, prompt texts if findable."""
+
+    benchmark: str
+    folder: Path
+    source: str  # where it came from, for the page ("eval/final" or "rl/eval/step_000200")
+    results: dict[str, Any] | None
+    prompts: dict[str, PromptEval]
+    prompt_texts: dict[str, str]
+    note: str | None = None  # why something is missing (e.g. no prompt texts without the data folder)
+
+
+@dataclass
+class RunData:
+    name: str
+    path: Path
+    params: dict[str, Any]  # the sweep cell's parameters ({} for a lone run)
+    info: dict[str, Any]  # run.json
+    config: dict[str, Any]  # the resolved study config
+    rl_config: dict[str, Any]  # rl/config.yaml
+    pretrain: list[dict[str, Any]]
+    rl: list[dict[str, Any]]  # "rl" metrics lines, one per step
+    rl_eval: list[dict[str, Any]]  # "eval" metrics lines: RL's periodic evaluations
+    evals: dict[str, dict[str, EvalData]]  # phase -> benchmark -> evaluation
+    missing: str | None = None  # set when the folder does not exist yet
+
+    @property
+    def algo(self) -> str | None:
+        for key, value in self.params.items():
+            if "algo" in key.lower():
+                return str(value)
+        if self.rl and self.rl[0].get("algo"):
+            return str(self.rl[0]["algo"])
+        return self.info.get("algo")
+
+    @property
+    def kl_coef(self) -> float | None:
+        for key, value in self.params.items():
+            if "kl_coef" in key.lower() or key.lower().rsplit(".", 1)[-1] == "kl":
+                return number(value)
+        section = self.rl_config.get(self.algo or "", {})
+        return number(section.get("kl_coef")) if isinstance(section, dict) else None
+
+    def eval(self, phase: str, benchmark: str | None) -> EvalData | None:
+        return self.evals.get(phase, {}).get(benchmark) if benchmark is not None else None
+
+    def benchmarks(self) -> list[str]:
+        return sorted({name for phase in self.evals.values() for name in phase})
+
+
+@dataclass
+class SweepData:
+    """What the report shows: a sweep, or a lone run as a sweep of one cell (`kind` says which)."""
+
+    name: str
+    path: Path
+    kind: str  # "run" or "sweep"
+    axes: dict[str, list[Any]]
+    runs: list[RunData]
+
+
+def collect(path: Path) -> SweepData:
+    """Read a sweep folder (sweep.json) or a run folder into plain data."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder")
+    sweep = _read_json(path / "sweep.json")
+    if sweep is not None:
+        runs = []
+        for cell in sweep.get("cells") or []:
+            if not isinstance(cell, dict) or "name" not in cell:
+                raise UserError(f"{path / 'sweep.json'}: every cell needs a name")
+            folder = path / cell.get("dir", f"cells/{cell['name']}")
+            runs.append(load_run(folder, name=cell["name"], params=cell.get("params") or {}))
+        return SweepData(
+            str(sweep.get("name", path.name)), path, "sweep", dict(sweep.get("axes") or {}), runs
+        )
+    if not any((path / part).exists() for part in ("run.json", "pretrain", "rl", "eval")):
+        raise UserError(
+            f"{path} is neither a run folder (run.json, pretrain/, rl/, eval/) nor a sweep folder (sweep.json)"
+        )
+    run = load_run(path)
+    return SweepData(run.name, path, "run", {}, [run])
+
+
+def load_run(path: Path, name: str | None = None, params: dict[str, Any] | None = None) -> RunData:
+    info = _read_json(path / "run.json") or {}
+    run = RunData(
+        name=name or str(info.get("name") or path.name),
+        path=path,
+        params=dict(params or {}),
+        info=info,
+        config=read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {},
+        rl_config=read_yaml(path / "rl" / "config.yaml") if (path / "rl" / "config.yaml").is_file() else {},
+        pretrain=read_metrics(path / "pretrain" / METRICS_FILE, "pretrain"),
+        rl=read_metrics(path / "rl" / METRICS_FILE, "rl"),
+        rl_eval=read_metrics(path / "rl" / METRICS_FILE, "eval"),
+        evals={},
+        missing=None if path.is_dir() else f"{path} does not exist yet",
+    )
+    for phase in PHASES:
+        run.evals[phase] = {}
+        for source, folder in _phase_folders(path, phase):
+            data = load_eval(folder, source)
+            run.evals[phase][data.benchmark] = data
+    return run
+
+
+def _phase_folders(run_dir: Path, phase: str) -> list[tuple[str, Path]]:
+    """(source label, folder) of each benchmark evaluated in `phase`.
+
+    Before the eval stage has run, RL's own periodic evaluations stand in: its step-0 evaluation is
+    the base model and its last one the latest policy (labelled with the step, so the page says so).
+    """
+    folder = run_dir / "eval" / phase
+    if folder.is_dir():
+        return [(f"eval/{phase}", child) for child in sorted(folder.iterdir()) if child.is_dir()]
+    steps = sorted(
+        (int(child.name.removeprefix("step_")), child)
+        for child in (run_dir / "rl" / "eval").glob("step_*")
+        if child.name.removeprefix("step_").isdigit()
+    )
+    if not steps or (phase == "base" and steps[0][0] != 0) or (phase == "final" and steps[-1][0] == 0):
+        return []
+    _, chosen = steps[0] if phase == "base" else steps[-1]
+    return [(f"rl/eval/{chosen.name}", child) for child in sorted(chosen.iterdir()) if child.is_dir()]
+
+
+def load_eval(folder: Path, source: str) -> EvalData:
+    """results.json and generations.jsonl of one evaluation folder (either may be missing)."""
+    results = _read_json(folder / RESULTS_FILE)
+    settings = (results or {}).get("config") or _read_json(folder / "eval_settings.json") or {}
+    benchmark = str((results or {}).get("benchmark") or settings.get("benchmark") or folder.name)
+    prompts: dict[str, PromptEval] = {}
+    votes: dict[str, list[tuple[str | None, bool]]] = defaultdict(list)
+    path = folder / GENERATIONS_FILE
+    rows = _iter_jsonl(path) if path.is_file() else iter(())
+    for row in rows:
+        missing = [key for key in _ROW_KEYS if key not in row]
+        if missing:
+            raise UserError(f"{path}: a generation row lacks {', '.join(missing)}")
+        prompt = prompts.setdefault(row["prompt_id"], PromptEval(row["prompt_id"], str(row.get("gold", ""))))
+        if row["mode"] == "greedy":
+            prompt.greedy = row
+            continue
+        if prompt.sample is None or row.get("sample_index", 0) < prompt.sample.get("sample_index", 0):
+            prompt.sample = row
+        prompt.n_sampled += 1
+        prompt.n_correct += bool(row["correct"])
+        prompt.formats[row["format"]] += 1
+        # The eval suite's vote rule: a truncated generation abstains when truncation counts as wrong.
+        abstains = row["truncated"] and settings.get("truncated_is_wrong", True)
+        votes[row["prompt_id"]].append((None if abstains else row.get("answer"), bool(row["correct"])))
+    for prompt in prompts.values():
+        if not prompt.n_sampled and prompt.greedy is not None:
+            prompt.formats[prompt.greedy["format"]] += 1
+    if votes:
+        _score_samples(prompts, votes, results)
+    texts, note = _prompt_texts(benchmark, settings, prompts)
+    return EvalData(benchmark, folder, source, results, prompts, texts, note)
+
+
+def _score_samples(
+    prompts: dict[str, PromptEval],
+    votes: dict[str, list[tuple[str | None, bool]]],
+    results: dict[str, Any] | None,
+) -> None:
+    """Per-prompt pass@k and maj@k, with the eval suite's estimators and vote key (so their means
+    are results.json's numbers)."""
+
+    sampled = (results or {}).get("sampled") or {}
+    reported = sorted(int(key.split("@")[1]) for key in sampled if key.startswith("pass@"))
+    for prompt_id, pairs in votes.items():
+        n = len(pairs)
+        ks = [k for k in (reported or default_ks(n)) if k <= n]
+        correct = [ok for _, ok in pairs]
+        prompt = prompts[prompt_id]
+        prompt.pass_at = {k: pass_at_k(n, sum(correct), k) for k in ks}
+        prompt.maj_at = maj_at_ks([vote_key(answer) for answer, _ in pairs], correct, ks)
+
+
+def _prompt_texts(
+    benchmark: str, settings: dict[str, Any], prompts: dict[str, PromptEval]
+) -> tuple[dict[str, str], str | None]:
+    """Prompt id -> question text. generations.jsonl stores ids only, so the benchmark is rebuilt:
+    the controlled world from the settings the evaluation ran with, real benchmarks from the data
+    folder. Texts are dropped (with a note) if the rebuilt golds disagree: ids would then lie."""
+    try:
+        if benchmark.startswith("world-"):
+            from echochamber.data.world import WorldConfig, world_records
+
+            if "world" not in settings:
+                return {}, "prompt texts unavailable: the evaluation's world settings are not recorded"
+            world = from_dict(WorldConfig, settings["world"])
+            records = world_records(world, benchmark.removeprefix("world-"), "gsm8k")
+        else:
+            from echochamber.data.paths import ENV_VAR, data_dir
+            from echochamber.data.sources import benchmark_records
+
+            folder = data_dir(settings.get("data"))
+            if folder is None:
+                return {}, f"prompt texts unavailable: no real-data folder (set ${ENV_VAR})"
+            records = benchmark_records(benchmark, folder)
+    except UserError as error:
+        return {}, f"prompt texts unavailable: {error}"
+    golds = {record.id: record.answer for record in records}
+    if any(
+        prompt.prompt_id in golds and golds[prompt.prompt_id] != prompt.gold for prompt in prompts.values()
+    ):
+        return {}, "prompt texts unavailable: the rebuilt benchmark's answers differ from the evaluation's"
+    return {record.id: record.prompt for record in records}, None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object")
+    return data
+
+
+def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a JSON-lines file, streamed; a torn last line (a killed writer) is skipped."""
+    bad_line: int | None = None
+    with path.open() as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            if bad_line is not None:
+                raise UserError(f"{path}: line {bad_line} is not valid JSON")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad_line = number
+                continue
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {number} is not a JSON object")
+            yield row
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading results dicts (results.json, and RL's "eval" metrics lines, which carry the same keys)
+
+
+def number(value: Any) -> float | None:
+    """A metric as a float; None for missing values. Metrics files spell NaN/inf as strings."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def headline(results: dict[str, Any] | None) -> float | None:
+    """pass@1: greedy when evaluated, else the sampled estimate."""
+    if not results:
+        return None
+    for mode in ("greedy", "sampled"):
+        value = number((results.get(mode) or {}).get("pass@1"))
+        if value is not None:
+            return value
+    return None
+
+
+def format_summary(results: dict[str, Any] | None) -> dict[str, dict[str, Any]] | None:
+    """Per-format count/share/accuracy: of the sampled generations (more of them), else the greedy."""
+    if not results:
+        return None
+    for mode in ("sampled", "greedy"):
+        formats = (results.get(mode) or {}).get("formats")
+        if formats:
+            return formats
+    return None
+
+
+def format_shares(shares: dict[str, Any] | None) -> dict[str, float]:
+    """{format: share} from a `format_summary` or an RL line's `format_share` (None counts as 0)."""
+    return {
+        name: number(value.get("share") if isinstance(value, dict) else value) or 0.0
+        for name, value in (shares or {}).items()
+    }
+
+
+def dominant(shares: dict[str, Any] | None) -> tuple[str, float] | None:
+    """The most frequent format and its share, from {format: share} or a `format_summary`."""
+    flat = format_shares(shares)
+    if not flat:
+        return None
+    name = max(FORMATS, key=lambda fmt: flat.get(fmt, 0.0))
+    return name, flat.get(name, 0.0)
+
+
+def eval_benchmark(line: dict[str, Any]) -> str:
+    """The benchmark of an RL "eval" line (the eval suite writes `benchmark`; `split` is the short form)."""
+    if "benchmark" in line:
+        return str(line["benchmark"])
+    split = str(line.get("split", "test"))
+    return split if "-" in split else f"world-{split}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouping the cells of a sweep
+
+
+def find_axis(sweep: SweepData, *needles: str) -> str | None:
+    """The sweep axis whose name contains the first of `needles` that any axis contains
+    (("kl_coef", "kl") finds "rl.ppo.kl_coef" before "rl.ppo.kl_estimator")."""
+    for needle in needles:
+        for axis in sweep.axes:
+            if needle in axis.lower():
+                return axis
+    return None
+
+
+def group_settings(sweep: SweepData, drop: Collection[str | None] = ()) -> dict[str, list[RunData]]:
+    """Runs grouped by their parameters other than the seed and `drop`: the seeds of one setting,
+    or the cells that differ only in the dropped axis. Keys are readable ("mixture=tinygsm")."""
+    seeds = {axis for axis in sweep.axes if "seed" in axis.lower()}
+    groups: dict[str, list[RunData]] = defaultdict(list)
+    for run in sweep.runs:
+        kept = [f"{k}={v}" for k, v in sorted(run.params.items()) if k not in seeds and k not in drop]
+        groups[", ".join(kept) or ("all runs" if sweep.kind == "sweep" else run.name)].append(run)
+    return dict(groups)

@@ -1,0 +1,270 @@
+"""The report's charts: one PNG per chart, drawn with matplotlib's object API on the Agg canvas.
+
+`Figure` objects are built directly (no pyplot), so drawing needs no display, keeps no global state
+between charts, and never switches the backend of a caller that uses pyplot itself. A chart whose
+data are absent is skipped (None), and the page says "not run" in its place.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from echochamber.formats import FORMATS
+from echochamber.report.collect import RunData, dominant, eval_benchmark, number
+
+FORMAT_COLORS = {"tinygsm": "#4C72B0", "omi1": "#DD8452", "omi2": "#55A868", "other": "#8C8C8C"}
+DPI = 100
+PANEL = (4.6, 3.2)  # inches per subplot: legible at the page's column width
+
+RunChart = Callable[[RunData], Figure | None]
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a run name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
+
+
+def render_run_figures(run: RunData, out: Path, prefix: str) -> dict[str, Path]:
+    """Every chart of one run that has data, saved as out/<prefix>-<chart>.png; chart key -> path."""
+    paths = {}
+    for key, (_, _, draw) in RUN_CHARTS.items():
+        figure = draw(run)
+        if figure is not None:
+            paths[key] = save(figure, out / f"{prefix}-{key}.png")
+    return paths
+
+
+def save(figure: Figure, path: Path) -> Path:
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def _steps(
+    rows: Sequence[dict[str, Any]], value: Callable[[dict[str, Any]], Any]
+) -> tuple[list[int], list[float]]:
+    """(steps, values) of the rows where `value` is a number (NaN included: a diverged run shows as a gap)."""
+    pairs = [(row["step"], number(value(row))) for row in rows]
+    kept = [(step, v) for step, v in pairs if v is not None]
+    return [s for s, _ in kept], [v for _, v in kept]
+
+
+def _panels(count: int, *, sharex: bool = True, title_room: float = 0.0) -> tuple[Figure, list[Axes]]:
+    width, height = PANEL[0] * count, PANEL[1] + title_room
+    figure = Figure(figsize=(width, height))
+    # Fixed margins in inches: constrained or tight layout would measure every label in an extra
+    # pass, which doubles the drawing time of a sweep's dozens of charts.
+    figure.subplots_adjust(
+        left=0.6 / width,
+        right=1 - 0.6 / width,
+        bottom=0.55 / height,
+        top=1 - (0.35 + title_room) / height,
+        wspace=0.35,
+    )
+    axes = figure.subplots(1, count, sharex=sharex, squeeze=False)[0]
+    return figure, list(axes)
+
+
+def _pretrain_loss(run: RunData) -> Figure | None:
+    steps, loss = _steps(run.pretrain, lambda row: row.get("loss"))
+    if not steps:
+        return None
+    figure, (ax,) = _panels(1)
+    ax.plot(steps, loss, lw=1, color="#333333", label="train")
+    # The writer flattens per-source validation losses to val_loss/<source>; a nested dict also reads.
+    sources = sorted(
+        {key.split("/", 1)[1] for row in run.pretrain for key in row if key.startswith("val_loss/")}
+    )
+    for source in sources:
+        ax.plot(
+            *_steps(run.pretrain, lambda row, s=source: row.get(f"val_loss/{s}")),
+            marker="o",
+            ms=3,
+            label=f"val {source}",
+        )
+    nested = sorted(
+        {s for row in run.pretrain if isinstance(row.get("val_loss"), dict) for s in row["val_loss"]}
+    )
+    for source in nested:
+        ax.plot(
+            *_steps(run.pretrain, lambda row, s=source: (row.get("val_loss") or {}).get(s)),
+            marker="o",
+            ms=3,
+            label=f"val {source}",
+        )
+    ax.set(xlabel="step", ylabel="loss", title="pretraining loss")
+    ax.legend(fontsize=7)
+    return figure
+
+
+def _format_share(run: RunData) -> Figure | None:
+    rows = [row for row in run.rl if isinstance(row.get("format_share"), dict)]
+    if not rows:
+        return None
+    figure, (ax,) = _panels(1)
+    steps = [row["step"] for row in rows]
+    shares = [[number(row["format_share"].get(name)) or 0.0 for row in rows] for name in FORMATS]
+    ax.stackplot(steps, shares, labels=FORMATS, colors=[FORMAT_COLORS[name] for name in FORMATS], alpha=0.9)
+    ax.set(
+        xlabel="RL step", ylabel="share of rollouts", ylim=(0, 1), title=f"format share · {run.algo or 'RL'}"
+    )
+    ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
+    return figure
+
+
+def _accuracy(run: RunData) -> Figure | None:
+    """Training accuracy, then per benchmark RL's periodic pass@1, pass@k and maj@k (largest k)."""
+    benchmarks = sorted({eval_benchmark(line) for line in run.rl_eval})
+    if not run.rl and not benchmarks:
+        return None
+    figure, axes = _panels(1 + len(benchmarks))
+    ax = axes[0]
+    ax.plot(*_steps(run.rl, lambda row: row.get("accuracy")), lw=1, label="rollout accuracy")
+    ax.plot(*_steps(run.rl, lambda row: row.get("reward_mean")), lw=1, ls="--", label="reward")
+    ax.set(xlabel="RL step", ylim=(0, 1), title="training")
+    ax.legend(fontsize=7)
+    for ax, bench in zip(axes[1:], benchmarks, strict=True):
+        lines = [line for line in run.rl_eval if eval_benchmark(line) == bench]
+        sampled = lines[-1].get("sampled") or {}
+        ks = sorted(int(key.split("@")[1]) for key in sampled if key.startswith("pass@"))
+        curves = [("greedy", "pass@1", "pass@1 (greedy)", "o")]
+        if ks:  # the largest k: where pass@k and maj@k part ways most
+            curves += [
+                ("sampled", f"pass@{ks[-1]}", f"pass@{ks[-1]}", "s"),
+                ("sampled", f"maj@{ks[-1]}", f"maj@{ks[-1]}", "^"),
+            ]
+        for mode, key, label, marker in curves:
+            values = _steps(lines, lambda line, m=mode, k=key: (line.get(m) or {}).get(k))
+            ax.plot(*values, marker=marker, ms=3, label=label)
+        ax.set(xlabel="RL step", ylim=(0, 1), title=bench)
+        ax.legend(fontsize=7)
+    return figure
+
+
+def _format_accuracy(run: RunData) -> Figure | None:
+    rows = [row for row in run.rl if isinstance(row.get("format_accuracy"), dict)]
+    if not rows:
+        return None
+    figure, (ax,) = _panels(1)
+    for name in FORMATS:
+        steps, acc = _steps(rows, lambda row, n=name: row["format_accuracy"].get(n))
+        if steps:  # a format with no rollouts has accuracy None: a gap, never a 0
+            ax.plot(steps, acc, lw=1, marker=".", ms=3, color=FORMAT_COLORS[name], label=name)
+    ax.set(xlabel="RL step", ylabel="accuracy", ylim=(0, 1), title="rollout accuracy per format")
+    ax.legend(fontsize=7)
+    return figure
+
+
+def _kl(run: RunData) -> Figure | None:
+    if not any(
+        number(row.get("kl_k1")) is not None or number(row.get("entropy")) is not None for row in run.rl
+    ):
+        return None
+    figure, axes = _panels(3)
+    for name in ("kl_k1", "kl_k2", "kl_k3"):
+        axes[0].plot(*_steps(run.rl, lambda row, n=name: row.get(n)), lw=1, label=name.removeprefix("kl_"))
+    axes[0].set(xlabel="RL step", title="KL to the reference (per token)")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(*_steps(run.rl, lambda row: row.get("entropy")), lw=1, color="#8172B3")
+    axes[1].set(xlabel="RL step", title="entropy (per token)")
+    axes[2].plot(
+        *_steps(run.rl, lambda row: row.get("response_length")), lw=1, color="#937860", label="mean tokens"
+    )
+    twin = axes[2].twinx()
+    twin.plot(
+        *_steps(run.rl, lambda row: row.get("truncation_rate")),
+        lw=1,
+        ls="--",
+        color="#C44E52",
+        label="truncated",
+    )
+    twin.set(ylim=(0, 1))
+    axes[2].set(xlabel="RL step", title="response length · truncation (dashed)")
+    return figure
+
+
+def _passk(run: RunData) -> Figure | None:
+    """pass@k and maj@k against k, before (dashed) and after (solid) RL, one panel per benchmark."""
+    panels = []
+    for bench in run.benchmarks():
+        curves = {}
+        for phase in ("base", "final"):
+            data = run.eval(phase, bench)
+            sampled = ((data.results if data else None) or {}).get("sampled") or {}
+            ks = sorted(int(key.split("@")[1]) for key in sampled if key.startswith("pass@"))
+            if ks:
+                curves[phase] = (ks, sampled)
+        if curves:
+            panels.append((bench, curves))
+    if not panels:
+        return None
+    figure, axes = _panels(len(panels), sharex=False)
+    for ax, (bench, curves) in zip(axes, panels, strict=True):
+        for phase, (ks, sampled) in curves.items():
+            style = "--" if phase == "base" else "-"
+            label = "before" if phase == "base" else "after"
+            ax.plot(
+                ks,
+                [sampled[f"pass@{k}"] for k in ks],
+                style,
+                marker="o",
+                ms=3,
+                color="#4C72B0",
+                label=f"pass@k {label}",
+            )
+            ax.plot(
+                ks,
+                [sampled[f"maj@{k}"] for k in ks],
+                style,
+                marker="^",
+                ms=3,
+                color="#C44E52",
+                label=f"maj@k {label}",
+            )
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="k", ylim=(0, 1), title=bench)
+        ax.legend(fontsize=7)
+    return figure
+
+
+# Chart key (names the PNG file) -> (caption on the page, what the page says when it is absent, drawing).
+RUN_CHARTS: dict[str, tuple[str, str, RunChart]] = {
+    "format_share": ("Format share over RL steps", "RL has not run", _format_share),
+    "accuracy": ("Training accuracy; pass@1, pass@k and maj@k over RL steps", "RL has not run", _accuracy),
+    "passk": ("pass@k and maj@k against k, before and after RL", "no sampled evaluation", _passk),
+    "format_accuracy": ("Accuracy per format over RL steps", "RL has not run", _format_accuracy),
+    "kl": ("KL, entropy and response length over RL steps", "RL has not run", _kl),
+    "pretrain": ("Pretraining loss", "pretraining has not run", _pretrain_loss),
+}
+
+
+def render_comparison(
+    runs: Sequence[RunData], label: Callable[[RunData], str], title: str, path: Path
+) -> Path | None:
+    """Side-by-side curves of runs that differ in one setting (KL coefficient, algorithm): rollout
+    accuracy, the share of each run's winning format, and KL k1, over RL steps."""
+    runs = [run for run in runs if run.rl]
+    if len(runs) < 2:
+        return None
+    figure, axes = _panels(3, title_room=0.3)
+    for run in runs:
+        top = dominant(run.rl[-1].get("format_share")) or ("other", 0.0)
+        axes[0].plot(*_steps(run.rl, lambda row: row.get("accuracy")), lw=1, label=label(run))
+        axes[1].plot(
+            *_steps(run.rl, lambda row, f=top[0]: (row.get("format_share") or {}).get(f)),
+            lw=1,
+            label=f"{label(run)}: {top[0]}",
+        )
+        axes[2].plot(*_steps(run.rl, lambda row: row.get("kl_k1")), lw=1, label=label(run))
+    axes[0].set(xlabel="RL step", ylim=(0, 1), title="rollout accuracy")
+    axes[1].set(xlabel="RL step", ylim=(0, 1), title="share of the winning format")
+    axes[2].set(xlabel="RL step", title="KL k1 (per token)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    return save(figure, path)
