@@ -8,6 +8,7 @@ one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,16 @@ def _cmd_grade(args: argparse.Namespace) -> int:
 
     summary = grade_file(Path(args.input), Path(args.out) if args.out else None, workers=args.workers)
     print(summary.render())
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from echochamber.config import load_config
+    from echochamber.pretrain import PretrainConfig, run_pretrain
+
+    final = run_pretrain(load_config(PretrainConfig, args.config, list(args.set)), resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
+        print(f"pretrained model written to {final}")
     return 0
 
 
@@ -90,6 +101,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from echochamber.pipeline import DEFAULT_PRESET, default_run_dir, load_study, run_study
+
+    study = load_study(args.config, args.preset, list(args.set))
+    out = Path(args.out) if args.out else default_run_dir(args.config, args.preset)
+    index = run_study(study, out, preset=args.preset or args.config or DEFAULT_PRESET, resume=args.resume)
+    print(f"study finished: {index}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from echochamber import sweep
+
+    out = Path(args.out) if args.out else None
+    if args.emit:
+        print(f"wrote {sweep.emit(args.sweep, out, args.emit, list(args.set))}")
+        return 0
+    print(f"sweep finished: {sweep.run_sweep(args.sweep, out, jobs=args.jobs, overrides=list(args.set))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="echochamber",
@@ -118,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--out", help="output jsonl (each line with format, answer, correct, status)")
     grade.add_argument("--workers", type=int, default=2, help="sandbox worker processes")
     grade.set_defaults(func=_cmd_grade)
+
+    pre = sub.add_parser("pretrain", help="pretrain from scratch on built shards (under torchrun: DDP/FSDP2)")
+    pre.add_argument("config", help="YAML pretraining config")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    pre.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the out folder")
+    pre.set_defaults(func=_cmd_pretrain)
 
     rl = sub.add_parser("rl", help="RL post-training (PPO, GRPO, Expert Iteration) from an HF checkpoint")
     rl.add_argument("config", help="YAML RL config or a preset name (cpu)")
@@ -148,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", metavar="RUN_OR_SWEEP_DIR", help="run folder (run.json) or sweep folder (sweep.json)")
     report.add_argument("--out", help="output folder (default DIR/report)")
     report.set_defaults(func=_cmd_report)
+    run = sub.add_parser("run", help="a whole study: data, pretrain, eval, RL, eval, report (default: the quickstart)")
+    run.add_argument("config", nargs="?", help="study YAML (default: the quickstart preset)")
+    run.add_argument("--preset", help="study preset: quickstart, smoke (with CONFIG: the base it overrides)")
+    run.add_argument("--out", help="run folder (default runs/<preset or config name>)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted stage")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study key (rl.grpo.kl_coef=0.01)")
+    run.set_defaults(func=_cmd_run)
+
+    sweep = sub.add_parser("sweep", help="run a grid of studies and compare them in one report")
+    sweep.add_argument("sweep", metavar="SWEEP", help="sweep YAML or preset (paper-cpu)")
+    sweep.add_argument("--out", help="sweep folder (default runs/<sweep name>)")
+    sweep.add_argument("--jobs", type=int, default=1, help="cells at once, each in its own process")
+    sweep.add_argument("--emit", choices=["slurm", "torchrun"], help="write the cells as cluster commands instead of running them")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep key (seeds=[0])")
+    sweep.set_defaults(func=_cmd_sweep)
     return parser
 
 

@@ -169,16 +169,17 @@ def load_config(
     """Resolve a config: `base` (a preset) <- YAML file <- `--set` overrides, then validate."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        data = _merge(data, read_yaml(path))
+        data = merge(data, read_yaml(path))
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data)
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge two plain mappings; `top` wins on conflicts."""
     out = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out

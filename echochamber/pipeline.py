@@ -1,0 +1,568 @@
+"""`echochamber run`: the whole study in one run folder, data -> pretrain -> eval -> RL -> eval -> report.
+
+    RUN/
+      run.json        {"name", "preset", "algo", "config_hash", "stages": {name: {"hash", "done", "seconds"}}}
+      config.yaml     the resolved StudyConfig (loadable again: `echochamber run RUN/config.yaml --out RUN`)
+      shards/         mixture stage (tokenizer/ inside)
+      pretrain/       metrics.jsonl, checkpoints/, final/
+      eval/base/<benchmark>/   results.json, generations.jsonl (the pretrained model)
+      rl/             metrics.jsonl ("rl" + "eval" lines), rollouts/, final/
+      eval/final/<benchmark>/  the RL policy
+      report/index.html
+
+A stage's hash is the hash of its own resolved config plus the hashes of the stages it reads, so
+changing an RL key re-runs RL, the final evaluation and the report, never pretraining. A stage is
+skipped when run.json records it done with the same hash and its folder exists. A stage is marked
+done only after it returns, so a crash never looks complete; its next run continues it with
+`--resume` (each stage resumes from its own checkpoints) or refuses without it, since silently
+starting over could throw away hours. Outputs recorded with another hash are deleted and redone;
+folders run.json knows nothing about are never deleted.
+
+Under `torchrun --nproc_per_node N` pretraining and RL run data-parallel on every rank; rank 0
+alone builds the data, evaluates and writes the report while the others wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from echochamber.config import (
+    apply_overrides,
+    config_hash,
+    from_dict,
+    merge,
+    read_yaml,
+    save_config,
+    to_dict,
+)
+from echochamber.data.mixture import MixtureConfig, describe_manifest, mixture_preset, spec_hash
+from echochamber.data.world import WorldConfig
+from echochamber.errors import UserError
+from echochamber.pretrain import PretrainConfig
+from echochamber.rl.config import ALGORITHMS, RLConfig, rl_preset
+
+_PRESETS = resources.files("echochamber") / "configs" / "study"  # package data, not a package
+STUDY_PRESETS: tuple[str, ...] = tuple(
+    sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
+)
+DEFAULT_PRESET = "quickstart"
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+# Where the pipeline puts each stage's inputs and outputs, relative to the run folder. They are part
+# of the resolved config (so config.yaml is complete) but only these values are accepted.
+PLACED = {
+    "pretrain.shards": "shards",
+    "pretrain.out": "pretrain",
+    "rl.policy": "pretrain/final",
+    "rl.out": "rl",
+}
+# Keys that change how a stage reports, checkpoints or batches its work, never what it computes:
+# not hashed, so changing them re-runs nothing.
+_NOT_HASHED = (
+    "progress",
+    "tensorboard",
+    "wandb_project",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "micro_batch_size",
+)
+
+
+@dataclass
+class StudyEvalConfig:
+    """The eval suite, run on the pretrained model (eval/base) and on the RL policy (eval/final)."""
+
+    benchmarks: list[str] = field(default_factory=lambda: ["world-test", "world-hard"])
+    n: int = 64  # sampled generations per prompt for pass@k / maj@k (0 = greedy only)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 2048
+    greedy: bool = True  # also one greedy generation per prompt (pass@1)
+    limit: int | None = None  # first this many prompts of each benchmark
+    seed: int = 0
+    data: str | None = None  # real-data folder for gsm8k/math500/aime (default: data_dir())
+    batch_size: int = 256
+    workers: int = 2  # grader processes, shared by both evaluations and RL (not hashed)
+
+    def validate(self) -> None:
+        if not self.benchmarks:
+            raise UserError("eval.benchmarks must name at least one benchmark")
+
+
+@dataclass
+class StudyConfig:
+    """A whole study: one world that the mixture, RL prompts and world benchmarks all read, the
+    pretraining mixture, pretraining, RL with `algo`, and the eval suite."""
+
+    mixture: MixtureConfig  # in YAML also a preset name (tinygsm+omi1+omi2) or {preset: NAME, key: value}
+    pretrain: PretrainConfig
+    rl: RLConfig  # in YAML also a preset name (cpu) or {preset: NAME, key: value}
+    algo: Literal["ppo", "grpo", "ei"] = "ppo"
+    world: WorldConfig = field(default_factory=WorldConfig)
+    eval: StudyEvalConfig = field(default_factory=StudyEvalConfig)
+
+    def validate(self) -> None:
+        for dotted, value in PLACED.items():
+            section, key = dotted.split(".")
+            if getattr(getattr(self, section), key) != value:
+                raise UserError(f"{dotted} is set by the pipeline ('{value}' in the run folder); remove it")
+        if self.rl.reference is not None:
+            raise UserError("rl.reference is the pretrained model in a study; remove it")
+        for where, world in (
+            ("mixture.world", self.mixture.world),
+            ("rl.prompts.world", self.rl.prompts.world),
+        ):
+            if to_dict(world) != to_dict(self.world):
+                raise UserError(f"{where} differs from 'world': set the world once, under 'world'")
+        for benchmark in self.eval.benchmarks:
+            eval_config(self, benchmark)  # validates each benchmark's settings
+
+
+def eval_config(study: StudyConfig, benchmark: str) -> Any:
+    """The EvalConfig of one benchmark (built through from_dict: a key EvalConfig lacks fails loudly)."""
+    from echochamber.evaluate import EvalConfig
+
+    settings = {k: v for k, v in to_dict(study.eval).items() if k != "benchmarks"}
+    return from_dict(
+        EvalConfig, {**settings, "benchmark": benchmark, "world": to_dict(study.world)}, prefix="eval."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a study: preset <- YAML file <- --set overrides
+
+
+def study_preset(name: str) -> dict[str, Any]:
+    if name not in STUDY_PRESETS:
+        raise UserError(f"unknown study preset '{name}' (known: {', '.join(STUDY_PRESETS)})")
+    return read_yaml(Path(str(_PRESETS / f"{name}.yaml")))
+
+
+def load_study(
+    config: str | Path | None = None, preset: str | None = None, overrides: list[str] | None = None
+) -> StudyConfig:
+    """Resolve a study. No file and no preset means the quickstart; `mixture` and `rl` may name presets."""
+    if config is None and preset is None:
+        preset = DEFAULT_PRESET
+    data = _expand(study_preset(preset)) if preset is not None else {}
+    if config is not None:
+        data = merge(data, _expand(read_yaml(config)))
+    for item in overrides or []:  # one at a time: `mixture=NAME` then `mixture.seed=1` both apply
+        data = _expand(apply_overrides(data, [item]))
+    return study_from_dict(data)
+
+
+def study_from_dict(data: dict[str, Any]) -> StudyConfig:
+    data = json.loads(json.dumps(data))  # deep copy: the world is placed into several sections
+    world = _section(data, "world")
+    _section(data, "mixture").setdefault("world", world)
+    _section(_section(data, "rl"), "prompts").setdefault("world", world)
+    for dotted, value in PLACED.items():
+        section, key = dotted.split(".")
+        _section(data, section).setdefault(key, value)
+    return from_dict(StudyConfig, data)
+
+
+def _expand(data: dict[str, Any]) -> dict[str, Any]:
+    """`mixture: NAME` / `rl: NAME` -> the preset's mapping; `{preset: NAME, key: value}` -> the
+    preset with those keys changed."""
+    for key, preset in (("mixture", mixture_preset), ("rl", rl_preset)):
+        value = data.get(key)
+        if isinstance(value, str):
+            data = {**data, key: preset(value)}
+        elif isinstance(value, dict) and "preset" in value:
+            rest = {k: v for k, v in value.items() if k != "preset"}
+            data = {**data, key: merge(preset(str(value["preset"])), rest)}
+    return data
+
+
+def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.setdefault(key, {})
+    if not isinstance(value, dict):
+        raise UserError(f"config key '{key}': expected a mapping, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    folder: str  # its outputs, relative to the run folder
+    distributed: bool  # runs on every torchrun rank (else on rank 0 while the others wait)
+    run: Callable[[StudyConfig, Path, _Context, bool], None]  # (study, run folder, context, resume)
+    # Rebuilt from the other stages' outputs in seconds: a folder run.json does not record (an
+    # `echochamber report RUN` during the run) is replaced instead of refused.
+    derived: bool = False
+
+
+@dataclass
+class _Context:
+    """What stages share within one pipeline run: one grader (its workers take seconds to start)."""
+
+    progress: bool
+    grader_workers: int
+    label: str  # prefixes what stages print: parallel sweep cells share one terminal
+    stack: ExitStack = field(default_factory=ExitStack)
+    _grader: Any = None
+
+    def say(self, text: str) -> None:
+        print("\n".join(self.label + line for line in text.splitlines()), flush=True)
+
+    def grader(self) -> Any:
+        if self._grader is None:
+            from echochamber.verify.grade import Grader
+
+            self._grader = self.stack.enter_context(Grader(workers=self.grader_workers))
+        return self._grader
+
+
+def _run_data(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
+    from echochamber.data.mixture import build_shards
+
+    # build_shards stages into a hidden sibling and renames it at the end; a killed build leaves one.
+    for partial in run_dir.glob(".shards.partial-*"):
+        shutil.rmtree(partial)
+    ctx.say(describe_manifest(build_shards(study.mixture, run_dir / "shards", progress=ctx.progress)))
+
+
+def _run_pretrain(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
+    from echochamber.pretrain import run_pretrain
+
+    config = replace(
+        study.pretrain, shards=str(run_dir / "shards"), out=str(run_dir / "pretrain"),
+        progress=study.pretrain.progress and ctx.progress,
+    )  # fmt: skip
+    run_pretrain(config, resume=resume)
+
+
+def _run_rl(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
+    from echochamber.rl.core import run_rl
+
+    config = replace(
+        study.rl, policy=str(run_dir / "pretrain" / "final"), out=str(run_dir / "rl"),
+        progress=study.rl.progress and ctx.progress,
+    )  # fmt: skip
+    # Other ranks grade their own share of each step with their own grader.
+    run_rl(config, algo=study.algo, resume=resume, grader=ctx.grader() if _rank() == 0 else None)
+
+
+def _evaluation(phase: str, checkpoint: str) -> Callable[[StudyConfig, Path, _Context, bool], None]:
+    def run(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
+        import torch
+
+        from echochamber.data.tokenizer import load_tokenizer
+        from echochamber.evaluate import benchmark_prompts, evaluate, render_summary
+        from echochamber.model import load_model
+
+        ckpt = run_dir / checkpoint
+        model = load_model(ckpt).to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        tokenizer = load_tokenizer(ckpt)
+        for benchmark in study.eval.benchmarks:
+            config = eval_config(study, benchmark)
+            out = run_dir / "eval" / phase / benchmark
+            # evaluate() continues from the generations already in `out` (a resumed stage).
+            results = evaluate(
+                model, tokenizer, benchmark_prompts(config), config, grader=ctx.grader(), out_dir=out,
+                progress=ctx.progress, meta={"checkpoint": str(ckpt)},
+            )  # fmt: skip
+            save_config(config, out / "config.yaml")
+            ctx.say(render_summary(results))
+
+    return run
+
+
+def _run_report(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
+    from echochamber.report.page import build_report
+
+    ctx.say(f"report: {build_report(run_dir)}")
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "shards", False, _run_data),
+    Stage("pretrain", "pretrain", True, _run_pretrain),
+    Stage("eval-base", "eval/base", False, _evaluation("base", "pretrain/final")),
+    Stage("rl", "rl", True, _run_rl),
+    Stage("eval-final", "eval/final", False, _evaluation("final", "rl/final")),
+    Stage("report", "report", False, _run_report, derived=True),
+)
+
+
+def stage_hashes(study: StudyConfig) -> dict[str, str]:
+    """Each stage's hash: its own config plus the hashes of the stages it reads."""
+    data = spec_hash(study.mixture)  # the mixture decides what counts (its worker count does not)
+    pretrain = config_hash({"after": data, "pretrain": _without(to_dict(study.pretrain), _NOT_HASHED)})
+    rl_settings = _without(to_dict(study.rl), _NOT_HASHED)
+    for algo in ALGORITHMS:  # only the chosen algorithm's section matters
+        if algo != study.algo:
+            rl_settings.pop(algo)
+    for section, key in (("rollout", "grader_workers"), ("rollout", "batch_size"), ("eval", "batch_size")):
+        rl_settings[section].pop(key)
+    rl = config_hash({"after": pretrain, "algo": study.algo, "rl": rl_settings})
+    evaluation = _without(to_dict(study.eval), ("workers", "batch_size"))
+    base = config_hash({"after": pretrain, "eval": evaluation})
+    final = config_hash({"after": rl, "eval": evaluation})
+    report = config_hash({"after": [base, final]})
+    return {
+        "data": data,
+        "pretrain": pretrain,
+        "eval-base": base,
+        "rl": rl,
+        "eval-final": final,
+        "report": report,
+    }
+
+
+def _without(settings: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in keys}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def plan(study: StudyConfig, run_dir: Path, *, resume: bool) -> dict[str, str]:
+    """What each stage will do: "skip" (done, same hash), "resume" (interrupted) or "fresh"."""
+    hashes = stage_hashes(study)
+    records = read_run(run_dir).get("stages", {})
+    actions = {}
+    for stage in STAGES:
+        record, folder = records.get(stage.name), run_dir / stage.folder
+        if record is None:
+            if folder.exists() and not stage.derived:
+                raise UserError(
+                    f"{folder} exists but {run_dir / RUN_FILE} does not record it; move it away first"
+                )
+            actions[stage.name] = "fresh"
+        elif record.get("hash") != hashes[stage.name] or not folder.exists():
+            actions[stage.name] = "fresh"
+        elif record.get("done"):
+            actions[stage.name] = "skip"
+        elif resume:
+            actions[stage.name] = "resume"
+        else:
+            raise UserError(
+                f"stage {stage.name} of {run_dir} was interrupted; rerun with --resume to continue it "
+                f"(or delete {folder} to start it over)"
+            )
+    return actions
+
+
+def run_study(
+    study: StudyConfig,
+    run_dir: Path,
+    *,
+    preset: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    label: str = "",
+) -> Path:
+    """Run every stage that is not up to date; returns RUN/report/index.html.
+
+    `progress` False silences the stages' progress bars (parallel sweep cells); the stage lines are
+    printed anyway, prefixed with `label`.
+    """
+    run_dir = Path(run_dir)
+    rank, barrier, leave = _join_ranks()
+    try:
+        actions = plan(study, run_dir, resume=resume)
+        hashes = stage_hashes(study)
+        barrier()  # every rank has read run.json before rank 0 writes it
+        if rank == 0:
+            _start_run(study, run_dir, preset, hashes, actions)
+        workers = max(study.eval.workers, study.rl.rollout.grader_workers)
+        ctx = _Context(progress=progress, grader_workers=workers, label=label)
+        with ctx.stack:
+            started = time.monotonic()
+            for number, stage in enumerate(STAGES, start=1):
+                head = f"{label}[{number}/{len(STAGES)}] {stage.name}"
+                action = actions[stage.name]
+                if action == "skip":
+                    if rank == 0:
+                        print(f"{head}: up to date, skipped", flush=True)
+                    continue
+                if rank == 0:
+                    print(f"{head}: {'resuming' if action == 'resume' else 'running'} "
+                          f"(pipeline at {_clock(time.monotonic() - started)})", flush=True)  # fmt: skip
+                    if action == "fresh":
+                        _remove(run_dir / stage.folder)
+                barrier()
+                with _timed(run_dir, stage.name, hashes[stage.name], action, rank == 0) as seconds:
+                    if stage.distributed or rank == 0:
+                        stage.run(study, run_dir, ctx, action == "resume")
+                    barrier()
+                if rank == 0:
+                    print(f"{head}: done in {_clock(seconds())}", flush=True)
+        return run_dir / "report" / "index.html"
+    finally:
+        leave()
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON") from None
+
+
+def is_finished(study: StudyConfig, run_dir: Path) -> bool:
+    """Every stage done with the hashes of `study` (what a sweep skips)."""
+    try:
+        return all(action == "skip" for action in plan(study, run_dir, resume=True).values())
+    except UserError:
+        return False
+
+
+def share_stages(run_dir: Path, source_dir: Path, study: StudyConfig, names: tuple[str, ...]) -> list[str]:
+    """Link into `run_dir` the stages among `names` that `source_dir` finished with the hashes of
+    `study`, and record them as done there; returns the names linked. Sweep cells that differ only
+    in RL settings share data, pretraining and the base evaluation this way instead of redoing them."""
+    hashes = stage_hashes(study)
+    theirs = read_run(source_dir).get("stages", {})
+    info = read_run(run_dir) or {"name": run_dir.name, "stages": {}}
+    folders = {stage.name: stage.folder for stage in STAGES}
+    linked = []
+    for name in names:
+        record, mine, folder = theirs.get(name) or {}, info["stages"].get(name), run_dir / folders[name]
+        ready = record.get("done") and record.get("hash") == hashes[name]
+        ours = mine is not None and mine.get("done") and mine.get("hash") == hashes[name]
+        if not ready or ours or (mine is None and folder.exists()):
+            continue  # nothing to share yet, already ours, or a folder we know nothing about (plan() refuses it)
+        _remove(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.symlink_to(
+            os.path.relpath(source_dir / folders[name], folder.parent), target_is_directory=True
+        )
+        info["stages"][name] = {**record, "shared_from": str(source_dir)}
+        linked.append(name)
+    if linked:
+        _write_run(run_dir, info)
+    return linked
+
+
+def default_run_dir(config: str | None, preset: str | None) -> Path:
+    name = Path(config).stem if config is not None else (preset or DEFAULT_PRESET)
+    return Path("runs") / name
+
+
+def _start_run(
+    study: StudyConfig, run_dir: Path, preset: str | None, hashes: dict[str, str], actions: dict[str, str]
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = read_run(run_dir)
+    stages = info.get("stages", {})
+    for name, action in actions.items():
+        if action == "fresh" and name in stages:
+            # Stale outputs stay recorded under their old hash until the stage starts over; "not
+            # done" keeps the report from presenting them as current.
+            stages[name]["done"] = False
+    _write_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(study), sort_keys=False))
+    _write_run(run_dir, {
+        "name": run_dir.name, "preset": preset, "algo": study.algo, "config_hash": config_hash(study),
+        "stages": {stage.name: stages[stage.name] for stage in STAGES if stage.name in stages},
+    })  # fmt: skip
+
+
+@contextmanager
+def _timed(
+    run_dir: Path, name: str, stage_hash: str, action: str, record: bool
+) -> Iterator[Callable[[], float]]:
+    """Record the stage as started (not done) with its hash, then done with its seconds on success.
+    Seconds of an interrupted attempt are kept, so a resumed stage reports its total time."""
+    before = (
+        read_run(run_dir)["stages"].get(name, {}).get("seconds", 0.0)
+        if action == "resume" and record
+        else 0.0
+    )
+    started = time.monotonic()
+
+    def seconds() -> float:
+        return before + time.monotonic() - started
+
+    def write(done: bool) -> None:
+        if record:
+            info = read_run(run_dir)
+            info["stages"][name] = {"hash": stage_hash, "done": done, "seconds": round(seconds(), 2)}
+            _write_run(run_dir, info)
+
+    write(False)
+    try:
+        yield seconds
+    except BaseException:
+        write(False)
+        raise
+    write(True)
+
+
+def _write_run(run_dir: Path, info: dict[str, Any]) -> None:
+    order = [stage.name for stage in STAGES]
+    info["stages"] = dict(sorted(info["stages"].items(), key=lambda item: order.index(item[0])))
+    _write_atomic(run_dir / RUN_FILE, json.dumps(info, indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _remove(folder: Path) -> None:
+    """Delete stale outputs; renamed first so a kill mid-delete never leaves a half folder in place."""
+    if folder.is_symlink():  # a stage shared from another sweep cell: only the link is ours
+        folder.unlink()
+    elif folder.exists():
+        doomed = folder.with_name(f".deleting-{folder.name}")
+        shutil.rmtree(doomed, ignore_errors=True)
+        folder.rename(doomed)
+        shutil.rmtree(doomed)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _join_ranks() -> tuple[int, Callable[[], None], Callable[[], None]]:
+    """(rank, barrier, leave). Outside torchrun: rank 0 and no-ops. Under torchrun the process group
+    is created here so pretraining and RL reuse it; the barrier uses its own gloo group with a long
+    timeout, because the other ranks wait there for as long as rank 0 builds data or evaluates."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, lambda: None, lambda: None
+    import torch
+    import torch.distributed as dist
+
+    owns = not dist.is_initialized()
+    if owns:
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    waiting = dist.new_group(backend="gloo", timeout=timedelta(hours=24))
+    return (
+        dist.get_rank(),
+        lambda: dist.barrier(group=waiting),
+        dist.destroy_process_group if owns else lambda: None,
+    )

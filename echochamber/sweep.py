@@ -1,0 +1,356 @@
+"""`echochamber sweep SWEEP`: a grid of studies, one run folder per cell, one comparison report.
+
+    SWEEP/
+      sweep.json          {"name", "axes": {axis: [values]}, "cells": [{"name", "params", "dir"}]}
+      cells/<name>/       one run folder per cell (see pipeline.py)
+      report/index.html   the comparison report
+      slurm.sh            with --emit slurm: an sbatch job array, one task per cell
+      torchrun.sh         with --emit torchrun: one torchrun command per cell
+
+A cell is one point of the grid (mixture x model x algorithm x KL x ... x seed). Every cell runs
+the same `echochamber run` the emitted scripts contain, so a local sweep and a cluster sweep give the
+same folders. Finished cells are skipped and unfinished ones resumed. Locally, cells that differ only
+in what comes after pretraining (algorithm, KL) share the data, the pretrained model and its
+evaluation: the first cell computes them, the others link to them (symlinks inside their folder).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shlex
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from echochamber.config import load_config, read_yaml
+from echochamber.errors import UserError
+from echochamber.pipeline import (
+    STUDY_PRESETS,
+    StudyConfig,
+    is_finished,
+    load_study,
+    run_study,
+    share_stages,
+    stage_hashes,
+)
+
+_PRESETS = resources.files("echochamber") / "configs" / "sweeps"  # package data, not a package
+SWEEP_PRESETS: tuple[str, ...] = tuple(
+    sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
+)
+SEED_AXIS = "seed"
+# A cell's seed reseeds everything random in it except the world, whose test problems must be the
+# same in every cell to be compared.
+SEED_KEYS = ("mixture.seed", "pretrain.seed", "rl.seed")
+SHARED_STAGES = ("data", "pretrain", "eval-base")
+_AXIS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9.+-]")  # cell names are folder names
+
+
+@dataclass
+class SweepConfig:
+    """A grid over study keys. `axes` maps an axis to its values; the axis is a dotted study key
+    (rl.ppo.lr) unless `keys` says which keys it sets (kl -> [rl.ppo.kl_coef, rl.grpo.kl_coef])."""
+
+    name: str
+    base: str  # a study preset (quickstart) or a study YAML file, relative to the sweep file
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    keys: dict[str, list[str]] = field(default_factory=dict)  # short axis name -> the study keys it sets
+    seeds: list[int] = field(default_factory=lambda: [0])
+    set: list[str] = field(default_factory=list)  # study overrides for every cell (key=value)
+    exclude: list[dict[str, Any]] = field(default_factory=list)  # drop cells matching every param of an entry
+
+    def validate(self) -> None:
+        if _UNSAFE.search(self.name) or not self.name:
+            raise UserError(f"sweep name {self.name!r} must be letters, digits and .+- (it names a folder)")
+        for axis, values in self.axes.items():
+            if axis == SEED_AXIS or not _AXIS.match(axis):
+                raise UserError(
+                    f"axis {axis!r} must be a dotted study key or a short name (not '{SEED_AXIS}'; use seeds)"
+                )
+            if not values or len(values) != len({json.dumps(v) for v in values}):
+                raise UserError(f"axis '{axis}' needs a list of distinct values, got {values!r}")
+        for axis, keys in self.keys.items():
+            if axis not in self.axes:
+                raise UserError(f"keys: '{axis}' is not an axis (axes: {', '.join(self.axes)})")
+            if not keys or not all(_AXIS.match(key) for key in keys):
+                raise UserError(f"keys: '{axis}' must list dotted study keys, got {keys!r}")
+        if not self.seeds or len(self.seeds) != len(set(self.seeds)):
+            raise UserError(f"seeds must be a list of distinct integers, got {self.seeds}")
+        for rule in self.exclude:
+            unknown = [key for key in rule if key not in self.axes and key != SEED_AXIS]
+            if not rule or unknown:
+                raise UserError(
+                    f"exclude entry {rule!r} must match on axes ({', '.join([*self.axes, SEED_AXIS])})"
+                )
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    params: dict[str, Any]  # axis -> value, plus the seed
+    overrides: list[str]  # what `echochamber run --set` receives
+
+
+def load_sweep(spec: str, overrides: list[str] | None = None) -> tuple[SweepConfig, Path]:
+    """A sweep preset name or YAML file, plus `--set` overrides of sweep keys; returns the config and
+    the folder its `base` is relative to."""
+    if spec in SWEEP_PRESETS and not Path(spec).is_file():
+        path = Path(str(_PRESETS / f"{spec}.yaml"))
+        return load_config(SweepConfig, None, overrides, base=read_yaml(path)), path.parent
+    if not Path(spec).is_file():
+        raise UserError(
+            f"'{spec}' is neither a sweep file nor a sweep preset (presets: {', '.join(SWEEP_PRESETS)})"
+        )
+    return load_config(SweepConfig, spec, overrides), Path(spec).resolve().parent
+
+
+def base_args(sweep: SweepConfig, folder: Path) -> tuple[str | None, str | None]:
+    """(config file, preset) of the sweep's base study."""
+    if (folder / sweep.base).is_file():
+        return str((folder / sweep.base).resolve()), None
+    if sweep.base in STUDY_PRESETS:
+        return None, sweep.base
+    raise UserError(f"sweep base '{sweep.base}' is neither a study file next to the sweep nor a study preset "
+                    f"({', '.join(STUDY_PRESETS)})")  # fmt: skip
+
+
+def expand(sweep: SweepConfig) -> list[Cell]:
+    """Every combination of the axes (in their order), then every seed, minus the excluded ones."""
+    cells, names = [], {}
+    for values in itertools.product(*sweep.axes.values(), sweep.seeds):
+        params = dict(zip([*sweep.axes, SEED_AXIS], values, strict=True))
+        if any(all(params[key] == value for key, value in rule.items()) for rule in sweep.exclude):
+            continue
+        overrides = list(sweep.set)
+        for axis, value in params.items():
+            keys = SEED_KEYS if axis == SEED_AXIS else sweep.keys.get(axis, [axis])
+            overrides += [f"{key}={_yaml_scalar(value)}" for key in keys]
+        name = cell_name(params)
+        if name in names:
+            raise UserError(
+                f"cells {names[name]} and {params} are both named '{name}'; give the axes distinct last names"
+            )
+        names[name] = params
+        cells.append(Cell(name, params, overrides))
+    if not cells:
+        raise UserError(f"sweep '{sweep.name}' has no cells left after its exclude rules")
+    return cells
+
+
+def cell_name(params: dict[str, Any]) -> str:
+    """`mixture-tinygsm+4xomi1_algo-ppo_kl-0.001_seed-0`: the last part of each axis, then its value."""
+    return "_".join(
+        f"{axis.rsplit('.', 1)[-1]}-{_UNSAFE.sub('-', _short(value))}" for axis, value in params.items()
+    )
+
+
+def resolve_cells(sweep: SweepConfig, folder: Path) -> list[tuple[Cell, StudyConfig]]:
+    """Each cell with its resolved study; two cells that would compute the same study are an error
+    (an axis that does not apply to them, such as a KL coefficient under EI: exclude one)."""
+    config, preset = base_args(sweep, folder)
+    resolved, seen = [], {}
+    for cell in expand(sweep):
+        try:
+            study = load_study(config, preset, cell.overrides)
+        except UserError as error:
+            raise UserError(f"cell {cell.name}: {error}") from None
+        digest = stage_hashes(study)["report"]
+        if digest in seen:
+            raise UserError(
+                f"cells {seen[digest]} and {cell.name} describe the same study; add an exclude rule"
+            )
+        seen[digest] = cell.name
+        resolved.append((cell, study))
+    return resolved
+
+
+def write_sweep_file(sweep: SweepConfig, cells: list[Cell], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "name": sweep.name,
+        "axes": {**sweep.axes, SEED_AXIS: sweep.seeds},
+        "cells": [{"name": c.name, "params": c.params, "dir": f"cells/{c.name}"} for c in cells],
+    }
+    (out / "sweep.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def run_sweep(
+    spec: str, out: Path | None = None, *, jobs: int = 1, overrides: list[str] | None = None
+) -> Path:
+    """Run every unfinished cell (`jobs` at a time, each in its own process when jobs > 1), then
+    write the comparison report; returns its index.html. A failed cell does not stop the others."""
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    sweep, folder = load_sweep(spec, overrides)
+    out = Path(out) if out is not None else Path("runs") / sweep.name
+    cells = resolve_cells(sweep, folder)
+    write_sweep_file(sweep, [cell for cell, _ in cells], out)
+    preset = base_args(sweep, folder)[1] or sweep.base
+    # The first cell needing a shared stage (same hash) computes it, in the first wave; the other
+    # cells link to it once it is done. Sequential cells link just before they run, so they also
+    # reuse what an earlier cell of their own wave computed.
+    owners: dict[tuple[str, str], str] = {}
+    for cell, study in cells:
+        for name in SHARED_STAGES:
+            owners.setdefault((name, stage_hashes(study)[name]), cell.name)
+
+    def prepare(cell: Cell, study: StudyConfig) -> Path | None:
+        """Link the shared stages already done; the cell's folder, or None when it is finished."""
+        cell_dir = out / "cells" / cell.name
+        hashes = stage_hashes(study)
+        for name in SHARED_STAGES:
+            owner = owners[(name, hashes[name])]
+            if owner != cell.name:
+                share_stages(cell_dir, out / "cells" / owner, study, (name,))
+        if is_finished(study, cell_dir):
+            print(f"cell {cell.name}: finished, skipped", flush=True)
+            return None
+        return cell_dir
+
+    first = set(owners.values())
+    waves = [[c for c in cells if c[0].name in first], [c for c in cells if c[0].name not in first]]
+    failed = []
+    for wave in waves:
+        failed += _run_wave(wave, prepare, jobs, preset)
+    from echochamber.report.page import build_report
+
+    index = build_report(out)
+    print(f"report: {index}", flush=True)
+    if failed:
+        raise UserError(
+            f"{len(failed)} of {len(cells)} cells failed ({', '.join(failed)}); rerun the sweep to resume them"
+        )
+    return index
+
+
+def _run_wave(
+    wave: list[tuple[Cell, StudyConfig]],
+    prepare: Callable[[Cell, StudyConfig], Path | None],
+    jobs: int,
+    preset: str,
+) -> list[str]:
+    """Run cells in this process (jobs=1) or in a pool of fresh processes; returns the failed names."""
+    failed = []
+    if jobs == 1:
+        for cell, study in wave:
+            cell_dir = prepare(cell, study)
+            if cell_dir is not None and _failed(
+                cell.name, lambda c=cell, s=study, d=cell_dir: _run_cell(c.name, s, d, preset, None)
+            ):
+                failed.append(cell.name)
+        return failed
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # spawn, one cell per process: no torch or grader state leaks between cells, and each process
+    # gets its share of the cores (intra-op threads, tokenizer workers) instead of all of them.
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        futures = []
+        for cell, study in wave:
+            cell_dir = prepare(cell, study)
+            if cell_dir is not None:
+                futures.append(
+                    (cell.name, pool.submit(_run_cell, cell.name, study, cell_dir, preset, threads))
+                )
+        for name, future in futures:
+            if _failed(name, future.result):
+                failed.append(name)
+    return failed
+
+
+def _failed(name: str, outcome: Callable[[], Any]) -> bool:
+    try:
+        outcome()
+    except UserError as error:
+        print(f"cell {name} failed: {error}", flush=True)
+        return True
+    except Exception:  # a bug in one cell: show its traceback, keep the other cells going
+        print(f"cell {name} failed:\n{traceback.format_exc()}", flush=True)
+        return True
+    return False
+
+
+def _run_cell(name: str, study: StudyConfig, cell_dir: Path, preset: str, threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        if study.mixture.workers == 0:  # 0 = one tokenizer process per core: too many beside other cells
+            study = replace(study, mixture=replace(study.mixture, workers=threads))
+    run_study(study, cell_dir, preset=preset, resume=True, progress=threads is None, label=f"{name} ")
+
+
+def emit(
+    spec: str, out: Path | None, kind: Literal["slurm", "torchrun"], overrides: list[str] | None = None
+) -> Path:
+    """Write the cells as cluster commands (SWEEP/slurm.sh or SWEEP/torchrun.sh) instead of running them."""
+    sweep, folder = load_sweep(spec, overrides)
+    out = (Path(out) if out is not None else Path("runs") / sweep.name).resolve()
+    resolved = resolve_cells(sweep, folder)  # fails here, not on the cluster, if a cell is malformed
+    cells = [cell for cell, _ in resolved]
+    write_sweep_file(sweep, cells, out)
+    config, preset = base_args(sweep, folder)
+    base = ["--preset", preset] if preset is not None else [config]
+    commands = [
+        shlex.join(["run", *base, "--out", str(out / "cells" / cell.name), "--resume"]
+                   + [arg for item in cell.overrides for arg in ("--set", item)])
+        for cell in cells
+    ]  # fmt: skip
+    header = [
+        "#!/bin/bash",
+        f"# Sweep '{sweep.name}': {len(cells)} cells. When all have finished: echochamber report {shlex.quote(str(out))}",
+    ]
+    if kind == "slurm":
+        lines = [
+            *header,
+            f"# Submit with: sbatch {shlex.quote(str(out / 'slurm.sh'))}  (add --partition/--time/--gres for your cluster)",
+            f"#SBATCH --job-name={sweep.name}",
+            f"#SBATCH --array=0-{len(cells) - 1}",
+            f"#SBATCH --output={out}/logs/%a.log",
+            "#SBATCH --cpus-per-task=2",
+            "set -euo pipefail",
+            f"cd {shlex.quote(os.getcwd())}",
+            'case "$SLURM_ARRAY_TASK_ID" in',
+            *(f"  {i}) exec echochamber {command} ;;" for i, command in enumerate(commands)),
+            "esac",
+        ]
+        (out / "logs").mkdir(exist_ok=True)
+    else:
+        lines = [
+            *header,
+            "# One command per cell, each data-parallel over NPROC GPUs of one machine (default 1).",
+            "set -euo pipefail",
+            f"cd {shlex.quote(os.getcwd())}",
+            'NPROC="${NPROC:-1}"',
+            *(
+                f'torchrun --standalone --nproc_per_node="$NPROC" -m echochamber.cli {command}'
+                for command in commands
+            ),
+        ]
+    script = out / f"{kind}.sh"
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+    return script
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _yaml_scalar(value: Any) -> str:
+    """`value` as `--set` text that YAML reads back as the same value."""
+    if isinstance(value, str):
+        return value if yaml.safe_load(value) == value else json.dumps(value)
+    text = json.dumps(value)
+    if isinstance(value, float) and "e" in text and "." not in text:
+        text = text.replace("e", ".0e")  # YAML 1.1 reads 1e-05 as a string, 1.0e-05 as a float
+    return text

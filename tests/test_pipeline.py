@@ -1,0 +1,229 @@
+"""The study pipeline: stage skipping by hash, partial re-runs, crash + resume, config resolution.
+
+Most tests swap the stage functions for recorders that write a file into the stage's folder, so
+they test the pipeline's bookkeeping in milliseconds; `test_smoke_preset_end_to_end` runs the real
+stages (the CI smoke pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from echochamber import pipeline
+from echochamber.errors import UserError
+from echochamber.pipeline import RUN_FILE, STAGES, load_study, read_run, run_study, stage_hashes
+
+ALL = [stage.name for stage in STAGES]
+
+
+class Recorder:
+    """Stage functions that log (stage, resume) and write `out.txt` (with the call number) into the
+    stage's folder; `crash` names a stage whose next call fails after writing part of its output."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        self.crash: str | None = None
+
+    def stage(self, stage: pipeline.Stage) -> pipeline.Stage:
+        def run(study: pipeline.StudyConfig, run_dir: Path, ctx: object, resume: bool) -> None:
+            self.calls.append((stage.name, resume))
+            folder = run_dir / stage.folder
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "partial.txt").write_text("half")
+            if self.crash == stage.name:
+                self.crash = None
+                raise RuntimeError(f"{stage.name} died midway")
+            (folder / "out.txt").write_text(str(len(self.calls)))
+
+        return replace(stage, run=run)
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    rec = Recorder()
+    monkeypatch.setattr(pipeline, "STAGES", tuple(rec.stage(stage) for stage in STAGES))
+    return rec
+
+
+def smoke(*overrides: str) -> pipeline.StudyConfig:
+    return load_study(preset="smoke", overrides=list(overrides))
+
+
+def test_second_run_with_the_same_config_does_no_work(tmp_path: Path, recorder: Recorder) -> None:
+    index = run_study(smoke(), tmp_path / "run", preset="smoke")
+    assert recorder.names() == ALL
+    assert index == tmp_path / "run" / "report" / "index.html"
+    info = read_run(tmp_path / "run")
+    assert info["name"] == "run" and info["preset"] == "smoke" and info["algo"] == "grpo"
+    assert list(info["stages"]) == ALL
+    assert all(s["done"] and s["hash"] == stage_hashes(smoke())[n] for n, s in info["stages"].items())
+    assert all(s["seconds"] >= 0 for s in info["stages"].values())
+
+    recorder.calls.clear()
+    run_study(smoke(), tmp_path / "run")
+    assert recorder.calls == []
+    assert read_run(tmp_path / "run")["stages"] == info["stages"]
+
+
+def test_a_changed_rl_key_reruns_only_rl_final_eval_and_report(tmp_path: Path, recorder: Recorder) -> None:
+    run = tmp_path / "run"
+    run_study(smoke(), run)
+    (run / "rl" / "stale.txt").write_text("from the old config")
+    recorder.calls.clear()
+
+    run_study(smoke("rl.grpo.kl_coef=0.01"), run)
+    assert recorder.names() == ["rl", "eval-final", "report"]
+    assert not (run / "rl" / "stale.txt").exists()  # outputs of the old config are deleted first
+    assert (run / "shards" / "out.txt").read_text() == "1"  # written by the first run's first call
+    assert read_run(run)["stages"]["rl"]["hash"] == stage_hashes(smoke("rl.grpo.kl_coef=0.01"))["rl"]
+
+    # The study runs GRPO: PPO's section and the knobs that only change logging are not its inputs.
+    recorder.calls.clear()
+    run_study(smoke("rl.grpo.kl_coef=0.01", "rl.ppo.kl_coef=0.5", "rl.progress=false", "eval.workers=1"), run)
+    assert recorder.calls == []
+
+
+def test_a_changed_pretrain_key_keeps_the_data_and_redoes_everything_after(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    run_study(smoke(), tmp_path / "run")
+    recorder.calls.clear()
+    run_study(smoke("pretrain.lr=0.001"), tmp_path / "run")
+    assert recorder.names() == ALL[1:]
+
+
+def test_a_crashed_stage_resumes_and_the_stages_before_it_stay_done(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    run = tmp_path / "run"
+    recorder.crash = "pretrain"
+    with pytest.raises(RuntimeError, match="died midway"):
+        run_study(smoke(), run)
+    stages = read_run(run)["stages"]
+    assert stages["data"]["done"] and not stages["pretrain"]["done"]
+    assert "rl" not in stages
+
+    with pytest.raises(UserError, match="--resume"):
+        run_study(smoke(), run)
+    assert (run / "pretrain" / "partial.txt").exists()  # refusing never deletes the interrupted work
+
+    recorder.calls.clear()
+    run_study(smoke(), run, resume=True)
+    assert recorder.calls == [("pretrain", True)] + [(name, False) for name in ALL[2:]]
+    assert all(stage["done"] for stage in read_run(run)["stages"].values())
+
+
+def test_a_crash_under_a_changed_config_starts_the_stage_over(tmp_path: Path, recorder: Recorder) -> None:
+    run = tmp_path / "run"
+    recorder.crash = "rl"
+    with pytest.raises(RuntimeError):
+        run_study(smoke(), run)
+    (run / "rl" / "stale.txt").write_text("half of the old config's RL")
+    recorder.calls.clear()
+    # The interrupted RL ran another config: no --resume needed, and its partial output is gone.
+    run_study(smoke("rl.max_steps=3"), run)
+    assert recorder.calls == [("rl", False), ("eval-final", False), ("report", False)]
+    assert (run / "rl" / "out.txt").exists() and not (run / "rl" / "stale.txt").exists()
+
+
+def test_a_deleted_stage_folder_is_redone(tmp_path: Path, recorder: Recorder) -> None:
+    run_study(smoke(), tmp_path / "run")
+    recorder.calls.clear()
+    for child in (tmp_path / "run" / "eval" / "final").iterdir():
+        child.unlink()
+    (tmp_path / "run" / "eval" / "final").rmdir()
+    run_study(smoke(), tmp_path / "run")
+    assert recorder.names() == ["eval-final"]
+
+
+def test_a_folder_run_json_does_not_know_is_refused_not_deleted(tmp_path: Path, recorder: Recorder) -> None:
+    (tmp_path / "run" / "pretrain").mkdir(parents=True)
+    (tmp_path / "run" / "pretrain" / "precious.txt").write_text("mine")
+    with pytest.raises(UserError, match="does not record it"):
+        run_study(smoke(), tmp_path / "run")
+    assert recorder.calls == []
+    assert (tmp_path / "run" / "pretrain" / "precious.txt").read_text() == "mine"
+
+
+def test_a_report_written_mid_run_is_replaced_by_the_report_stage(tmp_path: Path, recorder: Recorder) -> None:
+    (tmp_path / "run" / "report").mkdir(parents=True)  # `echochamber report RUN` before the stage ran
+    (tmp_path / "run" / "report" / "index.html").write_text("early")
+    run_study(smoke(), tmp_path / "run")
+    assert recorder.names() == ALL
+    assert not (tmp_path / "run" / "report" / "index.html").exists()  # the stand-in writes out.txt only
+
+
+def test_the_resolved_config_reloads_to_the_same_study(tmp_path: Path, recorder: Recorder) -> None:
+    study = smoke("rl.max_steps=3", "mixture=tinygsm+4xomi1", "mixture.seed=5")
+    run_study(study, tmp_path / "run")
+    again = load_study(tmp_path / "run" / "config.yaml")
+    assert stage_hashes(again) == stage_hashes(study)
+    info = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    assert info["config_hash"] == pipeline.config_hash(again)
+
+
+def test_overrides_reach_nested_keys_and_presets_expand_in_order() -> None:
+    study = smoke("mixture=tinygsm+4xomi1", "mixture.seed=3", "rl.grpo.kl_coef=0.01", "world.n_test=20")
+    assert [s.repeat for s in study.mixture.sources] == [None, 4]
+    assert study.mixture.seed == 3 and study.rl.grpo.kl_coef == 0.01
+    # One world, placed everywhere it is read.
+    assert study.mixture.world.n_test == study.rl.prompts.world.n_test == 20
+    assert pipeline.eval_config(study, "world-hard").world.n_test == 20
+    assert load_study().algo in ("ppo", "grpo", "ei")  # no argument: the quickstart
+    # A preset with some of its keys changed.
+    tweaked = smoke("rl={preset: cpu, max_steps: 7}", "rl.seed=2")
+    assert tweaked.rl.max_steps == 7 and tweaked.rl.seed == 2 and tweaked.rl.rollout.max_new_tokens == 192
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("pretrain.out=/elsewhere", "set by the pipeline"),
+        ("rl.reference=/some/model", "rl.reference"),
+        ("mixture.world.n_test=3", "set the world once"),
+        ("rl.ppo.kl_coeff=0.1", "rl.ppo.kl_coeff"),
+        ("algo=dpo", "algo"),
+        ("eval.benchmarks=[world-easy]", "world-easy"),
+        ("mixture=no-such-mixture", "no-such-mixture"),
+    ],
+)
+def test_bad_study_settings_fail_with_one_clear_line(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        smoke(override)
+
+
+def test_unknown_preset_lists_the_known_ones() -> None:
+    with pytest.raises(UserError, match="smoke"):
+        load_study(preset="nope")
+
+
+@pytest.mark.slow
+def test_smoke_preset_end_to_end(tmp_path: Path) -> None:
+    """The CI smoke pipeline: every real stage, < 2 minutes on 2 cores; a second run skips it all."""
+    run = tmp_path / "smoke"
+    started = time.monotonic()
+    index = run_study(smoke(), run, preset="smoke", progress=False)
+    elapsed = time.monotonic() - started
+    assert index.is_file() and "<html" in index.read_text().lower()
+    assert all(stage["done"] for stage in read_run(run)["stages"].values())
+    for phase in ("base", "final"):
+        for benchmark in ("world-test", "world-hard"):
+            results = json.loads((run / "eval" / phase / benchmark / "results.json").read_text())
+            assert results["n_prompts"] == 8
+            assert (run / "eval" / phase / benchmark / "generations.jsonl").is_file()
+    lines = [json.loads(line) for line in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["stage"] == "rl"] == [1, 2]
+    assert (run / "pretrain" / "final" / "config.json").is_file() and (run / "shards" / "tokenizer").is_dir()
+    assert elapsed < 120, f"the smoke pipeline took {elapsed:.0f} s"
+
+    started = time.monotonic()
+    run_study(smoke(), run, progress=False)
+    assert time.monotonic() - started < 5
