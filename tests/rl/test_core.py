@@ -211,7 +211,9 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_policy, test
     killed = tmp_path / "killed"
     config = resume_config(tiny_policy, killed, prompts, test_world)
     save_config(config, tmp_path / "killed.yaml")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    # One thread like this test process (tests/conftest.py): a different thread count changes float
+    # reduction order, and the comparison below is exact.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.Popen(
         [sys.executable, "-m", "echochamber.rl.core", str(tmp_path / "killed.yaml"), "--algo", "grpo"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
