@@ -104,6 +104,17 @@ def remove_partial_checkpoints(out_dir: str | Path) -> None:
                 shutil.rmtree(child)
 
 
+def ensure_writable(out: Path, rank: int) -> None:
+    """Fail early, on every rank, with one line if the run folder cannot be written."""
+    probe = out / f".write-probe-{rank}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"output folder {out} is not writable: {error.strerror}") from None
+
+
 def atomic_dir(final: Path) -> Path:
     """A fresh hidden temp folder beside `final`: write there, then `replace_dir` into place."""
     final.parent.mkdir(parents=True, exist_ok=True)

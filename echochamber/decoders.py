@@ -81,8 +81,8 @@ class OlmoDecoder:
         rows: slice = slice(None), read_from: int = 0, groups: list[tuple[slice, int]] | None = None,
     ) -> torch.Tensor:
         """Run every layer on x (B, T, d) for cache `rows`, writing slots start..start+T-1 and
-        attending over slots read_from..start+T-1 (or, with `groups`, each group of rows from its
-        own first slot: (rows, first slot) pairs covering the batch in order)."""
+        attending over slots read_from..start+T-1, which `mask` covers — or, with `groups`
+        ((rows, first slot) pairs covering the batch in order), each group from its own first slot."""
         batch, length, _ = x.shape
         end = start + length
         for (w_qkv, w_o, w_gate_up, w_down), k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache, strict=True):
@@ -100,7 +100,8 @@ class OlmoDecoder:
             else:
                 attention = torch.cat([
                     F.scaled_dot_product_attention(
-                        q[group], k_cache[group, :, first:end], v_cache[group, :, first:end], attn_mask=mask[group, ..., first:end]
+                        q[group], k_cache[group, :, first:end], v_cache[group, :, first:end],
+                        attn_mask=mask[group, ..., first - read_from :],
                     )
                     for group, first in groups
                 ])
@@ -160,13 +161,25 @@ class OlmoDecoder:
         size = max(_GROUP_ROWS, -(-rows // _MAX_GROUPS))
         return [(slice(a, a + size), min(first_valid[a : a + size])) for a in range(0, rows, size)]
 
+    def _read_plan(self, end: int) -> tuple[list[tuple[slice, int]] | None, int]:
+        """(the length groups, or None while they would not save a quarter of the cache reads; the
+        first slot any row needs). Each extra attention call costs a little, and the saving shrinks
+        as the generation grows."""
+        first = min(start for _, start in self.groups)
+        rows = len(self.next_position)
+        grouped = sum(len(range(*group.indices(rows))) * (end - start) for group, start in self.groups)
+        return (self.groups if grouped < 0.75 * rows * (end - first) else None), first
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         slot = self.slot
         self.valid[:, slot] = True
         cos = self.cos[self.next_position][:, None, None, :]
         sin = self.sin[self.next_position][:, None, None, :]
-        mask = self.valid[:, None, None, : slot + 1]
-        x = self._layers(F.embedding(tokens, self.embed).unsqueeze(1), cos, sin, mask, slot, groups=self.groups)
+        groups, first = self._read_plan(slot + 1)
+        mask = self.valid[:, None, None, first : slot + 1]
+        x = self._layers(
+            F.embedding(tokens, self.embed).unsqueeze(1), cos, sin, mask, slot, read_from=first, groups=groups
+        )
         self.next_position = self.next_position + 1
         self.slot = slot + 1
         return self._logits(x[:, 0])

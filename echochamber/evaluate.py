@@ -31,6 +31,7 @@ from echochamber.data.tokenizer import encode_prompt, load_tokenizer
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.errors import UserError
 from echochamber.formats import FORMATS
+from echochamber.metrics import read_jsonl
 from echochamber.metrics_passk import MAX_SAMPLES, default_ks, maj_at_ks, pass_at_k, vote_key
 from echochamber.model import load_model
 from echochamber.sampler import Sampler, SamplingParams, build_sampler
@@ -360,22 +361,12 @@ class _GenerationStore:
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """(rows, whether a torn last line was skipped); any other bad line is a UserError."""
-    rows = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # killed while writing the last line: it never happened
-                return rows, True
-            raise UserError(f"{path}: line {number} is not valid JSON") from None
+    """(rows, whether a torn last line was skipped); a corrupt or foreign line is a UserError."""
+    rows, torn = read_jsonl(path)
+    for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or row.get("mode") not in MODES or "prompt_id" not in row:
-            raise UserError(f"{path}: line {number} is not a generation row (needs mode and prompt_id)")
-        rows.append(row)
-    return rows, False
+            raise UserError(f"{path}: row {number} is not a generation row (needs mode and prompt_id)")
+    return rows, torn
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:

@@ -21,25 +21,34 @@ from echochamber.errors import UserError
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_metrics(path: str | Path, stage: str | None = None) -> list[dict[str, Any]]:
-    """All complete lines of a metrics file (optionally of one stage); a torn last line is skipped."""
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], bool]:
+    """The rows of a jsonl file we append to, and whether a torn last line was skipped.
+
+    A kill while writing the last line means that line never happened; a bad line anywhere else is
+    corruption and a one-line UserError.
+    """
     path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
+    rows: list[dict[str, Any]] = []
     lines = path.read_text().splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            rows.append(json.loads(line))
         except json.JSONDecodeError:
-            if number == len(lines):  # a kill while writing the last line: the line never happened
-                continue
+            if number == len(lines):
+                return rows, True
             raise UserError(f"{path}: line {number} is not valid JSON") from None
-        if stage is None or row.get("stage") == stage:
-            rows.append(row)
-    return rows
+    return rows, False
+
+
+def read_metrics(path: str | Path, stage: str | None = None) -> list[dict[str, Any]]:
+    """All complete lines of a metrics file (optionally of one stage); a torn last line is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows, _ = read_jsonl(path)
+    return [row for row in rows if stage is None or row.get("stage") == stage]
 
 
 def truncate_metrics(path: str | Path, stage: str, last_step: int) -> int:
@@ -51,27 +60,13 @@ def truncate_metrics(path: str | Path, stage: str, last_step: int) -> int:
     path = Path(path)
     if not path.is_file():
         return 0
-    kept: list[str] = []
-    dropped = 0
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                dropped += 1
-                continue
-            raise UserError(f"{path}: line {number} is not valid JSON") from None
-        if row.get("stage") == stage and row.get("step", -1) > last_step:
-            dropped += 1
-            continue
-        kept.append(line)
+    rows, torn = read_jsonl(path)
+    kept = [row for row in rows if not (row.get("stage") == stage and row.get("step", -1) > last_step)]
+    dropped = len(rows) - len(kept) + int(torn)
     if dropped == 0:  # nothing to drop: leave the file (and any writer open on it) untouched
         return 0
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
     os.replace(tmp, path)
     return dropped
 

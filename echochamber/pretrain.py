@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from echochamber.checkpoint import (
+    ensure_writable,
     full_model_state,
     latest_checkpoint,
     list_checkpoints,
@@ -290,17 +291,6 @@ def _open_shards(path: str) -> Shards:
     return shards
 
 
-def _prepare_out(out: Path, rank: int) -> None:
-    """Fail early, on every rank, if the run folder cannot be written."""
-    probe = out / f".write-probe-{rank}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"output folder {out} is not writable: {error.strerror}") from None
-
-
 def _check_resumable(config: PretrainConfig, state: dict[str, Any], manifest: dict[str, Any], checkpoint: Path) -> None:
     saved = state["config"]
     for key in RUN_DEFINING_KEYS:
@@ -366,7 +356,7 @@ def _train(config: PretrainConfig, resume: bool, env: _Dist) -> Path:
     shards = _open_shards(config.shards)
     manifest = shards.manifest
     out = Path(config.out)
-    _prepare_out(out, env.rank)
+    ensure_writable(out, env.rank)
     total_steps = config.total_steps()
     per_rank, remainder = divmod(config.batch_size, env.world)
     if remainder or per_rank % config.micro_batch_size:

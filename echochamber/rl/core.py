@@ -41,6 +41,7 @@ from echochamber.checkpoint import (
     CHECKPOINTS_DIR,
     STATE_FILE,
     atomic_dir,
+    ensure_writable,
     gather_rng_states,
     latest_checkpoint,
     list_checkpoints,
@@ -197,7 +198,7 @@ class _Run:
         self.config, self.algo, self.device = config, algo, device
         self.out = Path(config.out)
         self.rank0 = _rank() == 0
-        _prepare_out(self.out)
+        ensure_writable(self.out, _rank())
         self.checkpoint = latest_checkpoint(self.out) if resume else None
         if not resume and (list_checkpoints(self.out) or read_metrics(self.out / METRICS_FILE, STAGE)):
             raise UserError(f"{self.out} already holds an RL run; pass --resume to continue it or choose another out")
@@ -430,17 +431,6 @@ def _drop_rollouts_after(folder: Path, step: int) -> None:
     for path in folder.glob("step_*.jsonl.gz"):
         if int(path.name.removeprefix("step_").removesuffix(".jsonl.gz")) > step:
             path.unlink()
-
-
-def _prepare_out(out: Path) -> None:
-    """Fail early, on every rank, if the run folder cannot be written."""
-    probe = out / f".write-probe-{_rank()}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"output folder {out} is not writable: {error.strerror}") from None
 
 
 def _check_resumable(config: RLConfig, algo: str, state: dict[str, Any], checkpoint: Path) -> None:
