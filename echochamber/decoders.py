@@ -116,11 +116,13 @@ class OlmoDecoder:
     def prefill(self, tokens: torch.Tensor, valid: torch.Tensor, capacity: int) -> torch.Tensor:
         """Left-padded prompts (rows sorted by length) -> last-position logits; fills the cache."""
         rows, length = tokens.shape
-        shape = (rows, self.n_heads, capacity, self.head_dim)
-        # Zeros, not garbage: slots a chunk never writes are masked, but NaN garbage would still
-        # poison the attention output (0 weight × NaN).
+        # The prompt slots only; the first select (or step) grows the cache to `capacity`. Zeros, not
+        # garbage: padding slots a chunk never writes are masked, but NaN garbage would still poison
+        # the attention output (0 weight × NaN).
+        shape = (rows, self.n_heads, length, self.head_dim)
         self.k_cache = [self.embed.new_zeros(shape) for _ in self.layers]
         self.v_cache = [self.embed.new_zeros(shape) for _ in self.layers]
+        self.capacity = capacity
         self.valid = torch.zeros(rows, capacity, dtype=torch.bool, device=tokens.device)
         self.valid[:, :length] = valid
         lengths = valid.sum(dim=1)
@@ -146,11 +148,19 @@ class OlmoDecoder:
         return torch.cat(logits)
 
     def select(self, rows: torch.Tensor) -> None:
-        self.k_cache = [cache.index_select(0, rows) for cache in self.k_cache]
-        self.v_cache = [cache.index_select(0, rows) for cache in self.v_cache]
+        self.k_cache = [self._take(cache, rows) for cache in self.k_cache]
+        self.v_cache = [self._take(cache, rows) for cache in self.v_cache]
         self.valid = self.valid.index_select(0, rows)
         self.next_position = self.next_position.index_select(0, rows)
         self.groups = self._length_groups()
+
+    def _take(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if cache.shape[2] == self.capacity:
+            return cache.index_select(0, rows)
+        # Growing out of prefill: slots past the prompts are always written before they are read.
+        grown = cache.new_empty(len(rows), self.n_heads, self.capacity, self.head_dim)
+        grown[:, :, : cache.shape[2]] = cache.index_select(0, rows)
+        return grown
 
     def _length_groups(self) -> list[tuple[slice, int]]:
         """Split the rows into a few groups of similar prompt length, each reading the cache from its
@@ -171,6 +181,8 @@ class OlmoDecoder:
         return (self.groups if grouped < 0.75 * rows * (end - first) else None), first
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.k_cache[0].shape[2] < self.capacity:
+            self.select(torch.arange(len(tokens), device=tokens.device))
         slot = self.slot
         self.valid[:, slot] = True
         cos = self.cos[self.next_position][:, None, None, :]

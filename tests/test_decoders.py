@@ -55,6 +55,17 @@ def test_prefill_select_and_steps_give_the_models_own_logits(model, decoder_cls,
                 assert torch.allclose(row, reference_logits(model, history), atol=1e-5)
 
 
+@pytest.mark.parametrize("decoder_cls", [OlmoDecoder, HFDecoder])
+def test_step_right_after_prefill(model, decoder_cls):
+    prompts = [[5, 6, 7], [8]]
+    decoder = decoder_cls(model)
+    with torch.inference_mode():
+        decoder.prefill(*left_pad(prompts), capacity=5)
+        logits = decoder.step(torch.tensor([9, 10]))
+    for ids, token, row in zip(prompts, (9, 10), logits, strict=True):
+        assert torch.allclose(row, reference_logits(model, [*ids, token]), atol=1e-5)
+
+
 def test_fast_path_only_for_models_it_reproduces(model):
     assert has_fast_path(model) and isinstance(build_decoder(model), OlmoDecoder)
     biased = build_model("tiny", VOCAB, max_seq_len=64)
