@@ -22,16 +22,6 @@ from echochamber.checkpoint import (
 from echochamber.model import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are too small to gain from a second thread, and on a shared, loaded machine
-    OpenMP's spinning threads make them ~10x slower; one thread keeps the tests fast everywhere."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tokenizer_dir(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers

@@ -71,14 +71,6 @@ def write_shards(folder: Path, *, vocab_size: int = VOCAB, train_docs: int = 600
     return folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are too small to gain from a second thread, and on a shared, loaded machine
-    OpenMP's spinning threads make them ~10x slower; one thread keeps the tests fast everywhere."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -36,14 +36,6 @@ PROMPTS = [
 IDS = [f"q{i}" for i in range(len(PROMPTS))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These tests run many tiny ops; on a shared, oversubscribed 2-core machine OpenMP's barriers
-    # make each op wait for a descheduled thread (30 s instead of 1 s). One thread avoids that.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,6 @@ WORLD = WorldConfig(seed=0, n_pretrain=60, n_rl=12, n_test=4, n_hard=4)
 STYLES = ("tinygsm", "omi1", "omi2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a shared, oversubscribed CPU two threads spinning
-    against each other made these tests ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
