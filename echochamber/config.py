@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from echochamber.errors import UserError
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 T = TypeVar("T")
 
@@ -82,6 +85,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise UserError(f"config key '{key}': expected an integer, got {value!r}")
         return value
     if tp is float:
+        # YAML 1.1 reads `1e-5` (no dot) as a string; a researcher means the number.
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key '{key}': expected a number, got {value!r}")
         return float(value)

@@ -38,11 +38,18 @@ def test_yaml_and_overrides_resolve(tmp_path):
         (["inner.kind=c"], "config key 'inner.kind': must be one of"),
         (["steps=1.5"], "config key 'steps': expected an integer"),
         (["inner=3"], "config key 'inner': expected a mapping"),
+        (["inner.lr=fast"], "config key 'inner.lr': expected a number"),
     ],
 )
 def test_bad_keys_and_types_name_the_key(overrides, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         load_config(Outer, None, overrides)
+
+
+def test_exponent_without_a_dot_is_a_number():
+    # YAML 1.1 reads `5e-5` as a string; on the command line it means the number.
+    assert load_config(Outer, None, ["inner.lr=5e-5"]).inner.lr == 5e-5
+    assert load_config(Outer, None, ["inner.lr=-2E3"]).inner.lr == -2000.0
 
 
 def test_invalid_yaml_is_one_line_error(tmp_path):
