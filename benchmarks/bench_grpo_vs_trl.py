@@ -7,7 +7,7 @@ Both sides get the same model (by default a random `tiny` preset, ~1M parameters
 trained on GSM8K questions; or --policy), the same GSM8K train prompts (question + "\\n\\n"), group
 size, completion limit, temperature (no top-p: ours never truncates the RL sampling distribution),
 beta (k3 in the loss, TRL's ratio-weighted "bias correction" off), clip, seq-mean loss, lr, Adam
-betas and grad clip, and the same verifier reward (our Grader; TRL's reward function wraps it, and
+betas, grad clip and micro-batch (8 sequences: the CPU preset's), and the same verifier reward (our Grader; TRL's reward function wraps it, and
 like ours scores a completion that never reached EOS as 0). A step is everything between two
 updates: sampling, reward, reference log-probs, the update. TRL's step time comes from a trainer
 callback; ours from the timing split core writes to metrics.jsonl for every step. The first step of
@@ -36,7 +36,7 @@ from echochamber.data.sources import load_source
 from echochamber.data.tokenizer import PROMPT_SEPARATOR, load_tokenizer, pad_token_id, train_bpe
 from echochamber.metrics import METRICS_FILE, read_metrics
 from echochamber.model import build_model, count_parameters, load_model
-from echochamber.rl.config import load_rl_config
+from echochamber.rl.config import load_rl_config, rl_preset
 from echochamber.rl.core import run_rl
 from echochamber.verify.grade import Grader
 
@@ -75,8 +75,10 @@ def time_trl(policy: Path, records: list, grader: Grader, args: argparse.Namespa
             self.seconds.append(time.perf_counter() - self.started)
 
     config = trl.GRPOConfig(
-        output_dir=str(out), max_steps=args.steps + 1, per_device_train_batch_size=args.prompts * args.group,
-        num_generations=args.group, gradient_accumulation_steps=1, num_iterations=1,
+        # One optimizer step per generation batch of prompts x group, in micro-batches of the same size as ours.
+        output_dir=str(out), max_steps=args.steps + 1, per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=args.prompts * args.group // args.micro_batch,
+        generation_batch_size=args.prompts * args.group, num_generations=args.group, num_iterations=1,
         max_completion_length=args.new_tokens, temperature=args.temperature, top_p=1.0, beta=args.beta,
         use_bias_correction_kl=False, epsilon=0.2, loss_type="grpo", scale_rewards="group",
         learning_rate=args.lr, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0,
@@ -125,7 +127,7 @@ def time_ours(policy: Path, gsm8k: Path, grader: Grader, args: argparse.Namespac
     config.grpo.kl_coef, config.grpo.kl_estimator, config.grpo.kl_placement = args.beta, "k3", "loss"
     config.grpo.lr, config.grpo.clip, config.grpo.aggregation = args.lr, 0.2, "seq_mean"
     config.betas, config.grad_clip, config.weight_decay = [0.9, 0.95], 1.0, 0.0
-    config.micro_batch_size = args.micro_batch or config.micro_batch_size
+    config.micro_batch_size = args.micro_batch
     config.max_steps, config.checkpoint_every = args.steps + 1, args.steps + 1
     config.eval.every, config.tensorboard, config.progress = 0, False, False
     started = time.perf_counter()
@@ -153,9 +155,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per side (after one warm-up step)")
     parser.add_argument("--vocab", type=int, default=4096, help="BPE size of the random model")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
-    parser.add_argument("--micro-batch", type=int, help="our sequences per forward/backward (default: the cpu preset's)")
+    parser.add_argument("--micro-batch", type=int, help="sequences per forward/backward, both sides (default: the cpu preset's)")
     parser.add_argument("--only", choices=("trl", "ours"), help="time one side only")
     args = parser.parse_args()
+    args.micro_batch = args.micro_batch or int(rl_preset("cpu")["micro_batch_size"])
+    if (args.prompts * args.group) % args.micro_batch:
+        raise SystemExit(f"--micro-batch must divide prompts x group = {args.prompts * args.group}")
 
     folder = data_dir()
     if folder is None:

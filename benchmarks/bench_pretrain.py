@@ -64,7 +64,8 @@ def write_random_shards(folder: Path, tokens: int, seed: int = 0) -> Path:
 
 
 def bench_echochamber(
-    shards: Path, out: Path, preset: str, seq_len: int, batch: int, warmup: int, steps: int, compile: bool = False
+    shards: Path, out: Path, preset: str, seq_len: int, batch: int, warmup: int, steps: int, compile: bool = False,
+    dtype: str = "auto",
 ) -> float:
     config = load_config(
         PretrainConfig,
@@ -72,7 +73,7 @@ def bench_echochamber(
             shards=str(shards), out=str(out), model=preset, seq_len=seq_len, batch_size=batch,
             micro_batch_size=batch, max_steps=warmup + steps, warmup_steps=warmup, eval_every=10**9,
             eval_batches=1, checkpoint_every=10**9, keep_checkpoints=1, tensorboard=False, progress=False,
-            compile=compile,
+            compile=compile, dtype=dtype,
         ),
     )  # fmt: skip
     run_pretrain(config)

@@ -56,7 +56,7 @@ def time_ours(model, tokenizer, prompts: list[str], batch: int, params: Sampling
 
 def time_hf(model, tokenizer, prompts: list[str], params: SamplingParams) -> Timer:
     tokenizer.padding_side = "left"
-    encoded = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True)
+    encoded = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True).to(model.device)
     with Timer() as timer, torch.inference_mode():
         out = model.generate(
             **encoded,
@@ -67,7 +67,7 @@ def time_hf(model, tokenizer, prompts: list[str], params: SamplingParams) -> Tim
             max_new_tokens=params.max_new_tokens,
             min_new_tokens=params.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
-        )
+        ).cpu()  # waits for the GPU, when there is one
     assert out.shape[1] - encoded.input_ids.shape[1] == params.max_new_tokens
     return timer
 
