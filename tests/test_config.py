@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,3 +73,13 @@ def test_cli_turns_user_error_into_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.count("\n") == 0 and "no_such_key" in err
+
+
+def test_python_dash_m_is_the_same_command():
+    # `python -m echochamber` works where the console script is not installed (PYTHONPATH checkouts).
+    done = subprocess.run(
+        [sys.executable, "-m", "echochamber", "data", "world", "--out", "/nonexistent/x", "--set", "n_rl=-1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "n_rl" in done.stderr
