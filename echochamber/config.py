@@ -15,6 +15,7 @@ import json
 import re
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -198,3 +199,26 @@ def config_hash(obj: Any) -> str:
 
 def save_config(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Packaged presets: echochamber/configs/<kind>/<name>.yaml
+
+
+def preset_names(kind: str) -> tuple[str, ...]:
+    """The packaged presets of one kind (`mixtures`, `rl`, `study`, `sweeps`), sorted."""
+    folder = resources.files("echochamber") / "configs" / kind  # package data, not a package
+    return tuple(sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")))
+
+
+def preset_path(kind: str, name: str, what: str) -> Path:
+    """The file of preset `name`; an unknown name is a one-line error listing the known ones."""
+    known = preset_names(kind)
+    if name not in known:
+        raise UserError(f"unknown {what} preset '{name}' (known: {', '.join(known)})")
+    return Path(str(resources.files("echochamber") / "configs" / kind / f"{name}.yaml"))
+
+
+def read_preset(kind: str, name: str, what: str) -> dict[str, Any]:
+    """A packaged preset as plain data (a base that a YAML file and `--set` overrides go on top of)."""
+    return read_yaml(preset_path(kind, name, what))

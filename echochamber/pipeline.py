@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +42,8 @@ from echochamber.config import (
     config_hash,
     from_dict,
     merge,
+    preset_names,
+    read_preset,
     read_yaml,
     save_config,
     to_dict,
@@ -53,10 +54,7 @@ from echochamber.errors import UserError
 from echochamber.pretrain import PretrainConfig
 from echochamber.rl.config import ALGORITHMS, RLConfig, rl_preset
 
-_PRESETS = resources.files("echochamber") / "configs" / "study"  # package data, not a package
-STUDY_PRESETS: tuple[str, ...] = tuple(
-    sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
-)
+STUDY_PRESETS: tuple[str, ...] = preset_names("study")
 DEFAULT_PRESET = "quickstart"
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -145,9 +143,7 @@ def eval_config(study: StudyConfig, benchmark: str) -> Any:
 
 
 def study_preset(name: str) -> dict[str, Any]:
-    if name not in STUDY_PRESETS:
-        raise UserError(f"unknown study preset '{name}' (known: {', '.join(STUDY_PRESETS)})")
-    return read_yaml(Path(str(_PRESETS / f"{name}.yaml")))
+    return read_preset("study", name, "study")
 
 
 def load_study(

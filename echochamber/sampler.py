@@ -71,6 +71,10 @@ class Sample:
 
 
 class Sampler(Protocol):
+    """n samples per prompt. `generate` takes raw text, tokenized exactly as given (no separator, no
+    BOS); a *question* becomes the prompt the model was pretrained on only through
+    `data.tokenizer.encode_prompt` + `generate_tokens`, which is what evaluation and RL call."""
+
     def generate(
         self, prompts: Sequence[str], prompt_ids: Sequence[str], n: int, params: SamplingParams
     ) -> list[list[Sample]]: ...

@@ -25,14 +25,13 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from echochamber.config import load_config, read_yaml
+from echochamber.config import load_config, preset_names, preset_path, read_yaml
 from echochamber.errors import UserError
 from echochamber.pipeline import (
     STUDY_PRESETS,
@@ -44,10 +43,7 @@ from echochamber.pipeline import (
     stage_hashes,
 )
 
-_PRESETS = resources.files("echochamber") / "configs" / "sweeps"  # package data, not a package
-SWEEP_PRESETS: tuple[str, ...] = tuple(
-    sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
-)
+SWEEP_PRESETS: tuple[str, ...] = preset_names("sweeps")
 SEED_AXIS = "seed"
 # A cell's seed reseeds everything random in it except the world, whose test problems must be the
 # same in every cell to be compared.
@@ -106,7 +102,7 @@ def load_sweep(spec: str, overrides: list[str] | None = None) -> tuple[SweepConf
     """A sweep preset name or YAML file, plus `--set` overrides of sweep keys; returns the config and
     the folder its `base` is relative to."""
     if spec in SWEEP_PRESETS and not Path(spec).is_file():
-        path = Path(str(_PRESETS / f"{spec}.yaml"))
+        path = preset_path("sweeps", spec, "sweep")
         return load_config(SweepConfig, None, overrides, base=read_yaml(path)), path.parent
     if not Path(spec).is_file():
         raise UserError(

@@ -29,15 +29,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 
 from echochamber import __version__
-from echochamber.config import config_hash, load_config, to_dict
+from echochamber.config import config_hash, load_config, preset_names, read_preset, to_dict
 from echochamber.data.tokenizer import (
     PROMPT_SEPARATOR,
     DocumentEncoder,
@@ -57,10 +55,7 @@ from echochamber.formats.render import RENDER_STYLES, solution_text
 if TYPE_CHECKING:
     import datasets
 
-_PRESETS = resources.files("echochamber") / "configs" / "mixtures"  # package data, not a package
-MIXTURE_PRESETS: tuple[str, ...] = tuple(
-    sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
-)
+MIXTURE_PRESETS: tuple[str, ...] = preset_names("mixtures")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # a source name is also a file name (val/<name>.bin)
 _ROUND_TRIP_CHECKS = 8  # documents per source decoded back to text before building
 _GATHER_DOCS = 16384  # documents copied per vectorised gather (bounds the index arrays' memory)
@@ -153,9 +148,7 @@ class Shards:
 
 def mixture_preset(name: str) -> dict[str, Any]:
     """The raw YAML mapping of a packaged preset (see MIXTURE_PRESETS)."""
-    if name not in MIXTURE_PRESETS:
-        raise UserError(f"unknown mixture preset '{name}' (known: {', '.join(MIXTURE_PRESETS)})")
-    return yaml.safe_load(_PRESETS.joinpath(f"{name}.yaml").read_text())
+    return read_preset("mixtures", name, "mixture")
 
 
 def spec_hash(config: MixtureConfig) -> str:

@@ -11,17 +11,15 @@ normalisation, what happens to truncated responses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from echochamber.config import load_config, read_yaml
+from echochamber.config import load_config, preset_names, read_preset
 from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
 from echochamber.rl.losses import Aggregation, KLEstimator
 
 ALGORITHMS = ("ppo", "grpo", "ei")
-_PRESETS = resources.files("echochamber") / "configs" / "rl"  # package data, not a package
 KLPlacement = Literal["reward", "loss"]
 
 
@@ -218,16 +216,12 @@ class RLConfig:
         _positive("", grad_clip=self.grad_clip)
 
 
-RL_PRESETS: tuple[str, ...] = tuple(
-    sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
-)
+RL_PRESETS: tuple[str, ...] = preset_names("rl")
 
 
 def rl_preset(name: str) -> dict[str, Any]:
     """A packaged preset as plain data (a base that a YAML file and `--set` overrides go on top of)."""
-    if name not in RL_PRESETS:
-        raise UserError(f"unknown RL preset {name!r}; known presets: {', '.join(RL_PRESETS)}")
-    return read_yaml(Path(str(_PRESETS / f"{name}.yaml")))
+    return read_preset("rl", name, "RL")
 
 
 def load_rl_config(config: str | None, overrides: list[str] | None = None) -> RLConfig:

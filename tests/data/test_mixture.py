@@ -180,12 +180,15 @@ def test_existing_output_is_reused_or_refused(built, tmp_path) -> None:
 
 
 def test_presets_mirror_the_papers_mixtures() -> None:
-    assert {
+    papers = {
         "tinygsm", "2xtinygsm", "4xtinygsm", "8xtinygsm",
         "tinygsm+omi1", "tinygsm+2xomi1", "tinygsm+4xomi1", "tinygsm+8xomi1",
         "tinygsm+omi2", "tinygsm+omi1+omi2", "omi2",
-    } == set(MIXTURE_PRESETS)  # fmt: skip
-    for name in MIXTURE_PRESETS:
+    }  # fmt: skip
+    assert set(MIXTURE_PRESETS) == papers | {"tinygsm+omi1+omi2-even"}  # the quickstart's
+    even = load_config(MixtureConfig, None, base=mixture_preset("tinygsm+omi1+omi2-even"))
+    assert {s.label: s.subset for s in even.sources} == {"tinygsm": 0.6, "omi1": 0.4, "omi2": 1.0}
+    for name in papers:
         config = load_config(MixtureConfig, None, base=mixture_preset(name))
         repeats = {s.label: s.repeat or 1 for s in config.sources}
         expected = {}
