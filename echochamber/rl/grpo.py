@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from echochamber.rl.config import GRPOConfig, RLConfig
-from echochamber.rl.losses import Aggregation, aggregate, clipped_policy_loss, kl_estimate
-from echochamber.rl.rollout import RolloutBatch, global_sum, sequence_logprobs, sum_gradients
+from echochamber.rl.losses import clipped_policy_loss, kl_estimate, micro_batch_loss
+from echochamber.rl.rollout import RolloutBatch, Sums, global_sum, sequence_logprobs, sum_gradients
 
 
 def group_advantages(
@@ -59,25 +59,6 @@ def shaped_rewards(batch: RolloutBatch, config: GRPOConfig) -> torch.Tensor:
     return rewards
 
 
-def micro_batch_loss(
-    per_token: torch.Tensor,
-    mask: torch.Tensor,
-    aggregation: Aggregation,
-    *,
-    total_tokens: torch.Tensor | float,
-    total_sequences: torch.Tensor | float,
-    max_new_tokens: int,
-) -> torch.Tensor:
-    """This micro-batch's share of the minibatch loss: the shares of all micro-batches (on every rank)
-    sum to the minibatch's loss aggregated as named, given the minibatch's global `total_tokens`
-    (response tokens) and `total_sequences`. Shared with PPO."""
-    if aggregation == "token_mean":
-        return aggregate(per_token, mask, "token_mean") * (mask.sum() / max(float(total_tokens), 1.0))
-    if aggregation == "seq_mean":
-        return aggregate(per_token, mask, "seq_mean") * (mask.shape[0] / float(total_sequences))
-    return aggregate(per_token, mask, "constant", constant=float(total_sequences) * max_new_tokens)
-
-
 def grpo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -102,22 +83,6 @@ def grpo_loss(
         max_new_tokens=max_new_tokens,
     )  # fmt: skip
     return loss, clipped, kl_to_ref
-
-
-class Sums:
-    """Named running sums for diagnostics, all-reduced once per update (one collective, any rank count)."""
-
-    def __init__(self, **values: torch.Tensor | float | int) -> None:
-        self.values = {name: float(value) for name, value in values.items()}
-
-    def add(self, other: Sums) -> None:
-        for name, value in other.values.items():
-            self.values[name] = self.values.get(name, 0.0) + value
-
-    def global_totals(self, device: torch.device) -> dict[str, float]:
-        names = sorted(self.values)
-        totals = global_sum(torch.tensor([self.values[n] for n in names], dtype=torch.float64, device=device))
-        return dict(zip(names, totals.tolist(), strict=True))
 
 
 class GRPO:

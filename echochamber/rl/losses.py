@@ -140,3 +140,22 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torc
     if var_y.item() == 0:
         return float("nan")
     return float(1 - (y - p).var(unbiased=False) / var_y)
+
+
+def micro_batch_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: Aggregation,
+    *,
+    total_tokens: torch.Tensor | float,
+    total_sequences: torch.Tensor | float,
+    max_new_tokens: int,
+) -> torch.Tensor:
+    """This micro-batch's share of the minibatch loss: the shares of all micro-batches (on every rank)
+    sum to the minibatch's loss aggregated as named, given the minibatch's global `total_tokens`
+    (response tokens) and `total_sequences`. GRPO and PPO both use it."""
+    if aggregation == "token_mean":
+        return aggregate(per_token, mask, "token_mean") * (mask.sum() / max(float(total_tokens), 1.0))
+    if aggregation == "seq_mean":
+        return aggregate(per_token, mask, "seq_mean") * (mask.shape[0] / float(total_sequences))
+    return aggregate(per_token, mask, "constant", constant=float(total_sequences) * max_new_tokens)

@@ -32,7 +32,6 @@ from transformers import AutoModel, PreTrainedModel
 
 from echochamber.errors import UserError
 from echochamber.rl.config import RLConfig
-from echochamber.rl.grpo import Sums, micro_batch_loss
 from echochamber.rl.losses import (
     KLEstimator,
     clipped_policy_loss,
@@ -40,8 +39,9 @@ from echochamber.rl.losses import (
     explained_variance,
     gae,
     kl_estimate,
+    micro_batch_loss,
 )
-from echochamber.rl.rollout import RolloutBatch, global_sum, sequence_logprobs, sum_gradients
+from echochamber.rl.rollout import RolloutBatch, Sums, global_sum, sequence_logprobs, sum_gradients
 
 CRITIC_DIR = "critic"
 VALUE_HEAD_FILE = "value_head.safetensors"

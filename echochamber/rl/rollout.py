@@ -308,6 +308,22 @@ def global_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+class Sums:
+    """Named running sums for diagnostics, all-reduced once per update (one collective, any rank count)."""
+
+    def __init__(self, **values: torch.Tensor | float | int) -> None:
+        self.values = {name: float(value) for name, value in values.items()}
+
+    def add(self, other: Sums) -> None:
+        for name, value in other.values.items():
+            self.values[name] = self.values.get(name, 0.0) + value
+
+    def global_totals(self, device: torch.device) -> dict[str, float]:
+        names = sorted(self.values)
+        totals = global_sum(torch.tensor([self.values[n] for n in names], dtype=torch.float64, device=device))
+        return dict(zip(names, totals.tolist(), strict=True))
+
+
 def sum_gradients(module: torch.nn.Module) -> None:
     """Sum gradients over ranks (call after backward, before clipping). Each rank's loss must be
     normalised by global counts (`global_sum`), so the sum is the gradient of the global loss.

@@ -12,8 +12,8 @@ from echochamber.config import load_config
 from echochamber.data.tokenizer import load_tokenizer
 from echochamber.model import load_model
 from echochamber.rl.config import GRPOConfig, RLConfig
-from echochamber.rl.grpo import build, group_advantages, grpo_loss, micro_batch_loss, shaped_rewards
-from echochamber.rl.losses import aggregate
+from echochamber.rl.grpo import build, group_advantages, grpo_loss, shaped_rewards
+from echochamber.rl.losses import aggregate, micro_batch_loss
 from echochamber.rl.rollout import Rollout, RolloutBatch, build_batch, sequence_logprobs
 
 
