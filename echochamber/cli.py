@@ -102,7 +102,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from echochamber.pipeline import DEFAULT_PRESET, default_run_dir, load_study, run_study
+    from echochamber.pipeline import default_run_dir, run_study
+    from echochamber.study import DEFAULT_PRESET, load_study
 
     study = load_study(args.config, args.preset, list(args.set))
     out = Path(args.out) if args.out else default_run_dir(args.config, args.preset)

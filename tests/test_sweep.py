@@ -12,7 +12,8 @@ import yaml
 
 from echochamber import pipeline
 from echochamber.errors import UserError
-from echochamber.pipeline import STAGES, load_study, read_run, stage_hashes
+from echochamber.pipeline import STAGES, read_run, stage_hashes
+from echochamber.study import StudyConfig, load_study
 from echochamber.sweep import (
     SEED_KEYS,
     cell_name,
@@ -113,7 +114,7 @@ class Recorder:
         self.crash: tuple[str, str] | None = None  # (cell name, stage)
 
     def stage(self, stage: pipeline.Stage) -> pipeline.Stage:
-        def run(study: pipeline.StudyConfig, run_dir: Path, ctx: object, resume: bool) -> None:
+        def run(study: StudyConfig, run_dir: Path, ctx: object, resume: bool) -> None:
             self.calls.append((run_dir.name, stage.name, resume))
             (run_dir / stage.folder).mkdir(parents=True, exist_ok=True)
             if self.crash == (run_dir.name, stage.name):

@@ -1,0 +1,45 @@
+"""Resolving a study: preset <- YAML file <- --set overrides, one world, one-line errors."""
+
+import pytest
+
+from echochamber.errors import UserError
+from echochamber.study import StudyConfig, eval_config, load_study
+
+
+def smoke(*overrides: str) -> StudyConfig:
+    return load_study(preset="smoke", overrides=list(overrides))
+
+
+def test_overrides_reach_nested_keys_and_presets_expand_in_order() -> None:
+    study = smoke("mixture=tinygsm+4xomi1", "mixture.seed=3", "rl.grpo.kl_coef=0.01", "world.n_test=20")
+    assert [s.repeat for s in study.mixture.sources] == [None, 4]
+    assert study.mixture.seed == 3 and study.rl.grpo.kl_coef == 0.01
+    # One world, placed everywhere it is read.
+    assert study.mixture.world.n_test == study.rl.prompts.world.n_test == 20
+    assert eval_config(study, "world-hard").world.n_test == 20
+    assert load_study().algo in ("ppo", "grpo", "ei")  # no argument: the quickstart
+    # A preset with some of its keys changed.
+    tweaked = smoke("rl={preset: cpu, max_steps: 7}", "rl.seed=2")
+    assert tweaked.rl.max_steps == 7 and tweaked.rl.seed == 2 and tweaked.rl.rollout.max_new_tokens == 192
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("pretrain.out=/elsewhere", "set by the pipeline"),
+        ("rl.reference=/some/model", "rl.reference"),
+        ("mixture.world.n_test=3", "set the world once"),
+        ("rl.ppo.kl_coeff=0.1", "rl.ppo.kl_coeff"),
+        ("algo=dpo", "algo"),
+        ("eval.benchmarks=[world-easy]", "world-easy"),
+        ("mixture=no-such-mixture", "no-such-mixture"),
+    ],
+)
+def test_bad_study_settings_fail_with_one_clear_line(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        smoke(override)
+
+
+def test_unknown_preset_lists_the_known_ones() -> None:
+    with pytest.raises(UserError, match="smoke"):
+        load_study(preset="nope")
