@@ -15,17 +15,15 @@ Three properties the RL and eval stages rely on:
 The torch backend decodes with `echochamber.decoders` (a lean KV-cache forward over an
 `OlmoForCausalLM`'s own weights; any other HF causal LM through its own forward), prefills each
 distinct prompt once for its n samples, and drops finished rows from the batch. The vLLM backend
-(GPU) sits behind the same interface.
+(GPU, sampler_vllm.py) sits behind the same interface and is imported only when chosen.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -302,7 +300,7 @@ def _pick(
 # The torch sampler
 
 
-def _check_request(prompt_ids: Sequence[str], n_prompts: int, n: int) -> None:
+def check_request(prompt_ids: Sequence[str], n_prompts: int, n: int) -> None:
     if len(prompt_ids) != n_prompts:
         raise UserError(f"got {n_prompts} prompts but {len(prompt_ids)} prompt ids")
     if n < 1:
@@ -312,7 +310,7 @@ def _check_request(prompt_ids: Sequence[str], n_prompts: int, n: int) -> None:
         raise UserError("prompt ids must be unique (they seed each sample's randomness)")
 
 
-def _decode_texts(tokenizer, samples: list[list[Sample]], eos: int | None) -> None:
+def decode_texts(tokenizer, samples: list[list[Sample]], eos: int | None) -> None:
     flat = [s for row in samples for s in row]
     bodies = [s.token_ids[:-1] if not s.truncated and s.token_ids and s.token_ids[-1] == eos else s.token_ids for s in flat]
     texts = tokenizer.batch_decode(bodies, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -336,7 +334,7 @@ class TorchSampler:
     def generate_tokens(
         self, prompt_token_ids: Sequence[Sequence[int]], prompt_ids: Sequence[str], n: int, params: SamplingParams
     ) -> list[list[Sample]]:
-        _check_request(prompt_ids, len(prompt_token_ids), n)
+        check_request(prompt_ids, len(prompt_token_ids), n)
         context = self.model.config.max_position_embeddings
         for pid, tokens in zip(prompt_ids, prompt_token_ids, strict=True):
             if not tokens:
@@ -362,7 +360,7 @@ class TorchSampler:
         finally:
             self.model.train(was_training)
         done = [[s for s in row if s is not None] for row in results]
-        _decode_texts(self.tokenizer, done, eos)
+        decode_texts(self.tokenizer, done, eos)
         return done
 
 
@@ -443,82 +441,6 @@ def _generate_batch(
     return placed
 
 
-# ---------------------------------------------------------------------------------------------
-# vLLM backend (GPU): same interface, imported only when chosen
-
-
-@dataclass
-class VLLMSampler:
-    """vLLM's `LLM.generate` behind the Sampler interface.
-
-    Log-probs come from `logprobs_mode="processed_logprobs"` (vLLM >= 0.10.2): the distribution after
-    temperature/top-k/top-p, matching `sampling_logprobs`. Seeds are per prompt (vLLM draws the n
-    samples of a request from one seeded stream), so samples are reproducible for a fixed request
-    but not equal to the torch backend's.
-    """
-
-    llm: object
-    tokenizer: object
-    progress: bool = False
-
-    def generate(
-        self, prompts: Sequence[str], prompt_ids: Sequence[str], n: int, params: SamplingParams
-    ) -> list[list[Sample]]:
-        encoded = [self.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-        return self.generate_tokens(encoded, prompt_ids, n, params)
-
-    def generate_tokens(
-        self, prompt_token_ids: Sequence[Sequence[int]], prompt_ids: Sequence[str], n: int, params: SamplingParams
-    ) -> list[list[Sample]]:
-        import vllm
-
-        _check_request(prompt_ids, len(prompt_token_ids), n)
-        eos = self.tokenizer.eos_token_id
-        requests = [
-            vllm.SamplingParams(
-                n=n,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k if params.top_k > 0 else -1,
-                max_tokens=params.max_new_tokens,
-                seed=sample_key(params.seed, pid, 0) & 0x7FFFFFFF,
-                logprobs=0,  # 0 = only the sampled token's log-prob
-                ignore_eos=params.ignore_eos,
-                stop_token_ids=[] if params.ignore_eos or eos is None else [eos],
-                detokenize=False,  # texts are decoded here, the same way as the torch backend's
-            )
-            for pid in prompt_ids
-        ]
-        prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids]
-        outputs = self.llm.generate(prompts, requests, use_tqdm=self.progress)
-        results = []
-        for pid, output in zip(prompt_ids, outputs, strict=True):
-            row = []
-            for i, completion in enumerate(output.outputs):
-                token_ids = list(completion.token_ids)
-                logprobs = [step[token].logprob for step, token in zip(completion.logprobs, token_ids, strict=True)]
-                stopped = completion.finish_reason == "stop"
-                row.append(Sample(pid, i, token_ids, "", logprobs, truncated=not stopped))
-            results.append(row)
-        _decode_texts(self.tokenizer, results, None if params.ignore_eos else eos)
-        return results
-
-
-def _build_vllm(model: PreTrainedModel | str | Path, tokenizer, progress: bool) -> VLLMSampler:
-    try:
-        import vllm
-    except ImportError as error:
-        raise UserError("backend 'vllm' needs the vllm package: pip install 'echochamber[vllm]' (GPU only)") from error
-    if isinstance(model, PreTrainedModel):
-        # vLLM loads weights from a folder; a temporary HF folder is the documented route.
-        folder = Path(tempfile.mkdtemp(prefix="echochamber-vllm-"))
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        model = folder
-    llm = vllm.LLM(model=str(model), logprobs_mode="processed_logprobs", seed=0)
-    return VLLMSampler(llm=llm, tokenizer=tokenizer, progress=progress)
-
-
 BACKENDS = ("torch", "vllm")
 
 
@@ -530,5 +452,7 @@ def build_sampler(
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     if backend == "vllm":
-        return _build_vllm(model, tokenizer, progress)
+        from echochamber.sampler_vllm import build_vllm_sampler
+
+        return build_vllm_sampler(model, tokenizer, progress)
     return TorchSampler(model=model, tokenizer=tokenizer, batch_size=batch_size, progress=progress)
