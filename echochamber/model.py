@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, OlmoConfig, OlmoForCausalLM, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from echochamber.errors import UserError
 
@@ -112,11 +113,17 @@ def load_model(path: str | Path) -> PreTrainedModel:
         raise UserError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    # transformers draws a "Loading weights" bar for every load: noise in every stage's output.
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(folder)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot load model from {folder}: {first_line}") from error
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     model.eval()
     return model
 

@@ -75,6 +75,17 @@ def test_save_and_load_with_plain_transformers_gives_identical_logits(tmp_path):
     assert type(reloaded).__name__ == "OlmoForCausalLM"
 
 
+def test_loading_draws_no_progress_bar_and_leaves_the_switch_alone(tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    build_model("tiny", VOCAB, max_seq_len=128, eos_token_id=0, pad_token_id=0).save_pretrained(tmp_path)
+    capsys.readouterr()
+    assert hf_logging.is_progress_bar_enabled()
+    load_model(tmp_path)
+    assert "Loading weights" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # a user's own loads still show it
+
+
 def test_bad_input_is_a_one_line_user_error(tmp_path):
     with pytest.raises(UserError, match="known presets: tiny, small, 150m, 1b"):
         build_model("huge", VOCAB)
