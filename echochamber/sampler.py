@@ -310,6 +310,11 @@ def check_request(prompt_ids: Sequence[str], n_prompts: int, n: int) -> None:
         raise UserError("prompt ids must be unique (they seed each sample's randomness)")
 
 
+def encode_texts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Raw text -> ids exactly as given (no separator, no BOS): what `Sampler.generate` samples after."""
+    return [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+
+
 def decode_texts(tokenizer, samples: list[list[Sample]], eos: int | None) -> None:
     flat = [s for row in samples for s in row]
     bodies = [s.token_ids[:-1] if not s.truncated and s.token_ids and s.token_ids[-1] == eos else s.token_ids for s in flat]
@@ -328,8 +333,7 @@ class TorchSampler:
     def generate(
         self, prompts: Sequence[str], prompt_ids: Sequence[str], n: int, params: SamplingParams
     ) -> list[list[Sample]]:
-        encoded = [self.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-        return self.generate_tokens(encoded, prompt_ids, n, params)
+        return self.generate_tokens(encode_texts(self.tokenizer, prompts), prompt_ids, n, params)
 
     def generate_tokens(
         self, prompt_token_ids: Sequence[Sequence[int]], prompt_ids: Sequence[str], n: int, params: SamplingParams

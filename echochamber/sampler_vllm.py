@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from echochamber.errors import UserError
-from echochamber.sampler import Sample, SamplingParams, check_request, decode_texts, sample_key
+from echochamber.sampler import Sample, SamplingParams, check_request, decode_texts, encode_texts, sample_key
 
 
 @dataclass
@@ -31,8 +31,7 @@ class VLLMSampler:
     def generate(
         self, prompts: Sequence[str], prompt_ids: Sequence[str], n: int, params: SamplingParams
     ) -> list[list[Sample]]:
-        encoded = [self.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-        return self.generate_tokens(encoded, prompt_ids, n, params)
+        return self.generate_tokens(encode_texts(self.tokenizer, prompts), prompt_ids, n, params)
 
     def generate_tokens(
         self, prompt_token_ids: Sequence[Sequence[int]], prompt_ids: Sequence[str], n: int, params: SamplingParams
