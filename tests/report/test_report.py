@@ -98,13 +98,13 @@ def test_sweep_findings_reproduce_the_designed_effects(sweep_dir: Path) -> None:
     assert [run.algo for run in sweep.runs].count("ppo") == 6
     findings = _by_name(compute_findings(sweep))
     assert set(findings) == {
-        "collapse", "passk_flat_majk_rises", "kl_keeps_formats", "kl0_like_default", "algorithms",
-        "hard_transfer", "mixture_flip", "model_size",
+        "collapse", "collapse_with_gain", "passk_flat_majk_rises", "kl_keeps_formats", "kl0_like_default",
+        "algorithms", "hard_transfer", "mixture_flip", "model_size",
     }  # fmt: skip
     for finding in findings.values():
         assert set(finding) == {"name", "statement", "reproduced", "numbers", "ci", "note"}
-    for name in ("collapse", "passk_flat_majk_rises", "kl_keeps_formats", "kl0_like_default", "algorithms",
-                 "hard_transfer", "mixture_flip"):  # fmt: skip
+    for name in ("collapse", "collapse_with_gain", "passk_flat_majk_rises", "kl_keeps_formats",
+                 "kl0_like_default", "algorithms", "hard_transfer", "mixture_flip"):  # fmt: skip
         assert findings[name]["reproduced"] is True, findings[name]
     # Stronger KL keeps more of the other formats; the interval is over the two seeds of each setting.
     kl = findings["kl_keeps_formats"]["numbers"]["algo=ppo"]
@@ -142,6 +142,14 @@ def test_findings_that_do_not_hold_are_reported_as_such(
     result = _by_name(compute_findings(collect(run)))[finding]
     assert result["reproduced"] is False, result
     assert result["numbers"]
+
+
+def test_no_collapse_leaves_its_timing_unjudged(tmp_path: Path, synthetic) -> None:
+    spec = synthetic.RunSpec(steps=20, samples=6, final_mix={"tinygsm": 0.6, "omi1": 0.3, "omi2": 0.1})
+    findings = _by_name(compute_findings(collect(synthetic.write_run(tmp_path / "run", spec))))
+    assert findings["collapse"]["reproduced"] is False
+    assert findings["collapse_with_gain"]["reproduced"] is None
+    assert findings["collapse_with_gain"]["note"].startswith("not enough data")
 
 
 def test_missing_stages_do_not_crash_and_say_not_run(tmp_path: Path, synthetic) -> None:
