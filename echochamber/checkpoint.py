@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -31,21 +30,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from echochamber import dist
 from echochamber.errors import UserError
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_PREFIX = ".tmp-"
-
-
-def _is_rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -69,12 +60,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def gather_rng_states() -> list[dict[str, Any]]:
     """Every rank's RNG state, in rank order (collective)."""
-    local = capture_rng_state()
-    if not dist.is_initialized():
-        return [local]
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, local)
-    return states
+    return dist.gather_objects(capture_rng_state())
 
 
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
@@ -98,7 +84,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 def remove_partial_checkpoints(out_dir: str | Path) -> None:
     """Delete temp folders left by a process killed mid-write (rank 0 only)."""
     root = Path(out_dir) / CHECKPOINTS_DIR
-    if _is_rank0() and root.is_dir():
+    if dist.rank() == 0 and root.is_dir():
         for child in root.iterdir():
             if child.name.startswith(_TMP_PREFIX):
                 shutil.rmtree(child)
@@ -185,7 +171,7 @@ def save_checkpoint(
     )
     rng_states = gather_rng_states()
     final = Path(out_dir) / CHECKPOINTS_DIR / f"step_{step}"
-    if _is_rank0():
+    if dist.rank() == 0:
         tmp = atomic_dir(final)
         _write_hf(hf_model, model_state, tokenizer_dir, tmp)
         # trainer_state.pt last: a folder is a checkpoint only once it exists (see list_checkpoints).
@@ -195,7 +181,7 @@ def save_checkpoint(
             doomed = stale.parent / f"{_TMP_PREFIX}del-{stale.name}"
             stale.rename(doomed)
             shutil.rmtree(doomed)
-    _barrier()
+    dist.barrier()
     return final
 
 
@@ -216,5 +202,5 @@ def restore_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
 def restore_rank_rng(rng_states: list[dict[str, Any]]) -> None:
     """Restore this rank's RNG state; with a changed world size, ranks beyond the saved ones reuse
     rank 0's (the data order never depends on these, only stochastic layers would)."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = dist.rank()
     restore_rng_state(rng_states[rank] if rank < len(rng_states) else rng_states[0])

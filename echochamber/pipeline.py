@@ -31,12 +31,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from echochamber import dist
 from echochamber.config import config_hash, save_config, to_dict
 from echochamber.data.mixture import describe_manifest, spec_hash
 from echochamber.errors import UserError
@@ -120,7 +120,7 @@ def _run_rl(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> N
         progress=study.rl.progress and ctx.progress,
     )  # fmt: skip
     # Other ranks grade their own share of each step with their own grader.
-    run_rl(config, algo=study.algo, resume=resume, grader=ctx.grader() if _rank() == 0 else None)
+    run_rl(config, algo=study.algo, resume=resume, grader=ctx.grader() if dist.rank() == 0 else None)
 
 
 def _evaluation(phase: str, checkpoint: str) -> Callable[[StudyConfig, Path, _Context, bool], None]:
@@ -239,7 +239,10 @@ def run_study(
     printed anyway, prefixed with `label`.
     """
     run_dir = Path(run_dir)
-    rank, barrier, leave = _join_ranks()
+    # Under torchrun the process group is joined here so that pretraining and RL reuse it; the other
+    # ranks wait for rank 0 (building data, evaluating) on the long-timeout group.
+    process = dist.init()
+    rank, barrier = process.rank, dist.wait_for_rank0
     try:
         actions = plan(study, run_dir, resume=resume)
         hashes = stage_hashes(study)
@@ -271,7 +274,7 @@ def run_study(
                     print(f"{head}: done in {_clock(seconds())}", flush=True)
         return run_dir / "report" / "index.html"
     finally:
-        leave()
+        dist.leave(process)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -399,32 +402,3 @@ def _remove(folder: Path) -> None:
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _join_ranks() -> tuple[int, Callable[[], None], Callable[[], None]]:
-    """(rank, barrier, leave). Outside torchrun: rank 0 and no-ops. Under torchrun the process group
-    is created here so pretraining and RL reuse it; the barrier uses its own gloo group with a long
-    timeout, because the other ranks wait there for as long as rank 0 builds data or evaluates."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, lambda: None, lambda: None
-    import torch
-    import torch.distributed as dist
-
-    owns = not dist.is_initialized()
-    if owns:
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    waiting = dist.new_group(backend="gloo", timeout=timedelta(hours=24))
-    return (
-        dist.get_rank(),
-        lambda: dist.barrier(group=waiting),
-        dist.destroy_process_group if owns else lambda: None,
-    )

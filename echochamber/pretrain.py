@@ -32,12 +32,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from echochamber import dist
 from echochamber.checkpoint import (
     ensure_writable,
     full_model_state,
@@ -164,35 +164,6 @@ class WindowSampler:
         return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
-@dataclass(frozen=True)
-class _Dist:
-    rank: int
-    world: int
-    device: torch.device
-    owns_group: bool  # we initialised the process group, so we tear it down
-
-
-def _init_distributed() -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        owns = True
-    return _Dist(rank=rank, world=world, device=device, owns_group=owns)
-
-
-def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
-
-
 def _autocast(config: PretrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     use_bf16 = config.dtype == "bfloat16" or (
         config.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -225,7 +196,7 @@ def _train_step(
     micro_batches: list[torch.Tensor],
     optimizer: torch.optim.Optimizer,
     grad_clip: float | None,
-    env: _Dist,
+    env: dist.Process,
     autocast: contextlib.AbstractContextManager[Any],
 ) -> tuple[float, float]:
     """One optimizer step over this rank's micro-batches; returns (global mean loss, gradient norm)."""
@@ -241,7 +212,7 @@ def _train_step(
         grad_norm = grad_norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(_all_reduce_sum(loss_sum / len(micro_batches)) / env.world), float(grad_norm)
+    return float(dist.global_sum(loss_sum / len(micro_batches)) / env.world), float(grad_norm)
 
 
 @torch.no_grad()
@@ -252,7 +223,7 @@ def evaluate(
     seq_len: int,
     micro_batch_size: int,
     eval_batches: int,
-    env: _Dist,
+    env: dist.Process,
     autocast: contextlib.AbstractContextManager[Any],
 ) -> dict[str, float]:
     """Mean token loss per validation source on fixed, evenly spaced windows (the same every call
@@ -277,7 +248,7 @@ def evaluate(
                 loss_sum = _token_loss(model, windows.to(env.device), reduction="sum")
             totals[0] += weight * loss_sum.double()
             totals[1] += weight * chunk.size * (length - 1)
-        totals = _all_reduce_sum(totals)
+        totals = dist.global_sum(totals)
         losses[source] = float(totals[0] / totals[1])
     model.train()
     return losses
@@ -309,7 +280,7 @@ def _check_resumable(config: PretrainConfig, state: dict[str, Any], manifest: di
         raise UserError(f"checkpoint {checkpoint} was trained on different shards than {config.shards}")
 
 
-def _wrap(model: torch.nn.Module, config: PretrainConfig, env: _Dist) -> torch.nn.Module:
+def _wrap(model: torch.nn.Module, config: PretrainConfig, env: dist.Process) -> torch.nn.Module:
     if env.world == 1:
         return model
     if config.parallel == "fsdp":
@@ -331,7 +302,7 @@ def _build_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.op
     ]
     # The fused kernel is several times faster than the per-tensor loop torch uses on the CPU by
     # default; FSDP's sharded (DTensor) parameters take the default path.
-    fused = None if config.parallel == "fsdp" and dist.is_initialized() else True
+    fused = None if config.parallel == "fsdp" and dist.initialized() else True
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.betas[0], config.betas[1]), fused=fused)
 
 
@@ -344,15 +315,14 @@ def _seed_everything(seed: int) -> None:
 def run_pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     """Train (or continue, with `resume`) and return the final HF folder `out/final`."""
     config.validate()
-    env = _init_distributed()
+    env = dist.init()
     try:
         return _train(config, resume, env)
     finally:
-        if env.owns_group:
-            dist.destroy_process_group()
+        dist.leave(env)
 
 
-def _train(config: PretrainConfig, resume: bool, env: _Dist) -> Path:
+def _train(config: PretrainConfig, resume: bool, env: dist.Process) -> Path:
     shards = _open_shards(config.shards)
     manifest = shards.manifest
     out = Path(config.out)
@@ -471,8 +441,7 @@ def _train(config: PretrainConfig, resume: bool, env: _Dist) -> Path:
         final = out / "final"
         if env.rank == 0:
             save_hf_folder(hf_model, final_state, Path(shards.tokenizer_path), final)
-        if dist.is_initialized():
-            dist.barrier()
+        dist.barrier()
         return final
     finally:
         bar.close()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 import shutil
 import sys
 import time
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
+from echochamber import dist
 from echochamber.checkpoint import (
     CHECKPOINTS_DIR,
     STATE_FILE,
@@ -62,9 +61,7 @@ from echochamber.rl.losses import KL_ESTIMATORS, kl_estimate
 from echochamber.rl.rollout import (
     RolloutBatch,
     build_batch,
-    gather_rows,
     generate_rollouts,
-    global_sum,
     load_prompts,
     rank_share,
     step_prompts,
@@ -102,33 +99,11 @@ def run_rl(config: RLConfig, *, algo: str, resume: bool = False, grader: Grader 
     if algo not in ALGORITHMS:
         raise UserError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
     config.validate()
-    owns_group, device = _init_distributed()
+    process = dist.init()
     try:
-        return _Run(config, algo, resume, device).run(grader)
+        return _Run(config, algo, resume, process.device).run(grader)
     finally:
-        if owns_group:
-            dist.destroy_process_group()
-
-
-def _init_distributed() -> tuple[bool, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        return True, device
-    return False, device
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+        dist.leave(process)
 
 
 def sample_seed(seed: int, step: int) -> int:
@@ -197,8 +172,8 @@ class _Run:
     def __init__(self, config: RLConfig, algo: str, resume: bool, device: torch.device) -> None:
         self.config, self.algo, self.device = config, algo, device
         self.out = Path(config.out)
-        self.rank0 = _rank() == 0
-        ensure_writable(self.out, _rank())
+        self.rank0 = dist.rank() == 0
+        ensure_writable(self.out, dist.rank())
         self.checkpoint = latest_checkpoint(self.out) if resume else None
         if not resume and (list_checkpoints(self.out) or read_metrics(self.out / METRICS_FILE, STAGE)):
             raise UserError(f"{self.out} already holds an RL run; pass --resume to continue it or choose another out")
@@ -263,7 +238,7 @@ class _Run:
                 rollouts, tokenizer=self.tokenizer, ref=self.ref, temperature=config.rollout.temperature,
                 truncation=config.rollout.truncation, micro_batch_size=config.micro_batch_size,
             )  # fmt: skip
-            kl = global_sum(rollout_kl(batch)).tolist()
+            kl = dist.global_sum(rollout_kl(batch)).tolist()
             started = time.perf_counter()
             diagnostics = algorithm.update(batch)
             seconds["time_update"] = time.perf_counter() - started
@@ -280,7 +255,7 @@ class _Run:
         if self.state is not None:
             restore_rank_rng(self.state["rng"])
         self._save_policy = self.policy.save_pretrained
-        world = dist.get_world_size() if dist.is_initialized() else 1
+        world = dist.world_size()
         # Whole prompts per rank; the few left over when the set does not split evenly sit out.
         records = rank_share(self.records[: len(self.records) - len(self.records) % world])
         bar = self._bar()
@@ -316,7 +291,7 @@ class _Run:
         writers: dict[str, MetricsWriter],
         bar: tqdm,
     ) -> None:
-        rows = gather_rows(rows)
+        rows = dist.gather_rows(rows)
         if not self.rank0:
             return
         write_rollouts(self.out / "rollouts" / f"step_{done:06d}.jsonl.gz", rows)
@@ -348,7 +323,7 @@ class _Run:
                     doomed = stale.with_name(f".tmp-del-{stale.name}")  # renamed first: never half-deleted
                     stale.rename(doomed)
                     shutil.rmtree(doomed)
-            _barrier()
+            dist.barrier()
 
     def _save_folder(self, dest: Path, save_models: Callable[[Path], None], state: dict[str, Any] | None = None) -> None:
         """Atomically write an HF folder (policy + tokenizer [+ trainer_state.pt, written last])."""
@@ -360,7 +335,7 @@ class _Run:
             if state is not None:
                 torch.save(state, tmp / STATE_FILE)
             replace_dir(tmp, dest)
-        _barrier()
+        dist.barrier()
 
     def _maybe_eval(self, done: int, writers: dict[str, MetricsWriter]) -> None:
         every = self.config.eval.every
@@ -374,7 +349,7 @@ class _Run:
                     out_dir=self.out / "eval" / f"step_{done:06d}" / benchmark, progress=False,
                 )  # fmt: skip
                 writers[EVAL_STAGE].log(done, {k: v for k, v in results.items() if k != "config"})
-        _barrier()
+        dist.barrier()
 
     def _eval_config(self, benchmark: str) -> EvalConfig:
         settings = self.config.eval

@@ -18,7 +18,7 @@ The round is a pure function of (policy, rollouts, config.seed, round_index): th
 per (seed, round, epoch) and nothing reads the global RNG, so resuming at a round boundary
 reproduces the run. Under torchrun each rank gets its own prompts' samples; the kept examples are
 gathered so every rank sees the same batches, each rank computes its strided share of a batch and
-the gradients are summed (`sum_gradients`), which equals the single-process update.
+the gradients are summed (`dist.sum_gradients`), which equals the single-process update.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from transformers import PreTrainedModel
 
+from echochamber import dist
 from echochamber.data.tokenizer import encode_documents, pad_token_id
 from echochamber.formats import FORMATS
 from echochamber.model import load_model
 from echochamber.rl.config import RLConfig
-from echochamber.rl.rollout import Rollout, gather_rows, global_sum, sequence_logprobs, sum_gradients
+from echochamber.rl.rollout import Rollout, sequence_logprobs
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def train_sft(
     """
     settings = config.ei
     device = next(model.parameters()).device
-    rank, world = _rank_world()
+    rank, world = dist.rank(), dist.world_size()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, betas=(config.betas[0], config.betas[1]), weight_decay=config.weight_decay
     )
@@ -141,10 +141,10 @@ def train_sft(
                 (nll / batch_tokens).backward()
                 nll_sum += float(nll.detach())
                 entropy_sum += float(entropy)
-            sum_gradients(model)
+            dist.sum_gradients(model)
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)))
             optimizer.step()
-        totals = global_sum(torch.tensor([nll_sum, entropy_sum], dtype=torch.float64, device=device)).tolist()
+        totals = dist.global_sum(torch.tensor([nll_sum, entropy_sum], dtype=torch.float64, device=device)).tolist()
         epoch_tokens = sum(len(e.tokens) - e.prompt_length for e in examples)
         losses.append(totals[0] / epoch_tokens)
         entropies.append(totals[1] / epoch_tokens)
@@ -169,8 +169,8 @@ def run_round(
     correct = sum(rollout.correct for rollout in rollouts)
     kept = select_kept(rollouts, dedupe=settings.dedupe)
     local, too_long = sft_examples(kept, tokenizer, policy.config.max_position_embeddings)
-    examples = [SFTExample(**row) for row in gather_rows([asdict(example) for example in local])]
-    counts = global_sum(torch.tensor([correct, len(kept), too_long], dtype=torch.float64, device=device)).tolist()
+    examples = [SFTExample(**row) for row in dist.gather_rows([asdict(example) for example in local])]
+    counts = dist.global_sum(torch.tensor([correct, len(kept), too_long], dtype=torch.float64, device=device)).tolist()
 
     model = load_model(config.policy).to(device) if settings.init == "base" else policy
     diagnostics: dict[str, Any] = {
@@ -191,9 +191,3 @@ def run_round(
         # Nothing verified correct: SFT on an empty set leaves its starting point as it was.
         diagnostics.update(sft_loss=None, sft_loss_by_epoch=[], entropy=None, grad_norm=None, sft_steps=0, sft_tokens=0)
     return model, diagnostics
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1

@@ -20,9 +20,11 @@ from typing import Any
 
 import torch
 
+from echochamber import dist
+from echochamber.dist import Sums
 from echochamber.rl.config import GRPOConfig, RLConfig
 from echochamber.rl.losses import clipped_policy_loss, kl_estimate, micro_batch_loss
-from echochamber.rl.rollout import RolloutBatch, Sums, global_sum, sequence_logprobs, sum_gradients
+from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
 
 
 def group_advantages(
@@ -135,8 +137,8 @@ class GRPO:
     def _minibatch(self, batch: RolloutBatch, advantages: torch.Tensor, indices: torch.Tensor) -> Sums:
         grpo = self.config.grpo
         temperature = self.config.rollout.temperature
-        total_tokens = global_sum(batch.response_mask[indices].sum().double())
-        total_sequences = global_sum(torch.tensor(float(len(indices)), dtype=torch.float64, device=indices.device))
+        total_tokens = dist.global_sum(batch.response_mask[indices].sum().double())
+        total_sequences = dist.global_sum(torch.tensor(float(len(indices)), dtype=torch.float64, device=indices.device))
         sums = Sums()
         self.optimizer.zero_grad(set_to_none=True)
         for micro in indices.split(self.config.micro_batch_size):
@@ -162,11 +164,11 @@ class GRPO:
                         kl_to_ref=(kl_to_ref * mask).sum(), tokens=mask.sum(), loss=loss,
                     )
                 )  # fmt: skip
-        sum_gradients(self.policy)
+        dist.sum_gradients(self.policy)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip or math.inf)
         self.optimizer.step()
         # Every rank holds the same (global) norm and step: count each once after the global sum.
-        share = 1.0 / _world()
+        share = 1.0 / dist.world_size()
         sums.add(Sums(grad_norm=float(grad_norm) * share, steps=share))
         return sums
 
@@ -179,10 +181,6 @@ class GRPO:
 
     def save_models(self, folder: Path) -> None:
         self.policy.save_pretrained(folder)
-
-
-def _world() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def build(policy: torch.nn.Module, ref: torch.nn.Module, tokenizer: Any, config: RLConfig) -> GRPO:

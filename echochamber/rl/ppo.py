@@ -12,8 +12,8 @@ Per rollout batch (cleanrl's order, one token = one action):
 The critic is the policy's transformer body (no LM head) with a fresh scalar head on the last hidden
 state, zero-initialised so that every value starts at 0 and building it draws no random numbers
 (resume compares RNG states). Losses are exact under micro-batching and data parallelism: each
-micro-batch's share is normalised by the minibatch's global token or sequence count (grpo.py's
-`micro_batch_loss`), gradients are summed over ranks before clipping.
+micro-batch's share is normalised by the minibatch's global token or sequence count
+(`losses.micro_batch_loss`), gradients are summed over ranks before clipping.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedModel
 
+from echochamber import dist
+from echochamber.dist import Sums
 from echochamber.errors import UserError
 from echochamber.rl.config import RLConfig
 from echochamber.rl.losses import (
@@ -41,7 +42,7 @@ from echochamber.rl.losses import (
     kl_estimate,
     micro_batch_loss,
 )
-from echochamber.rl.rollout import RolloutBatch, Sums, global_sum, sequence_logprobs, sum_gradients
+from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
 
 CRITIC_DIR = "critic"
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -128,7 +129,7 @@ def global_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
     """losses.masked_whiten with the mean and variance of every rank's tokens (OpenRLHF's
     all-reduced normalisation), so an update over N processes equals the single-process one."""
     mask = mask.to(values.dtype)
-    stats = global_sum(
+    stats = dist.global_sum(
         torch.stack([mask.sum(), (values * mask).sum(), (values.pow(2) * mask).sum()]).double()
     )
     n = stats[0].clamp(min=1.0)
@@ -223,8 +224,8 @@ class PPO:
     ) -> Sums:
         ppo = self.config.ppo
         shares = {
-            "total_tokens": global_sum(batch.response_mask[indices].sum().double()),
-            "total_sequences": global_sum(
+            "total_tokens": dist.global_sum(batch.response_mask[indices].sum().double()),
+            "total_sequences": dist.global_sum(
                 torch.tensor(float(len(indices)), dtype=torch.float64, device=indices.device)
             ),
             "max_new_tokens": self.config.rollout.max_new_tokens,
@@ -268,14 +269,14 @@ class PPO:
                     )
                 )  # fmt: skip
         max_norm = self.config.grad_clip or math.inf
-        sum_gradients(self.policy)
-        sum_gradients(self.critic)
+        dist.sum_gradients(self.policy)
+        dist.sum_gradients(self.critic)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
         critic_grad_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), max_norm)
         self.actor_optimizer.step()
         self.critic_optimizer.step()
         # Every rank holds the same (global) norms and step: count each once after the global sum.
-        share = 1.0 / (dist.get_world_size() if dist.is_initialized() else 1)
+        share = 1.0 / dist.world_size()
         sums.add(
             Sums(
                 grad_norm=float(grad_norm) * share,

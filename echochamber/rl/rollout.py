@@ -13,8 +13,8 @@ Two policies are explicit here because the field notes list them as silent bugs 
 - a response that ended in EOS keeps the EOS token in the batch: stopping was the policy's choice.
 
 Under torchrun each rank handles its share of the step's prompts; the policy is not DDP-wrapped,
-algorithms normalise losses by global counts (`global_sum`) and call `sum_gradients` after backward
-(works for any module, a critic included).
+algorithms normalise losses by global counts (`dist.global_sum`) and call `dist.sum_gradients` after
+backward (works for any module, a critic included).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from echochamber import dist
 from echochamber.data.records import Record
 from echochamber.data.tokenizer import encode_prompt, pad_token_id
 from echochamber.errors import UserError
@@ -84,7 +84,7 @@ def step_prompts(records: Sequence[Record], step: int, prompts_per_step: int, se
 
 def rank_share(items: Sequence[Any]) -> list[Any]:
     """This rank's contiguous share (whole prompts, so GRPO groups never span ranks)."""
-    rank, world = _rank_world()
+    rank, world = dist.rank(), dist.world_size()
     if len(items) % world:
         raise UserError(f"{len(items)} prompts per step do not split evenly over {world} processes")
     share = len(items) // world
@@ -288,66 +288,3 @@ def write_rollouts(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 def read_rollouts(path: Path) -> list[dict[str, Any]]:
     with gzip.open(path, "rt", encoding="utf-8") as lines:
         return [json.loads(line) for line in lines]
-
-
-# ---------------------------------------------------------------------------------------------
-# Data parallelism (no-ops in a single process)
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def global_sum(value: torch.Tensor) -> torch.Tensor:
-    """All-reduce sum in place (returns the tensor): loss normalisers use global counts so that an
-    update over N processes equals the single-process one."""
-    if _rank_world()[1] > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
-
-
-class Sums:
-    """Named running sums for diagnostics, all-reduced once per update (one collective, any rank count)."""
-
-    def __init__(self, **values: torch.Tensor | float | int) -> None:
-        self.values = {name: float(value) for name, value in values.items()}
-
-    def add(self, other: Sums) -> None:
-        for name, value in other.values.items():
-            self.values[name] = self.values.get(name, 0.0) + value
-
-    def global_totals(self, device: torch.device) -> dict[str, float]:
-        names = sorted(self.values)
-        totals = global_sum(torch.tensor([self.values[n] for n in names], dtype=torch.float64, device=device))
-        return dict(zip(names, totals.tolist(), strict=True))
-
-
-def sum_gradients(module: torch.nn.Module) -> None:
-    """Sum gradients over ranks (call after backward, before clipping). Each rank's loss must be
-    normalised by global counts (`global_sum`), so the sum is the gradient of the global loss.
-    One flat all-reduce; a parameter without a gradient contributes zeros so every rank sends the
-    same layout."""
-    if _rank_world()[1] == 1:
-        return
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
-        offset += p.numel()
-
-
-def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every rank's rows, in rank order (the metrics line and rollout file cover the whole step)."""
-    world = _rank_world()[1]
-    if world == 1:
-        return rows
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, rows)
-    return [row for part in gathered for row in part]
