@@ -122,7 +122,7 @@ def total_steps(config: RLConfig, algo: str, n_prompts: int) -> int:
 def rollout_kl(batch: RolloutBatch) -> torch.Tensor:
     """[sum of k1, k2, k3 over response tokens, token count] of the sampling policy vs the reference."""
     mask = batch.response_mask
-    sums = [(kl_estimate(batch.old_logp, batch.ref_logp, name) * mask).sum() for name in KL_ESTIMATORS]
+    sums = [kl_estimate(batch.old_logp, batch.ref_logp, mask, name).sum() for name in KL_ESTIMATORS]
     return torch.stack([*sums, mask.sum()]).double()
 
 

@@ -23,7 +23,7 @@ import torch
 from echochamber import dist
 from echochamber.dist import Sums
 from echochamber.rl.config import GRPOConfig, RLConfig
-from echochamber.rl.losses import clipped_policy_loss, kl_estimate, micro_batch_loss
+from echochamber.rl.losses import approx_kl, clipped_policy_loss, kl_estimate, micro_batch_loss
 from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
 
 
@@ -56,7 +56,7 @@ def shaped_rewards(batch: RolloutBatch, config: GRPOConfig) -> torch.Tensor:
     (the rollout's own KL, sampler vs reference: fixed for the whole update, like the reward)."""
     rewards = batch.rewards.float()
     if config.kl_placement == "reward" and config.kl_coef > 0:
-        kl = kl_estimate(batch.old_logp, batch.ref_logp, config.kl_estimator) * batch.response_mask
+        kl = kl_estimate(batch.old_logp, batch.ref_logp, batch.response_mask, config.kl_estimator)
         rewards = rewards - config.kl_coef * kl.sum(1)
     return rewards
 
@@ -76,8 +76,8 @@ def grpo_loss(
     """(loss share, clipped [B, T], kl_to_ref [B, T]) of a micro-batch of B sequences ([B, T] log-probs,
     [B] advantages): the clipped surrogate, plus beta x the KL estimate per token when it is placed in
     the loss, aggregated by `micro_batch_loss`."""
-    per_token, clipped = clipped_policy_loss(logp, old_logp, advantages[:, None], config.clip)
-    kl_to_ref = kl_estimate(logp, ref_logp, config.kl_estimator)
+    per_token, clipped = clipped_policy_loss(logp, old_logp, advantages[:, None], mask, config.clip)
+    kl_to_ref = kl_estimate(logp, ref_logp, mask, config.kl_estimator)
     if config.kl_placement == "loss" and config.kl_coef > 0:
         per_token = per_token + config.kl_coef * kl_to_ref
     loss = micro_batch_loss(
@@ -156,11 +156,10 @@ class GRPO:
             )  # fmt: skip
             loss.backward()
             with torch.no_grad():
-                log_ratio = logp - old_logp
                 sums.add(
                     Sums(
                         entropy=(entropy * mask).sum(), clipped=(clipped * mask).sum(),
-                        approx_kl=((torch.expm1(log_ratio) - log_ratio) * mask).sum(),
+                        approx_kl=approx_kl(logp, old_logp, mask).sum(),
                         kl_to_ref=(kl_to_ref * mask).sum(), tokens=mask.sum(), loss=loss,
                     )
                 )  # fmt: skip

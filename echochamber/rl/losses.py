@@ -39,14 +39,30 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     return -(logp.exp() * logp).sum(-1)
 
 
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman's k1/k2/k3).
+def masked_log_ratio(numerator: torch.Tensor, denominator: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """numerator - denominator on the mask, exactly 0 off it: the one safe input to an `exp`.
+
+    Off the mask the log-probs are fillers (0 for the reference and the sampler, whatever the policy
+    gives a pad or prompt token), so their difference can be +100 or more; e^100 is inf in float32
+    and inf * 0 (the mask) is NaN, in the loss and in the gradient. Multiplying by the mask after the
+    exp is too late, so the ratio is zeroed before (`where`, not `* mask`: inf * 0 would be NaN here too).
+    """
+    return torch.where(mask.bool(), numerator - denominator, 0.0)
+
+
+def kl_estimate(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, estimator: KLEstimator
+) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman's k1/k2/k3),
+    0 off the mask.
 
     With log-ratio r = log p_ref - log p:  k1 = -r,  k2 = r^2 / 2,  k3 = (e^r - 1) - r.
     k1 and k3 are unbiased *values*; as a *loss*, only k2's gradient matches the reverse-KL gradient
     (k1 in the reward, via the policy gradient, is also right). Callers name estimator and placement.
+    r is zeroed off the mask before any estimator is computed (see `masked_log_ratio`), so every
+    estimator is 0 there and finite, with a finite gradient, whatever fills those positions.
     """
-    log_ratio = ref_logp - logp
+    log_ratio = masked_log_ratio(ref_logp, logp, mask)
     if estimator == "k1":
         return -log_ratio
     if estimator == "k2":
@@ -54,6 +70,13 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimat
     if estimator == "k3":
         return torch.expm1(log_ratio) - log_ratio
     raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token (ratio - 1) - log ratio with ratio = p / p_old (cleanrl's approx_kl: nonnegative, low
+    variance), 0 off the mask: k3 of KL(old || current) from the old policy's samples, masked the same way.
+    The update's diagnostic of how far the policy has moved from the one that sampled."""
+    return kl_estimate(old_logp, logp, mask, "k3")
 
 
 def aggregate(
@@ -82,10 +105,13 @@ def aggregate(
 
 
 def clipped_policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token PPO clipped surrogate (to minimise) and a 0/1 tensor marking clipped tokens."""
-    ratio = torch.exp(logp - old_logp)
+    """Per-token PPO clipped surrogate (to minimise) and a 0/1 tensor marking clipped tokens.
+
+    The ratio is 1 off the mask (the log-ratio is zeroed before the exp, see `masked_log_ratio`), so
+    those positions are finite and never marked clipped; aggregation then gives them no weight."""
+    ratio = torch.exp(masked_log_ratio(logp, old_logp, mask))
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
     return torch.maximum(unclipped, clipped), (clipped > unclipped).float()

@@ -35,6 +35,7 @@ from echochamber.errors import UserError
 from echochamber.rl.config import RLConfig
 from echochamber.rl.losses import (
     KLEstimator,
+    approx_kl,
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
@@ -117,7 +118,7 @@ def token_rewards(
     unbiased reverse-KL gradient, unlike k1 in the loss).
     """
     mask = mask.to(old_logp.dtype)
-    penalty = kl_coef * kl_estimate(old_logp, ref_logp, estimator) * mask
+    penalty = kl_coef * kl_estimate(old_logp, ref_logp, mask, estimator)
     rewards = -penalty
     last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # a row without response tokens gets score * 0
     rows = torch.arange(mask.shape[0], device=mask.device)
@@ -242,9 +243,9 @@ class PPO:
 
             logp, entropy = sequence_logprobs(self.policy, tokens, attention, self.config.rollout.temperature)
             assert entropy is not None
-            per_token, clipped = clipped_policy_loss(logp, old_logp, advantages[micro, :cols], ppo.clip)
+            per_token, clipped = clipped_policy_loss(logp, old_logp, advantages[micro, :cols], mask, ppo.clip)
             policy_loss = micro_batch_loss(per_token, mask, ppo.aggregation, **shares)
-            kl_to_ref = kl_estimate(logp, ref_logp, ppo.kl_estimator)
+            kl_to_ref = kl_estimate(logp, ref_logp, mask, ppo.kl_estimator)
             loss = policy_loss
             if ppo.kl_placement == "loss" and ppo.kl_coef > 0:
                 loss = loss + micro_batch_loss(ppo.kl_coef * kl_to_ref, mask, ppo.aggregation, **shares)
@@ -258,13 +259,11 @@ class PPO:
             value_loss.backward()
 
             with torch.no_grad():
-                log_ratio = logp - old_logp
                 sums.add(
                     Sums(
                         loss=loss, policy_loss=policy_loss, value_loss=value_loss, tokens=mask.sum(),
                         entropy=(entropy * mask).sum(), clipped=(clipped * mask).sum(),
-                        # cleanrl's approx_kl: (ratio - 1) - log ratio, nonnegative, low variance.
-                        approx_kl=((torch.expm1(log_ratio) - log_ratio) * mask).sum(),
+                        approx_kl=approx_kl(logp, old_logp, mask).sum(),
                         kl_to_ref=(kl_to_ref * mask).sum(),
                     )
                 )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,8 +25,8 @@ from echochamber.errors import UserError
 from echochamber.formats import FORMATS
 from echochamber.metrics import read_metrics
 from echochamber.rl.config import RLConfig, load_rl_config
-from echochamber.rl.core import run_rl, sample_seed, step_metrics, total_steps
-from echochamber.rl.rollout import read_rollouts
+from echochamber.rl.core import rollout_kl, run_rl, sample_seed, step_metrics, total_steps
+from echochamber.rl.rollout import RolloutBatch, read_rollouts
 
 REQUIRED_KEYS = (
     "stage", "step", "algo", "reward_mean", "accuracy", "format_share", "format_accuracy", "kl_k1", "kl_k2",
@@ -176,6 +177,23 @@ def test_step_metrics_never_reports_a_silent_zero():
     assert line["status_counts"] == {"no_answer": 1, "ok": 1, "parse_error": 1}
     ei_line = step_metrics(rows, algo="ei", truncation="zero", kl=None, seconds=seconds, diagnostics={})
     assert ei_line["kl_k1"] is None  # no reference pass: unknown, not 0
+
+
+def test_rollout_kl_ignores_extreme_fillers_on_padding():
+    """Sampler and reference log-probs are fillers off the response mask: -100 there (e^100 overflows
+    float32) must leave the step's KL sums as they are."""
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    old = torch.tensor([[0.0, -1.0, -2.0, -100.0], [0.0, -0.5, 0.0, 0.0]])
+    ref = torch.tensor([[0.0, -1.5, -1.0, 0.0], [-100.0, -0.7, 0.0, 0.0]])
+    batch = RolloutBatch(
+        prompt_ids=["a", "b"], sample_index=[0, 0], group=torch.tensor([0, 1]), texts=["", ""], formats=["other"] * 2,
+        statuses=["ok"] * 2, correct=torch.zeros(2, dtype=torch.bool), rewards=torch.zeros(2),
+        truncated=torch.zeros(2, dtype=torch.bool), tokens=torch.zeros(2, 4, dtype=torch.long),
+        attention_mask=torch.ones(2, 4, dtype=torch.long), response_mask=mask, old_logp=old, ref_logp=ref,
+    )  # fmt: skip
+    ratios = [-0.5, 1.0, -0.2]  # ref - old on the three response tokens
+    expected = [sum(-r for r in ratios), sum(r * r / 2 for r in ratios), sum(math.expm1(r) - r for r in ratios)]
+    assert rollout_kl(batch).tolist() == pytest.approx([*expected, 3.0], rel=1e-6)
 
 
 # --- resume after SIGKILL ----------------------------------------------------------------------

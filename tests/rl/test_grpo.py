@@ -69,6 +69,32 @@ def test_grpo_loss_on_hand_made_tensors_equals_its_closed_form():
     assert loss.item() == pytest.approx(sum(surrogate) / 4)  # Dr. GRPO: / (sequences x max_new_tokens)
 
 
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "constant"])
+def test_extreme_log_probs_on_padding_change_neither_loss_nor_gradient(estimator, aggregation):
+    """Padding holds fillers: here a policy log-prob of -100 (row 0) and a sampler and reference log-prob
+    of -100 (row 1) in the last column, which is padding in both rows. e^100 overflows float32, and
+    inf * 0 (the mask) is NaN: the loss and gradient must equal those of the batch without that column."""
+    logp = torch.tensor([[-1.0, -0.5, -2.0, -100.0], [-0.7, -1.2, -0.3, -1.0]])
+    old_logp = torch.tensor([[-1.1, -1.0, -2.0, 0.0], [-0.9, -1.0, 0.0, -100.0]])
+    ref_logp = torch.tensor([[-1.0, -0.7, -1.0, 0.0], [-0.5, -1.5, 0.0, -100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    config = GRPOConfig(clip=0.2, kl_coef=0.1, kl_estimator=estimator, kl_placement="loss", aggregation=aggregation)
+    results = []
+    for cols in (4, 3):  # with the planted column, then without it
+        leaf = logp[:, :cols].clone().requires_grad_(True)
+        loss, _, kl = grpo_loss(leaf, old_logp[:, :cols], ref_logp[:, :cols], torch.tensor([1.0, -1.0]), mask[:, :cols],
+                                config, total_tokens=5, total_sequences=2, max_new_tokens=4)  # fmt: skip
+        loss.backward()
+        results.append((loss, leaf.grad, kl))
+    (loss, grad, kl), (trimmed_loss, trimmed_grad, trimmed_kl) = results
+    assert torch.isfinite(loss) and torch.isfinite(grad).all() and torch.isfinite(kl).all()
+    assert loss.item() == pytest.approx(trimmed_loss.item(), rel=1e-6)
+    torch.testing.assert_close(grad[:, :3], trimmed_grad)
+    assert grad[:, 3].tolist() == [0.0, 0.0] and kl[:, 3].tolist() == [0.0, 0.0]
+    torch.testing.assert_close(kl[:, :3], trimmed_kl)
+
+
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "constant"])
 def test_micro_batch_shares_sum_to_the_whole_minibatch_loss(aggregation):
     generator = torch.Generator().manual_seed(0)

@@ -5,6 +5,7 @@ import torch
 
 from echochamber.rl.losses import (
     aggregate,
+    approx_kl,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
@@ -36,7 +37,7 @@ def test_kl_estimators_match_their_formulas():
         "k2": lambda p, q: 0.5 * (q - p) ** 2,
         "k3": lambda p, q: math.exp(q - p) - 1 - (q - p),
     }.items():
-        got = kl_estimate(logp, ref, est).tolist()
+        got = kl_estimate(logp, ref, torch.ones(3), est).tolist()
         want = [fn(p, q) for p, q in zip(logp.tolist(), ref.tolist(), strict=True)]
         assert got == pytest.approx(want, abs=1e-6), est
 
@@ -47,8 +48,25 @@ def test_kl_estimators_are_unbiased_for_known_distributions():
     q = torch.tensor([0.2, 0.5, 0.3])
     kl = float((p * (p / q).log()).sum())
     for est in ("k1", "k3"):
-        value = float((p * kl_estimate(p.log(), q.log(), est)).sum())
+        value = float((p * kl_estimate(p.log(), q.log(), torch.ones(3), est)).sum())
         assert value == pytest.approx(kl, abs=1e-6)
+
+
+def test_off_mask_positions_are_zero_and_finite_whatever_fills_them():
+    """A pad position holding a log-prob of -100 (e^100 is inf in float32) changes nothing."""
+    logp = torch.tensor([-1.0, -100.0, -2.0], requires_grad=True)
+    ref = torch.tensor([-1.5, 0.0, -100.0])
+    mask = torch.tensor([1.0, 0.0, 0.0])
+    for est in ("k1", "k2", "k3"):
+        kl = kl_estimate(logp, ref, mask, est)
+        assert kl[1:].tolist() == [0.0, 0.0], est
+        (grad,) = torch.autograd.grad(kl.sum(), logp)
+        assert torch.isfinite(grad).all() and grad[1:].tolist() == [0.0, 0.0], est
+    loss, clipped = clipped_policy_loss(torch.tensor([-1.0, 0.0, 0.0]), torch.tensor([-1.0, -100.0, 0.0]), torch.ones(3), mask, 0.2)
+    assert loss.tolist() == [-1.0, -1.0, -1.0] and clipped.tolist() == [0.0, 0.0, 0.0]  # ratio 1 off the mask
+    assert approx_kl(torch.tensor([0.0, 0.0]), torch.tensor([-1.0, -100.0]), torch.tensor([1.0, 0.0])).tolist() == (
+        pytest.approx([math.e - 2, 0.0])
+    )
 
 
 def test_aggregation_modes():
@@ -65,7 +83,7 @@ def test_clipped_policy_loss_closed_form():
     logp = torch.log(torch.tensor([1.5, 0.5, 1.1]))
     old = torch.zeros(3)
     adv = torch.tensor([1.0, 1.0, -1.0])
-    loss, clipped = clipped_policy_loss(logp, old, adv, clip=0.2)
+    loss, clipped = clipped_policy_loss(logp, old, adv, torch.ones(3), clip=0.2)
     # ratio 1.5, A>0 -> min(1.5, 1.2) * A = 1.2 (clipped); ratio 0.5, A>0 -> 0.5 (unclipped side);
     # ratio 1.1, A<0 -> max(-1.1, -1.1)
     assert loss.tolist() == pytest.approx([-1.2, -0.5, 1.1], abs=1e-6)

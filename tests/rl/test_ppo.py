@@ -85,6 +85,22 @@ def test_row_without_response_tokens_gets_no_reward():
     assert rewards.tolist() == [[0.0, 1.0], [0.0, 0.0]]
 
 
+def test_token_rewards_ignore_extreme_fillers_on_padding():
+    """A sampler log-prob of -100 on a padding column (e^100 overflows float32, inf * 0 is NaN) gives
+    the rewards of the batch without that column."""
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    old_logp = torch.tensor([[0.0, -1.0, -2.0, -100.0]])
+    ref_logp = torch.tensor([[0.0, -1.5, -1.0, 0.0]])
+    for estimator in ("k1", "k2", "k3"):
+        rewards, penalty = ppo.token_rewards(torch.tensor([1.0]), old_logp, ref_logp, mask, kl_coef=0.1, estimator=estimator)
+        trimmed, trimmed_penalty = ppo.token_rewards(
+            torch.tensor([1.0]), old_logp[:, :3], ref_logp[:, :3], mask[:, :3], kl_coef=0.1, estimator=estimator
+        )
+        assert rewards[0, 3].item() == 0.0 and penalty[0, 3].item() == 0.0, estimator
+        torch.testing.assert_close(rewards[:, :3], trimmed)
+        torch.testing.assert_close(penalty[:, :3], trimmed_penalty)
+
+
 def test_global_whiten_equals_masked_whiten_in_one_process():
     values = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
     mask = torch.tensor([[1, 1, 0, 0, 0], [0, 1, 1, 1, 0], [1, 0, 0, 0, 1]])
