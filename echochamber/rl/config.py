@@ -109,7 +109,7 @@ class GRPOConfig:
     clip: float = 0.2  # PPO ratio clip epsilon (TRL: epsilon)
     kl_coef: float = 1e-3  # beta
     kl_estimator: KLEstimator = "k3"  # the paper's GRPO: k3 ...
-    kl_placement: KLPlacement = "loss"  # ... added to the per-token loss
+    kl_placement: KLPlacement = "loss"  # ... added to the per-token loss ("reward": subtracted after the normalisation)
     normalization: Literal["zscore", "center"] = "zscore"  # (r - mean) / (max(std, std_floor) + std_eps), or r - mean
     std_eps: float = 1e-6  # the paper's epsilon added to the group std (TRL uses 1e-4)
     std_floor: float = 0.0  # lower bound on the group std before dividing (0 = off); stops near-ties blowing up

@@ -1,11 +1,24 @@
 """GRPO: PPO's clipped surrogate with a group baseline instead of a critic.
 
-Advantage of sample i of prompt p: (r_i - mean_p) / (max(std_p, std_floor) + std_eps) ("zscore", the
-paper; std with Bessel's correction as in OpenRLHF and TRL) or r_i - mean_p ("center", Dr. GRPO), one
-value for every token of the response. The KL to the reference is named twice: its estimator
-(k1/k2/k3) and its placement ("loss": beta * estimate added per token, the paper's GRPO; "reward":
-beta * the summed estimate subtracted from each sample's reward before the group statistics). The
-aggregation of the per-token loss is named too (token_mean / seq_mean / constant = Dr. GRPO's
+Advantage of sample i of prompt p, one value for every token of its response, from the verifier
+reward r:
+
+    A_i = (r_i - mean_p r) / (max(std_p r, std_floor) + std_eps)   ("zscore", the paper; std with
+                                                                    Bessel's correction, OpenRLHF, TRL)
+    A_i = r_i - mean_p r                                            ("center", Dr. GRPO)
+
+The KL to the reference is named twice: its estimator (k1/k2/k3) and its placement. "loss": beta x
+the per-token estimate is added to the per-token loss (the paper's GRPO). "reward": the group
+statistics are taken of the verifier reward alone and then
+
+    A_i <- A_i - beta * sum_t k(t)        (k over sample i's response tokens, sampler vs reference)
+
+The order matters. The verifier reward is 0/1 while a sample's summed KL is ~1e-3; subtracting the KL
+before the z-score would make it part of the normalised quantity, and in a group whose verifier
+rewards tie the KL differences alone would be divided by their own tiny std: +-1 advantages from
+~1e-3 differences, beta effectively x1000. After the z-score the KL term keeps its scale, beta x KL, in
+every group (a tie group then pushes each sample down by its own KL, the reward-form KL gradient).
+The aggregation of the per-token loss is named too (token_mean / seq_mean / constant = Dr. GRPO's
 N x max_new_tokens), and stays exact under micro-batching and data parallelism: each micro-batch's
 share is normalised by the minibatch's global token or sequence count.
 
@@ -51,14 +64,18 @@ def group_advantages(
     return centred / (std.clamp(min=config.std_floor) + config.std_eps)[group], zero_variance
 
 
-def shaped_rewards(batch: RolloutBatch, config: GRPOConfig) -> torch.Tensor:
-    """The verifier reward, minus beta x the summed KL estimate when the KL is placed in the reward
-    (the rollout's own KL, sampler vs reference: fixed for the whole update, like the reward)."""
-    rewards = batch.rewards.float()
+def sample_advantages(batch: RolloutBatch, config: GRPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N] advantages, per-group zero-variance flags) of a rollout batch: the verifier reward
+    normalised within its group (`group_advantages`), minus beta x the sample's summed KL estimate when
+    the KL is placed in the reward (the rollout's own KL, sampler vs reference: fixed for the whole
+    update, like the reward). The zero-variance flags are of the verifier reward: the KL term carries
+    no reward signal."""
+    mask = batch.response_mask
+    advantages, zero_variance = group_advantages(batch.rewards.float(), batch.group, mask.sum(1) > 0, config)
     if config.kl_placement == "reward" and config.kl_coef > 0:
-        kl = kl_estimate(batch.old_logp, batch.ref_logp, batch.response_mask, config.kl_estimator)
-        rewards = rewards - config.kl_coef * kl.sum(1)
-    return rewards
+        kl = kl_estimate(batch.old_logp, batch.ref_logp, mask, config.kl_estimator)
+        advantages = advantages - config.kl_coef * kl.sum(1)
+    return advantages, zero_variance
 
 
 def grpo_loss(
@@ -106,7 +123,7 @@ class GRPO:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         grpo = self.config.grpo
         mask = batch.response_mask
-        advantages, zero_variance = group_advantages(shaped_rewards(batch, grpo), batch.group, mask.sum(1) > 0, grpo)
+        advantages, zero_variance = sample_advantages(batch, grpo)
 
         self.policy.train()
         lengths = mask.sum(1)

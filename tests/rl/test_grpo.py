@@ -12,7 +12,7 @@ from echochamber.config import load_config
 from echochamber.data.tokenizer import load_tokenizer
 from echochamber.model import load_model
 from echochamber.rl.config import GRPOConfig, RLConfig
-from echochamber.rl.grpo import build, group_advantages, grpo_loss, shaped_rewards
+from echochamber.rl.grpo import build, group_advantages, grpo_loss, sample_advantages
 from echochamber.rl.losses import aggregate, micro_batch_loss
 from echochamber.rl.rollout import Rollout, RolloutBatch, build_batch, sequence_logprobs
 
@@ -106,20 +106,42 @@ def test_micro_batch_shares_sum_to_the_whole_minibatch_loss(aggregation):
     assert shares.item() == pytest.approx(whole.item(), rel=1e-6)
 
 
-def test_kl_in_the_reward_is_subtracted_before_the_group_statistics():
-    batch = _tensor_batch(rewards=[1.0, 0.0], old=[[-1.0, -2.0], [-1.0, -1.0]], ref=[[-1.5, -2.0], [-1.0, -3.0]])
-    config = GRPOConfig(kl_coef=0.5, kl_estimator="k1", kl_placement="reward")
-    # k1 = old_logp - ref_logp, summed over response tokens: 0.5 and 2.0.
-    assert shaped_rewards(batch, config).tolist() == pytest.approx([1.0 - 0.25, 0.0 - 1.0])
-    assert shaped_rewards(batch, GRPOConfig(kl_coef=0.5)).tolist() == [1.0, 0.0]  # placed in the loss instead
+def test_kl_in_the_reward_is_subtracted_after_the_group_normalisation():
+    """Group 0: the verifier rewards tie and the summed KL differs by ~1e-3 between samples; group 1 is
+    mixed. Normalising reward - beta x KL would turn group 0's KL differences into +-1 advantages."""
+    rewards = [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+    kl_sums = [0.001, 0.002, 0.003, 0.004, 0.5, 0.25, 0.1, 0.0]
+    # k1 = old_logp - ref_logp: the first response token carries the sample's whole KL.
+    old = [[-1.0, -2.0]] * 8
+    ref = [[-1.0 - kl, -2.0] for kl in kl_sums]
+    batch = _tensor_batch(rewards, old, ref, group=[0, 0, 0, 0, 1, 1, 1, 1])
+    beta = 0.1
+    config = GRPOConfig(kl_coef=beta, kl_estimator="k1", kl_placement="reward", std_eps=1e-6)
+    advantages, zero_variance = sample_advantages(batch, config)
+    penalty = beta * torch.tensor(kl_sums)
+    # The tie group: no reward signal, only beta x KL (size ~1e-4, not +-1).
+    torch.testing.assert_close(advantages[:4], -penalty[:4])
+    assert advantages[:4].abs().max() < 1e-3
+    # The mixed group: the z-scored verifier reward (mean 0.5, Bessel std 0.577), minus beta x KL.
+    mixed = torch.tensor(rewards[4:])
+    zscored = (mixed - mixed.mean()) / (mixed.std() + 1e-6)
+    torch.testing.assert_close(advantages[4:], zscored - penalty[4:])
+    assert zero_variance.tolist() == [True, False]  # of the verifier reward
+
+    centred, _ = sample_advantages(batch, GRPOConfig(kl_coef=beta, kl_estimator="k1", kl_placement="reward", normalization="center"))
+    torch.testing.assert_close(centred[4:], mixed - mixed.mean() - penalty[4:])
+    in_loss, _ = sample_advantages(batch, GRPOConfig(kl_coef=beta, std_eps=1e-6))  # placed in the loss instead
+    torch.testing.assert_close(in_loss, torch.cat([torch.zeros(4), zscored]))
 
 
-def _tensor_batch(rewards: list[float], old: list[list[float]], ref: list[list[float]]) -> RolloutBatch:
+def _tensor_batch(
+    rewards: list[float], old: list[list[float]], ref: list[list[float]], group: list[int] | None = None
+) -> RolloutBatch:
     n = len(rewards)
     return RolloutBatch(
-        prompt_ids=["p"] * n, sample_index=list(range(n)), group=torch.zeros(n, dtype=torch.long),
-        texts=[""] * n, formats=["other"] * n, statuses=["ok"] * n, correct=torch.tensor(rewards) > 0,
-        rewards=torch.tensor(rewards), truncated=torch.zeros(n, dtype=torch.bool),
+        prompt_ids=[f"p{g}" for g in group or [0] * n], sample_index=list(range(n)),
+        group=torch.tensor(group or [0] * n), texts=[""] * n, formats=["other"] * n, statuses=["ok"] * n,
+        correct=torch.tensor(rewards) > 0, rewards=torch.tensor(rewards), truncated=torch.zeros(n, dtype=torch.bool),
         tokens=torch.zeros(n, 2, dtype=torch.long), attention_mask=torch.ones(n, 2, dtype=torch.long),
         response_mask=torch.ones(n, 2), old_logp=torch.tensor(old), ref_logp=torch.tensor(ref),
     )  # fmt: skip
