@@ -181,7 +181,7 @@ def save_checkpoint(
             doomed = stale.parent / f"{_TMP_PREFIX}del-{stale.name}"
             stale.rename(doomed)
             shutil.rmtree(doomed)
-    dist.barrier()
+    dist.wait_for_rank0()  # rank 0 alone writes: a 1B model and its optimizer state can take minutes
     return final
 
 

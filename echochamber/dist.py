@@ -5,15 +5,13 @@ unconditionally. Under `torchrun --nproc_per_node N`, `init` joins torchrun's de
 GPUs, gloo on the CPU) unless a caller already did (the study pipeline joins once for all its
 stages; a stage then neither joins nor leaves).
 
-Two kinds of waiting, on purpose:
-- `barrier`: every rank does the same work and they wait for each other briefly (after a collective
-  save, before reading what rank 0 just wrote). It runs on the default group and its timeout
-  (NCCL's default is 10 minutes).
-- `wait_for_rank0`: the other ranks wait while rank 0 alone evaluates, builds data or writes a
-  checkpoint, which can take longer than the default group's timeout (a paper-scale evaluation,
-  n=64 samples of 2048 tokens, takes well over 10 minutes; a timed-out collective aborts the job).
-  It runs on a separate gloo group with a timeout of `WAIT_TIMEOUT`; gloo's barrier sleeps on the
-  CPU, so no GPU collective is pending (and no NCCL watchdog fires) while rank 0 works.
+Every wait in the project is ranks waiting for rank 0, which alone evaluates, builds data or writes a
+checkpoint: work that can take longer than the default group's collective timeout (NCCL's is 10
+minutes; a paper-scale evaluation, n=64 samples of 2048 tokens, takes longer, and a timed-out
+collective aborts the job). So `wait_for_rank0` meets on a separate gloo group with a timeout of
+`WAIT_TIMEOUT`, not on the default group: gloo's barrier waits on the CPU, so no GPU collective is
+pending (and no NCCL watchdog fires) while rank 0 works. Collectives between ranks doing the same
+work (`global_sum`, `sum_gradients`, the gathers) stay on the default group.
 """
 
 from __future__ import annotations
@@ -78,14 +76,8 @@ def world_size() -> int:
     return tdist.get_world_size() if initialized() else 1
 
 
-def barrier() -> None:
-    """All ranks meet on the default group (its timeout applies: use for short waits only)."""
-    if initialized():
-        tdist.barrier()
-
-
 def wait_for_rank0() -> None:
-    """All ranks meet on the long-timeout gloo group: for waits on work rank 0 does alone."""
+    """Every rank returns once all have called it, however long rank 0 took (the long-timeout group)."""
     if initialized():
         tdist.barrier(group=_waiting_group())
 

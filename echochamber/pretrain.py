@@ -441,7 +441,7 @@ def _train(config: PretrainConfig, resume: bool, env: dist.Process) -> Path:
         final = out / "final"
         if env.rank == 0:
             save_hf_folder(hf_model, final_state, Path(shards.tokenizer_path), final)
-        dist.barrier()
+        dist.wait_for_rank0()
         return final
     finally:
         bar.close()

@@ -3,7 +3,9 @@
 `run_rl(config, algo=...)` is the whole stage for PPO, GRPO (one update per step through the
 `Algorithm` protocol) and Expert Iteration (one `ei.run_round` per round, same sampling, grading and
 logging). Under `torchrun --nproc_per_node N` each rank samples and grades its share of a step's
-prompts and the update is data-parallel (see rollout.py); rank 0 writes the run folder:
+prompts and the update is data-parallel (see rollout.py); rank 0 writes the run folder and evaluates
+while the other ranks wait on the long-timeout group (`dist.wait_for_rank0`: an evaluation can
+outlast the default group's collective timeout):
 
     config.yaml              the resolved config (the algorithm is in every metrics line)
     metrics.jsonl            one "rl" line per step (reward, formats, KL k1/k2/k3, entropy, lengths,
@@ -323,7 +325,7 @@ class _Run:
                     doomed = stale.with_name(f".tmp-del-{stale.name}")  # renamed first: never half-deleted
                     stale.rename(doomed)
                     shutil.rmtree(doomed)
-            dist.barrier()
+            dist.wait_for_rank0()
 
     def _save_folder(self, dest: Path, save_models: Callable[[Path], None], state: dict[str, Any] | None = None) -> None:
         """Atomically write an HF folder (policy + tokenizer [+ trainer_state.pt, written last])."""
@@ -335,7 +337,7 @@ class _Run:
             if state is not None:
                 torch.save(state, tmp / STATE_FILE)
             replace_dir(tmp, dest)
-        dist.barrier()
+        dist.wait_for_rank0()
 
     def _maybe_eval(self, done: int, writers: dict[str, MetricsWriter]) -> None:
         every = self.config.eval.every
@@ -349,7 +351,8 @@ class _Run:
                     out_dir=self.out / "eval" / f"step_{done:06d}" / benchmark, progress=False,
                 )  # fmt: skip
                 writers[EVAL_STAGE].log(done, {k: v for k, v in results.items() if k != "config"})
-        dist.barrier()
+        # Longer than any collective timeout at paper scale: the other ranks wait on the gloo group.
+        dist.wait_for_rank0()
 
     def _eval_config(self, benchmark: str) -> EvalConfig:
         settings = self.config.eval

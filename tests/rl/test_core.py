@@ -285,3 +285,51 @@ def test_torchrun_two_processes_match_one_process(tiny_policy, test_world, grade
     final_two = load_file(two / "final" / "model.safetensors")
     for name, value in final_single.items():
         torch.testing.assert_close(final_two[name], value, atol=1e-4, rtol=1e-3)
+
+
+# Joins the default group with a short timeout, then runs the RL stage with an evaluation on rank 0
+# that outlasts it (a paper-scale evaluation outlasts NCCL's 10 minutes the same way).
+SLOW_EVAL_LAUNCHER = """
+import os, sys, time
+from datetime import timedelta
+import torch.distributed as dist
+
+timeout, pause, log = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", timeout=timedelta(seconds=timeout))
+from echochamber.rl import core
+
+evaluate = core.evaluate
+
+def slow_evaluate(*args, **kwargs):
+    time.sleep(pause)
+    with open(log, "a") as out:
+        out.write(f"rank {dist.get_rank()} evaluated\\n")
+    return evaluate(*args, **kwargs)
+
+core.evaluate = slow_evaluate
+code = core.main(sys.argv[4:])
+dist.destroy_process_group()
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_outwait_an_evaluation_longer_than_the_collective_timeout(tiny_policy, test_world, tmp_path):
+    """Rank 0 evaluates alone (steps 0 and 2) for longer than the default group's timeout; the other
+    rank must wait for it rather than time out in a collective."""
+    prompts = small_answer_prompts(tmp_path / "prompts.jsonl", test_world)
+    out = tmp_path / "run"
+    settings = {"max_steps": 2, "checkpoint_every": 2, "eval": {"every": 2, "limit": 2}}
+    save_config(resume_config(tiny_policy, out, prompts, test_world, **settings), tmp_path / "run.yaml")
+    (tmp_path / "launch.py").write_text(SLOW_EVAL_LAUNCHER)
+    log = tmp_path / "evaluations.log"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(tmp_path / "launch.py"), "5", "8", str(log), str(tmp_path / "run.yaml"), "--algo", "grpo"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert log.read_text().splitlines() == ["rank 0 evaluated"] * 2  # each one paused past the timeout
+    evals = read_metrics(out / "metrics.jsonl", "eval")
+    assert [row["step"] for row in evals] == [0, 2]
+    assert [line["step"] for line in rl_lines(out)] == [1, 2]
+
