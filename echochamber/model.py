@@ -106,8 +106,16 @@ def build_model(
     return model
 
 
-def load_model(path: str | Path) -> PreTrainedModel:
-    """Any Hugging Face causal-LM folder (ours or a user's), in eval mode."""
+def load_model(path: str | Path, dtype: torch.dtype | str = torch.float32) -> PreTrainedModel:
+    """Any Hugging Face causal-LM folder (ours or a user's), in eval mode, with float32 weights by
+    default whatever dtype the checkpoint was saved in; `dtype="auto"` keeps the checkpoint's.
+
+    Float32 because the weights loaded here are trained (RL policy, PPO critic body, the EI model,
+    a resumed pretraining) or compared with trained ones (the reference): AdamW moves a weight by
+    about lr per step (1e-6 in the paper's RL), far below bfloat16's resolution (a weight of 0.02 is
+    stored to steps of 1.2e-4), so a bf16 checkpoint trained as loaded would round every update away.
+    Mixed precision is the compute's business (autocast), not the stored weights'.
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise UserError(f"model folder {folder} does not exist")
@@ -117,7 +125,7 @@ def load_model(path: str | Path) -> PreTrainedModel:
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot load model from {folder}: {first_line}") from error

@@ -75,6 +75,23 @@ def test_save_and_load_with_plain_transformers_gives_identical_logits(tmp_path):
     assert type(reloaded).__name__ == "OlmoForCausalLM"
 
 
+def test_a_bf16_checkpoint_loads_as_float32_and_a_tiny_lr_step_moves_it(tmp_path):
+    """AdamW's first step moves every weight with a gradient by ~lr. At lr 1e-6 that is below
+    bfloat16's resolution for weights of ~0.02 (steps of 1.2e-4): trained in the saved dtype, the
+    update would round away."""
+    build_model("tiny", 64, max_seq_len=32, seed=0).to(torch.bfloat16).save_pretrained(tmp_path)
+    model = load_model(tmp_path)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert load_model(tmp_path, dtype="auto").dtype == torch.bfloat16  # the checkpoint's own, on request
+    before = [p.detach().clone() for p in model.parameters()]
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0).step()
+    moved = [(p != b)[p.grad.abs() > 1e-6] for p, b in zip(model.parameters(), before, strict=True)]
+    assert torch.cat(moved).float().mean() > 0.999
+
+
 def test_loading_draws_no_progress_bar_and_leaves_the_switch_alone(tmp_path, capsys):
     from transformers.utils import logging as hf_logging
 

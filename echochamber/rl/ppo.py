@@ -89,9 +89,10 @@ class ValueModel(torch.nn.Module):
 
     @classmethod
     def load(cls, folder: Path) -> ValueModel:
-        """Read a folder written by `save` (on the CPU; move it with `.to`)."""
+        """Read a folder written by `save` (on the CPU; move it with `.to`), in float32 like every
+        trained model (see model.load_model)."""
         try:
-            backbone = AutoModel.from_pretrained(folder)
+            backbone = AutoModel.from_pretrained(folder, dtype=torch.float32)
             weights = load_file(folder / VALUE_HEAD_FILE)
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
