@@ -18,6 +18,8 @@ dt{font-weight:600}dd{margin:0}#browser-controls{position:sticky;top:0;backgroun
 .card .pair{display:grid;grid-template-columns:1fr 1fr;gap:8px}.card pre{white-space:pre-wrap;word-break:break-word;
 background:#f8fafc;padding:6px;max-height:320px;overflow:auto;font-size:12px;margin:4px 0}
 .ok{color:#166534;font-weight:600}.bad{color:#991b1b;font-weight:600}.meta{font-size:12px;color:#4b5563}
+.evidence{font-size:12px;color:#4b5563;white-space:nowrap}.setting{border-top:1px dotted #e5e7eb;padding:3px 0}
+.setting:first-child{border-top:none}h5{margin:8px 0 0;font-size:13px}
 """
 
 JS = """

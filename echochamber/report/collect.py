@@ -6,16 +6,19 @@ per step, "eval" lines per periodic evaluation), `rl/config.yaml`, and the eval 
 and one run folder per cell. Anything missing is left empty here and reported as "not run" on the
 page; only malformed files are errors.
 
-Per prompt, the generations are reduced to what the findings bootstrap over (greedy correctness,
-unbiased pass@k and maj@k, the format counts) plus the greedy and first sampled generation for the
-browser, so a 64-sample GSM8K evaluation does not stay in memory as text.
+Per prompt, the generations are reduced to what the findings' statistics use (greedy correctness,
+unbiased pass@k and maj@k, the format counts and correct counts, and our format against the paper's
+rule where rows record `paper_format`) plus the greedy and first sampled generation for the
+browser, so a 64-sample GSM8K evaluation does not stay in memory as text. maj@k counts votes by the
+row's `vote` (the answer's math-verify equivalence class) where recorded, else by the older
+spelling key of the answer.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ from echochamber.formats import FORMATS
 from echochamber.metrics import METRICS_FILE, read_metrics
 from echochamber.metrics_passk import default_ks, maj_at_ks, pass_at_k, vote_key
 
+OTHER = "other"  # the label of text in no pretraining format (degenerate text included)
+REAL_FORMATS = tuple(name for name in FORMATS if name != OTHER)
 PHASES = ("base", "final")  # eval/base = before RL, eval/final = after RL
 RESULTS_FILE = "results.json"
 GENERATIONS_FILE = "generations.jsonl"
@@ -42,11 +47,19 @@ class PromptEval:
     sample: dict[str, Any] | None = None  # the first sampled generation row
     n_sampled: int = 0
     n_correct: int = 0
-    formats: Counter[str] = field(
-        default_factory=Counter
-    )  # over the sampled generations, else the greedy one
+    # Over the sampled generations, else the greedy one: format -> count, format -> correct count,
+    # and (our format, the paper rule's format or None where not recorded) -> count.
+    formats: Counter[str] = field(default_factory=Counter)
+    format_correct: Counter[str] = field(default_factory=Counter)
+    format_pairs: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     pass_at: dict[int, float] = field(default_factory=dict)  # unbiased pass@k from the sampled generations
     maj_at: dict[int, float] = field(default_factory=dict)
+
+    def count(self, row: dict[str, Any]) -> None:
+        """Add one generation row to the format statistics."""
+        self.formats[row["format"]] += 1
+        self.format_correct[row["format"]] += bool(row["correct"])
+        self.format_pairs[(row["format"], row.get("paper_format"))] += 1
 
     @property
     def pass1(self) -> float | None:
@@ -71,6 +84,17 @@ class EvalData:
     prompts: dict[str, PromptEval]
     prompt_texts: dict[str, str]
     note: str | None = None  # why something is missing (e.g. no prompt texts without the data folder)
+
+    def rule_table(self) -> dict[tuple[str, str], int] | None:
+        """(our format, the paper rule's format) -> generations, over the prompts' counted
+        generations; None when any of them lacks `paper_format` (written before it was recorded)."""
+        table: Counter[tuple[str, str]] = Counter()
+        for prompt in self.prompts.values():
+            for (ours, paper), count in prompt.format_pairs.items():
+                if paper is None:
+                    return None
+                table[(ours, str(paper))] += count
+        return dict(table) or None
 
 
 @dataclass
@@ -103,6 +127,18 @@ class RunData:
                 return number(value)
         section = self.rl_config.get(self.algo or "", {})
         return number(section.get("kl_coef")) if isinstance(section, dict) else None
+
+    @property
+    def seed(self) -> Any:
+        """The unit of replication: the sweep cell's seed, else the study's pretraining seed, else
+        the RL seed; None when none is recorded."""
+        for key, value in self.params.items():
+            if "seed" in key.lower():
+                return value
+        for section in (self.config.get("pretrain"), self.config, self.rl_config):
+            if isinstance(section, dict) and "seed" in section:
+                return section["seed"]
+        return None
 
     def eval(self, phase: str, benchmark: str | None) -> EvalData | None:
         return self.evals.get(phase, {}).get(benchmark) if benchmark is not None else None
@@ -195,7 +231,7 @@ def load_eval(folder: Path, source: str) -> EvalData:
     settings = (results or {}).get("config") or _read_json(folder / "eval_settings.json") or {}
     benchmark = str((results or {}).get("benchmark") or settings.get("benchmark") or folder.name)
     prompts: dict[str, PromptEval] = {}
-    votes: dict[str, list[tuple[str | None, bool]]] = defaultdict(list)
+    votes: dict[str, list[tuple[Hashable | None, bool]]] = defaultdict(list)
     path = folder / GENERATIONS_FILE
     rows = _iter_jsonl(path) if path.is_file() else iter(())
     for row in rows:
@@ -210,26 +246,36 @@ def load_eval(folder: Path, source: str) -> EvalData:
             prompt.sample = row
         prompt.n_sampled += 1
         prompt.n_correct += bool(row["correct"])
-        prompt.formats[row["format"]] += 1
+        prompt.count(row)
         # The eval suite's vote rule: a truncated generation abstains when truncation counts as wrong.
         abstains = row["truncated"] and settings.get("truncated_is_wrong", True)
-        votes[row["prompt_id"]].append((None if abstains else row.get("answer"), bool(row["correct"])))
+        votes[row["prompt_id"]].append((None if abstains else _vote(row), bool(row["correct"])))
     for prompt in prompts.values():
         if not prompt.n_sampled and prompt.greedy is not None:
-            prompt.formats[prompt.greedy["format"]] += 1
+            prompt.count(prompt.greedy)
     if votes:
         _score_samples(prompts, votes, results)
     texts, note = _prompt_texts(benchmark, settings, prompts)
     return EvalData(benchmark, folder, source, results, prompts, texts, note)
 
 
+def _vote(row: dict[str, Any]) -> Hashable | None:
+    """What a generation votes for: the eval suite's `vote` (the answer's math-verify equivalence
+    class, None = abstains) where the row records it, else the older spelling key of its answer
+    (rows written before `vote` existed)."""
+    if "vote" in row:
+        vote = row["vote"]
+        return None if vote is None else json.dumps(vote, sort_keys=True)  # any JSON value, hashable
+    return vote_key(row.get("answer"))
+
+
 def _score_samples(
     prompts: dict[str, PromptEval],
-    votes: dict[str, list[tuple[str | None, bool]]],
+    votes: dict[str, list[tuple[Hashable | None, bool]]],
     results: dict[str, Any] | None,
 ) -> None:
-    """Per-prompt pass@k and maj@k, with the eval suite's estimators and vote key (so their means
-    are results.json's numbers)."""
+    """Per-prompt pass@k and maj@k, with the eval suite's estimators and votes (so their means are
+    results.json's numbers)."""
 
     sampled = (results or {}).get("sampled") or {}
     reported = sorted(int(key.split("@")[1]) for key in sampled if key.startswith("pass@"))
@@ -239,7 +285,7 @@ def _score_samples(
         correct = [ok for _, ok in pairs]
         prompt = prompts[prompt_id]
         prompt.pass_at = {k: pass_at_k(n, sum(correct), k) for k in ks}
-        prompt.maj_at = maj_at_ks([vote_key(answer) for answer, _ in pairs], correct, ks)
+        prompt.maj_at = maj_at_ks([vote for vote, _ in pairs], correct, ks)
 
 
 def _prompt_texts(
@@ -350,12 +396,23 @@ def format_shares(shares: dict[str, Any] | None) -> dict[str, float]:
 
 
 def dominant(shares: dict[str, Any] | None) -> tuple[str, float] | None:
-    """The most frequent format and its share, from {format: share} or a `format_summary`."""
+    """The most frequent real format and its share, from {format: share} or a `format_summary`.
+
+    `other` (degenerate or unclassifiable text) is never a winning format: a run where it is the
+    most frequent label is `degenerate`, whatever real format comes next."""
     flat = format_shares(shares)
     if not flat:
         return None
-    name = max(FORMATS, key=lambda fmt: flat.get(fmt, 0.0))
+    name = max(REAL_FORMATS, key=lambda fmt: flat.get(fmt, 0.0))
     return name, flat.get(name, 0.0)
+
+
+def degenerate(shares: dict[str, Any] | None) -> float | None:
+    """The share of `other` when it is the most frequent label (the run writes mostly degenerate
+    text, not one of the pretraining formats), else None."""
+    flat = format_shares(shares)
+    other = flat.get(OTHER, 0.0)
+    return other if flat and other > 0 and other >= max(flat.get(fmt, 0.0) for fmt in REAL_FORMATS) else None
 
 
 def eval_benchmark(line: dict[str, Any]) -> str:

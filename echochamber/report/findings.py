@@ -1,502 +1,321 @@
 """The paper's findings, measured on whatever a run or sweep folder holds (`compute_findings`).
 
-Each finding is a dict {name, statement, reproduced, numbers, ci, note}: `reproduced` is True, False,
-or None with a note saying which data are missing ("not enough data" is a result, never a silent
-pass). Confidence intervals are 95 % percentile bootstraps of a mean: over seeds when a setting
-(the cell parameters other than the seed) has two or more seeds, otherwise over the prompts of the
-one run, paired by prompt id where two evaluations share prompts. Tolerances are named constants so
-a reader can see what "flat" and "similar" mean.
+Each finding is one claim with a stated margin or threshold, judged per setting (the cell
+parameters other than the seed) from a 95 % interval: Student-t over seeds when a setting has two
+or more, else over the prompts of its one run (stats.py, docs/statistics.md). Each finding is a
+dict of the findings.json schema (measure.finding): id, title, verdict in {reproduced,
+not_reproduced, inconclusive, not_tested}, evidence in {replicated, single_seed}, seeds, effect,
+interval, per_seed, kind, null, unit, settings, note. Missing data is a `not_tested` verdict with
+a note, never a silent pass. This module holds the findings about one setting (collapse and its
+timing, pass@k / maj@k, transfer, the mixture flip); comparisons.py those that compare settings.
 """
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from echochamber.report.collect import (
-    PromptEval,
-    RunData,
-    SweepData,
-    dominant,
-    eval_benchmark,
-    find_axis,
-    format_shares,
-    format_summary,
-    group_settings,
-    headline,
-    number,
+from echochamber.report.collect import REAL_FORMATS, RunData, SweepData, dominant, group_settings, number
+from echochamber.report.comparisons import comparison_findings, largest_dip
+from echochamber.report.measure import (
+    HARD_BENCHMARKS,
+    NEGLIGIBLE,
+    accuracy_gap,
+    at,
+    common_k,
+    degenerate_note,
+    finding,
+    gain,
+    inconclusive,
+    is_default_kl_or_below,
+    judge,
+    main_benchmark,
+    maj_at,
+    not_tested,
+    over_seeds,
+    pass1,
+    pass_at,
+    policy_gradient,
+    pooled_shares,
+    share_of,
+    winner,
+)
+from echochamber.report.stats import (
+    REPLICATION_SEEDS,
+    Claim,
+    Estimate,
+    fisher,
+    lag_interval,
+    lag_permutation_p,
+    t_interval,
 )
 
 COLLAPSE_SHARE = 0.9  # the paper's "collapse": one format above 90 % of the generations
-FLAT = 0.02  # pass@k "flat": it rises by no more than 2 points
-SIMILAR = 0.05  # pass@1 "similar": within 5 points
-DEFAULT_KL = 1e-3  # the paper's KL coefficient
-MAIN_BENCHMARKS = ("gsm8k", "world-test")  # the test set of the RL prompts' distribution
-HARD_BENCHMARKS = ("world-hard", "math500", "aime")  # transfer: harder than what RL trained on
-RESAMPLES = 2000
-
-Values = dict[str, float]  # prompt id -> a per-prompt value
-Metric = Callable[[PromptEval], float | None]
-Measure = Callable[[RunData], Values | None]  # a run -> per-prompt values
+FLAT = 0.05  # pass@k "flat": rises by at most 5 points (the size of the paper's maj@64 rise)
+MIN_FORMAT_COUNT = 20  # base-model generations of a format needed to know its accuracy
+SMOOTH_STEPS = 5  # RL steps per window when locating the fastest rise of a training curve
+PERMUTATIONS = 2000  # of the permutation null of the collapse/gain lag
+LAG_RESAMPLES = 1000  # of one run's residual bootstrap of the lag
+ALPHA = 0.05  # the permutation test's level (Fisher-combined over seeds)
 
 
 def compute_findings(sweep: SweepData) -> list[dict[str, Any]]:
     return [
-        *_collapse(sweep),
-        _passk_flat_majk_rises(sweep),
-        *_kl(sweep),
-        _algorithms(sweep),
+        _collapse(sweep),
+        _collapse_timing(sweep),
+        *_passk_majk(sweep),
         _hard_transfer(sweep),
         _mixture_flip(sweep),
-        _model_size(sweep),
+        *comparison_findings(sweep),
     ]
 
 
-# ---------------------------------------------------------------------------------------------
-# Statistics
+def _collapse_settings(sweep: SweepData) -> dict[str, list[RunData]]:
+    """PPO/GRPO runs at the default KL or weaker, by setting (a stronger KL is meant to keep formats)."""
+    groups = {
+        key: [r for r in policy_gradient(runs) if is_default_kl_or_below(r)]
+        for key, runs in group_settings(sweep).items()
+    }
+    return {key: runs for key, runs in groups.items() if runs}
 
 
-def _resampled_means(values: Sequence[float], rng: np.random.Generator) -> np.ndarray:
-    data = np.asarray(values, dtype=float)
-    return data[rng.integers(0, len(data), size=(RESAMPLES, len(data)))].mean(axis=1)
-
-
-def bootstrap_ci(values: Sequence[float], minus: Sequence[float] | None = None) -> list[float] | None:
-    """95 % percentile bootstrap interval of mean(values), or of mean(values) - mean(minus) for two
-    independent samples (the seeds of two settings); None with fewer than two values in a sample."""
-    if len(values) < 2 or (minus is not None and len(minus) < 2):
-        return None
-    rng = np.random.default_rng(0)  # a report is a pure function of its folder
-    means = _resampled_means(values, rng) - (_resampled_means(minus, rng) if minus is not None else 0.0)
-    return [float(x) for x in np.quantile(means, [0.025, 0.975])]
-
-
-def _estimate(runs: Sequence[RunData], values: Measure) -> dict[str, Any] | None:
-    """Mean and CI of a per-prompt quantity: over seeds with two or more runs, else over prompts."""
-    per_run = [list(v.values()) for v in map(values, runs) if v]
-    if not per_run:
-        return None
-    sample = [float(np.mean(v)) for v in per_run] if len(per_run) >= 2 else per_run[0]
-    basis = f"{len(sample)} seeds" if len(per_run) >= 2 else f"{len(sample)} prompts"
-    return {"mean": float(np.mean(sample)), "ci": bootstrap_ci(sample), "basis": basis}
-
-
-def _compare(a: Sequence[RunData], b: Sequence[RunData], values: Measure) -> dict[str, Any] | None:
-    """mean(a) - mean(b): over seeds when both settings have two or more, else paired over prompts."""
-    va, vb = [v for v in map(values, a) if v], [v for v in map(values, b) if v]
-    if not va or not vb:
-        return None
-    if len(va) >= 2 and len(vb) >= 2:
-        ma, mb = ([float(np.mean(list(v.values()))) for v in group] for group in (va, vb))
-        basis = f"{len(ma)} vs {len(mb)} seeds"
-        return {"mean": float(np.mean(ma) - np.mean(mb)), "ci": bootstrap_ci(ma, minus=mb), "basis": basis}
-    diffs = [va[0][key] - vb[0][key] for key in va[0].keys() & vb[0].keys()]
-    if not diffs:
-        return None
-    return {"mean": float(np.mean(diffs)), "ci": bootstrap_ci(diffs), "basis": f"{len(diffs)} paired prompts"}
-
-
-def _at(phase: str, benchmark: str | None, metric: Metric) -> Measure:
-    """Per-prompt values of `metric` in one evaluation ("base" or "final") of a run."""
-
-    def measure(run: RunData) -> Values | None:
-        data = run.eval(phase, benchmark)
-        if data is None:
-            return None
-        found = {key: metric(prompt) for key, prompt in data.prompts.items()}
-        return {key: value for key, value in found.items() if value is not None} or None
-
-    return measure
-
-
-def _gain(benchmark: str | None, metric: Metric) -> Measure:
-    """Per-prompt after - before, paired by prompt id."""
-    before, after = _at("base", benchmark, metric), _at("final", benchmark, metric)
-
-    def measure(run: RunData) -> Values | None:
-        old, new = before(run), after(run)
-        if not old or not new:
-            return None
-        return {key: new[key] - old[key] for key in new.keys() & old.keys()} or None
-
-    return measure
-
-
-def _pass1(prompt: PromptEval) -> float | None:
-    return prompt.pass1
-
-
-def _share_of(name: str) -> Metric:
-    return lambda prompt: prompt.share(name)
-
-
-def _pass_at(k: int) -> Metric:
-    return lambda prompt: prompt.pass_at.get(k)
-
-
-def _maj_at(k: int) -> Metric:
-    return lambda prompt: prompt.maj_at.get(k)
-
-
-# ---------------------------------------------------------------------------------------------
-# Choosing what to compare
-
-
-def main_benchmark(runs: Sequence[RunData]) -> str | None:
-    """The first benchmark evaluated both before and after RL, preferring the RL distribution's test set."""
-    for run in runs:
-        common = [name for name in run.evals.get("base", {}) if name in run.evals.get("final", {})]
-        for name in [*MAIN_BENCHMARKS, *[n for n in common if n not in HARD_BENCHMARKS]]:
-            if name in common:
-                return name
-    return None
-
-
-def _final_format(run: RunData, benchmark: str | None) -> tuple[str, float] | None:
-    """The format that dominates after RL: the final evaluation's, else the last RL step's."""
-    final = run.eval("final", benchmark)
-    found = dominant(format_summary(final.results)) if final is not None else None
-    return found or (dominant(run.rl[-1].get("format_share")) if run.rl else None)
-
-
-def _finding(
-    name: str,
-    statement: str,
-    verdicts: list[bool | None],
-    numbers: dict[str, Any],
-    ci: dict[str, Any],
-    missing: str,
-) -> dict[str, Any]:
-    """All verdicts True -> reproduced; any False -> not; nothing measurable -> None + why."""
-    if not numbers:
-        reproduced, note = None, f"not enough data: {missing}"
-    elif any(v is False for v in verdicts):
-        reproduced, note = False, None
-    elif verdicts and all(v is True for v in verdicts):
-        reproduced, note = True, None
-    else:
-        reproduced, note = None, "not enough data for a confidence interval"
-    return dict(name=name, statement=statement, reproduced=reproduced, numbers=numbers, ci=ci, note=note)
-
-
-# ---------------------------------------------------------------------------------------------
-# The findings
-
-
-def _policy_gradient(runs: Sequence[RunData]) -> list[RunData]:
-    """The runs the paper's main findings are about: PPO and GRPO. Expert Iteration is a different
-    claim (it moves formats only mildly), judged in the algorithm comparison."""
-    return [run for run in runs if run.algo != "ei"]
-
-
-def _collapse(sweep: SweepData) -> list[dict[str, Any]]:
-    """Two findings: the collapse itself, and (among the runs that collapsed) whether it came with
-    the largest pass@1 gain. Kept apart so a run that collapses after its accuracy rose reads as
-    what it is, not as "no collapse"."""
-    numbers, ci, collapsed, timing_numbers, timing = {}, {}, [], {}, []
-    for run in _policy_gradient(sweep.runs):
-        # A KL stronger than the paper's default is meant to keep formats (its own finding below).
-        if not run.rl or (run.kl_coef or 0.0) > DEFAULT_KL:
-            continue
-        bench = main_benchmark([run])
-        name, share = _final_format(run, bench) or ("other", 0.0)
-        estimate = _estimate([run], _at("final", bench, _share_of(name)))
-        share = estimate["mean"] if estimate else share  # the final evaluation when there is one
-        tops = [(row["step"], dominant(row.get("format_share"))) for row in run.rl]
-        collapse = next((step for step, top in tops if top and top[1] > COLLAPSE_SHARE), None)
-        numbers[run.name] = {"format": name, "max share after RL": share, "first step above threshold": collapse}
-        if estimate and estimate["ci"]:
-            ci[f"{run.name}: {name} share"] = estimate["ci"]
-        collapsed.append(share > COLLAPSE_SHARE)
-        window = _largest_gain(run, bench)
-        if share > COLLAPSE_SHARE and collapse is not None and window is not None:
-            start, end, signal = window
-            timing_numbers[run.name] = {
-                "first step above threshold": collapse,
-                "largest pass@1 gain (steps)": f"{start}–{end} ({signal})",
-            }
-            timing.append(start - (end - start) < collapse <= end + (end - start))  # within one interval
-    return [
-        _finding(
-            "collapse",
-            f"PPO/GRPO (KL ≤ {DEFAULT_KL:g}) collapse the outputs onto one format (max share > {COLLAPSE_SHARE:.0%} "
-            "after RL).",
-            collapsed, numbers, ci, "no RL metrics",
-        ),
-        _finding(
-            "collapse_with_gain",
-            "Where PPO/GRPO collapse, the collapse coincides with the largest pass@1 gain (within one "
-            "measurement interval).",
-            timing, timing_numbers, {}, "no run collapsed with periodic evaluations or training accuracy to time it",
-        ),
-    ]  # fmt: skip
-
-
-def _largest_gain(run: RunData, benchmark: str | None) -> tuple[int, int, str] | None:
-    """(from step, to step, signal) of the largest pass@1 rise: between RL's periodic evaluations when
-    there are two or more, else in the training accuracy averaged over a tenth of the steps."""
-    benchmark = benchmark or next((eval_benchmark(line) for line in run.rl_eval), None)
-    points = [
-        (line["step"], value)
-        for line in run.rl_eval
-        if eval_benchmark(line) == benchmark and (value := headline(line)) is not None
-    ]
-    if len(points) >= 2:
-        i = max(range(1, len(points)), key=lambda j: points[j][1] - points[j - 1][1])
-        return points[i - 1][0], points[i][0], f"{benchmark} pass@1"
-    rows = [(row["step"], acc) for row in run.rl if (acc := number(row.get("accuracy"))) is not None]
-    width = max(1, len(rows) // 10)
-    if len(rows) < 2 * width + 1:
-        return None
-    # means[j] averages rows j .. j+width-1; the rise from one window to the next is the gain.
-    means = np.convolve([acc for _, acc in rows], np.ones(width) / width, mode="valid")
-    j = int(np.argmax(means[width:] - means[:-width])) + width
-    return rows[j - 1][0], rows[j + width - 1][0], "training accuracy"
-
-
-def _common_k(runs: Sequence[RunData], bench: str | None) -> int:
-    """The largest k with pass@k / maj@k for every prompt of both evaluations of every run (1 if none)."""
-    ks: set[int] | None = None
-    for run in runs:
-        for phase in ("base", "final"):
-            data = run.eval(phase, bench)
-            for prompt in data.prompts.values() if data else ():
-                ks = set(prompt.pass_at) if ks is None else ks & set(prompt.pass_at)
-    return max(ks or {1})
-
-
-def _passk_flat_majk_rises(sweep: SweepData) -> dict[str, Any]:
-    numbers, ci, verdicts = {}, {}, []
-    for key, group in group_settings(sweep).items():
-        runs = _policy_gradient(group)
+def _collapse(sweep: SweepData) -> dict[str, Any]:
+    claim = Claim("threshold", COLLAPSE_SHARE)
+    settings = []
+    for key, runs in _collapse_settings(sweep).items():
         bench = main_benchmark(runs)
-        k = _common_k(runs, bench)
-        if k < 2:  # pass@1 = maj@1: nothing to compare
+        top = winner(runs, bench)
+        if bench is None or top is None:
+            settings.append(not_tested(key, "no evaluation before and after RL"))
             continue
-        d_pass = _estimate(runs, _gain(bench, _pass_at(k)))
-        d_maj = _estimate(runs, _gain(bench, _maj_at(k)))
-        if d_pass is None or d_maj is None:
-            continue
-        over = d_maj["basis"]
-        numbers[key] = {
+        dips = {str(run.seed): dip for run in runs if (dip := largest_dip(run)) is not None}
+        details = {
             "benchmark": bench,
-            f"Δpass@{k}": d_pass["mean"],
-            f"Δmaj@{k}": d_maj["mean"],
-            "over": over,
+            "format": top[0],
+            "largest training-accuracy dip per seed": dips or None,
         }
-        ci.update({f"{key}: Δpass@{k}": d_pass["ci"], f"{key}: Δmaj@{k}": d_maj["ci"]})
-        verdicts.append(None if d_maj["ci"] is None else d_maj["ci"][0] > 0 and d_pass["mean"] <= FLAT)
-    return _finding(
-        "passk_flat_majk_rises",
-        f"After PPO/GRPO, maj@k rises (CI above 0) while pass@k stays flat or falls (rises by at most {FLAT:.0%}).",
-        verdicts, numbers, ci, "no sampled evaluation (n ≥ 2) both before and after RL",
+        found = over_seeds(runs, at("final", bench, share_of(top[0])))
+        settings.append(judge(key, claim, found, details, degenerate_note(runs, bench)))
+    return finding(
+        "collapse",
+        f"PPO/GRPO (KL ≤ the default) collapse the outputs onto one format: its share after RL is above "
+        f"{COLLAPSE_SHARE:.0%} (`other`, text in no format, never counts as one).",
+        claim, "share of generations", settings, "no PPO/GRPO run evaluated after RL",
     )  # fmt: skip
 
 
-def _by_value(runs: Sequence[RunData], value: Callable[[RunData], Any], bench: str | None) -> dict[Any, list]:
-    """Runs with a final evaluation, grouped by `value` (the KL coefficient, the algorithm, ...)."""
-    groups: dict[Any, list[RunData]] = defaultdict(list)
-    for run in runs:
-        if value(run) is not None and run.eval("final", bench) is not None:
-            groups[value(run)].append(run)
-    return dict(groups)
+# ---------------------------------------------------------------------------------------------
+# Does the collapse coincide with the largest accuracy gain?
 
 
-def _mean(runs: Sequence[RunData], measure: Measure) -> float | None:
-    estimate = _estimate(runs, measure)
-    return estimate["mean"] if estimate else None
+def _training_series(run: RunData) -> tuple[str, np.ndarray, np.ndarray, list[int]] | None:
+    """(winning format, its share, training accuracy, steps) over the RL steps that log both."""
+    rows = [
+        row
+        for row in run.rl
+        if isinstance(row.get("format_share"), dict) and number(row.get("accuracy")) is not None
+    ]
+    top = dominant(rows[-1]["format_share"]) if rows else None
+    if top is None:
+        return None
+    share = np.array([number(row["format_share"].get(top[0])) or 0.0 for row in rows])
+    accuracy = np.array([number(row["accuracy"]) for row in rows], dtype=float)
+    return top[0], share, accuracy, [row["step"] for row in rows]
 
 
-def _kl(sweep: SweepData) -> list[dict[str, Any]]:
-    axis = find_axis(sweep, "kl_coef", "kl")
-    keeps: dict[str, Any] = {"numbers": {}, "ci": {}, "verdicts": []}
-    zero: dict[str, Any] = {"numbers": {}, "ci": {}, "verdicts": []}
-    for key, runs in (group_settings(sweep, {axis}) if axis else {}).items():
+def _lag(run: RunData) -> dict[str, Any] | str:
+    """One run's lag (collapse step - gain step) with its permutation p, or why there is none."""
+    series = _training_series(run)
+    if series is None:
+        return "no per-step format shares and training accuracy"
+    name, share, accuracy, steps = series
+    if len(share) < 4 * SMOOTH_STEPS:
+        return f"{len(share)} RL steps logged, too few to locate a rise with {SMOOTH_STEPS}-step windows"
+    if share[-SMOOTH_STEPS:].mean() <= COLLAPSE_SHARE:
+        return f"{name} ends training at {share[-SMOOTH_STEPS:].mean():.0%}: no collapse to time"
+    rng = np.random.default_rng(0)  # a report is a pure function of its folder
+    lag, p = lag_permutation_p(share, accuracy, SMOOTH_STEPS, PERMUTATIONS, rng)
+    interval = lag_interval(share, accuracy, SMOOTH_STEPS, LAG_RESAMPLES, rng)
+    return {"seed": run.seed, "format": name, "lag": lag, "p": p, "interval": interval, "steps": len(steps)}
+
+
+def _collapse_timing(sweep: SweepData) -> dict[str, Any]:
+    claim = Claim("permutation", SMOOTH_STEPS)
+    settings = []
+    for key, runs in _collapse_settings(sweep).items():
+        measured = [_lag(run) for run in runs]
+        lags = [lag for lag in measured if not isinstance(lag, str)]
+        if not lags:
+            settings.append(
+                not_tested(key, "; ".join(sorted({why for why in measured if isinstance(why, str)})))
+            )
+            continue
+        values = [float(lag["lag"]) for lag in lags]
+        interval = t_interval(values) if len(lags) >= 2 else lags[0]["interval"]
+        found = Estimate(
+            float(np.mean(values)), interval, tuple(values), tuple(lag["seed"] for lag in lags),
+            tuple(lag["steps"] for lag in lags), "seed" if len(lags) >= 2 else "prompt", len(lags),
+        )  # fmt: skip
+        combined = fisher([lag["p"] for lag in lags])
+        if combined < ALPHA:
+            verdict = "reproduced"
+        elif interval[0] > SMOOTH_STEPS or interval[1] < -SMOOTH_STEPS:
+            verdict = "not_reproduced"
+        else:
+            verdict = "inconclusive"
+        near = [abs(v) <= SMOOTH_STEPS for v in values]
+        agree = all(near) if verdict == "reproduced" else not any(near)
+        replicated = len(lags) >= REPLICATION_SEEDS and verdict != "inconclusive" and agree
+        details = {
+            "format": lags[0]["format"], "permutation p (Fisher over seeds)": combined,
+            "p per seed": {str(lag["seed"]): lag["p"] for lag in lags},
+        }  # fmt: skip
+        result = judge(key, claim, found, details, verdict=verdict, replicated=replicated)
+        for row, lag in zip(result["per_seed"], lags, strict=True):
+            row.update(p=lag["p"], n_prompts=None, steps=lag["steps"])
+        settings.append(result)
+    return finding(
+        "collapse_with_gain",
+        f"Where PPO/GRPO collapse, the winning format's fastest rise in share coincides with the fastest rise "
+        f"of training accuracy ({SMOOTH_STEPS}-step windows): their lag is closer than chance (permutation "
+        f"test, p < {ALPHA}); not reproduced when the lag's interval lies beyond ±{SMOOTH_STEPS} steps.",
+        claim, "RL steps (share rise - accuracy rise)", settings, "no PPO/GRPO run with per-step RL metrics",
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# pass@k / maj@k, transfer
+
+
+def _passk_majk(sweep: SweepData) -> list[dict[str, Any]]:
+    """maj@k rises (directional) and pass@k stays flat (non-superiority), per PPO/GRPO setting."""
+    rises, flat = Claim("directional", NEGLIGIBLE), Claim("non_superiority", FLAT)
+    maj_settings, pass_settings = [], []
+    for key, group in group_settings(sweep).items():
+        runs = policy_gradient(group)
         bench = main_benchmark(runs)
-        by_kl = _by_value(runs, lambda r: r.kl_coef, bench)
-        top = _final_format(by_kl[min(by_kl)][0], bench) if len(by_kl) >= 2 else None
-        if top is None:
+        k = common_k(runs, bench)
+        if not runs or k < 2:  # pass@1 = maj@1: nothing to compare
             continue
-        low, high = min(by_kl), max(by_kl)
-        share = {kl: _mean(by_kl[kl], _at("final", bench, _share_of(top[0]))) for kl in (low, high)}
-        d_share = _compare(by_kl[high], by_kl[low], _at("final", bench, _share_of(top[0])))
-        d_pass = _compare(by_kl[high], by_kl[low], _at("final", bench, _pass1))
-        if d_pass is not None and d_share is not None:
-            keeps["numbers"][key] = {
-                "format": top[0], f"its share at kl={low:g}": share[low], f"its share at kl={high:g}": share[high],
-                f"Δpass@1 (kl={high:g} − kl={low:g})": d_pass["mean"], "over": d_pass["basis"],
-            }  # fmt: skip
-            keeps["ci"].update({f"{key}: Δ{top[0]} share": d_share["ci"], f"{key}: Δpass@1": d_pass["ci"]})
-            kept = None if d_share["ci"] is None else d_share["ci"][1] < 0  # significantly less collapsed
-            keeps["verdicts"].append(kept and abs(d_pass["mean"]) <= SIMILAR if kept is not None else None)
-        default = next((kl for kl in by_kl if math.isclose(kl, 1e-3)), None)
-        if 0.0 not in by_kl or default is None:
-            continue
-        formats = {kl: _final_format(by_kl[kl][0], bench) for kl in (0.0, default)}
-        d_zero = _compare(by_kl[0.0], by_kl[default], _at("final", bench, _pass1))
-        if d_zero is not None and formats[0.0] and formats[default]:
-            zero["numbers"][key] = {
-                "format at kl=0": formats[0.0][0], "format at kl=1e-3": formats[default][0],
-                "Δpass@1 (kl=0 − kl=1e-3)": d_zero["mean"], "over": d_zero["basis"],
-            }  # fmt: skip
-            zero["ci"][f"{key}: Δpass@1"] = d_zero["ci"]
-            zero["verdicts"].append(formats[0.0][0] == formats[default][0] and abs(d_zero["mean"]) <= SIMILAR)
+        details = {"benchmark": bench, "k": k}
+        maj_settings.append(judge(key, rises, over_seeds(runs, gain(bench, maj_at(k))), details))
+        pass_settings.append(judge(key, flat, over_seeds(runs, gain(bench, pass_at(k))), details))
+    missing = "no sampled evaluation (n ≥ 2) of a PPO/GRPO run both before and after RL"
     return [
-        _finding(
-            "kl_keeps_formats",
-            "A stronger KL penalty keeps more of the other formats (a lower share of the dominant one after RL) "
-            f"at similar pass@1 (within {SIMILAR:.0%}).",
-            keeps["verdicts"], keeps["numbers"], keeps["ci"], "no sweep axis over the KL coefficient with final evaluations",
+        finding(
+            "majk_rises", f"After PPO/GRPO, maj@k rises (interval above 0; within ±{NEGLIGIBLE:.0%} counts as no change).",
+            rises, "Δ maj@k (fraction of prompts)", maj_settings, missing,
         ),
-        _finding(
-            "kl0_like_default",
-            f"KL coefficient 0 behaves like 1e-3: the same format wins and pass@1 is within {SIMILAR:.0%}.",
-            zero["verdicts"], zero["numbers"], zero["ci"], "no pair of KL 0 and 1e-3 cells with final evaluations",
+        finding(
+            "passk_flat", f"After PPO/GRPO, pass@k stays flat or falls: it rises by at most {FLAT:.0%} (the interval's upper end).",
+            flat, "Δ pass@k (fraction of prompts)", pass_settings, missing,
         ),
     ]  # fmt: skip
-
-
-def _algorithms(sweep: SweepData) -> dict[str, Any]:
-    axis = find_axis(sweep, "algo")
-    numbers, ci, verdicts = {}, {}, []
-    for key, runs in (group_settings(sweep, {axis}) if axis else {}).items():
-        bench = main_benchmark(runs)
-        by_algo = _by_value(runs, lambda r: r.algo, bench)
-        if len(by_algo) < 2:
-            continue
-        row: dict[str, Any] = {"benchmark": bench}
-        pass1: dict[str, float | None] = {}
-        shift: dict[str, float] = {}  # how far RL moved the share of the format that wins
-        for algo, members in sorted(by_algo.items()):
-            pass1[algo] = row[f"{algo} pass@1"] = _mean(members, _at("final", bench, _pass1))
-            top = _final_format(members[0], bench)
-            moved = _mean(members, _gain(bench, _share_of(top[0]))) if top is not None else None
-            if top is not None and moved is not None:
-                shift[algo] = moved
-                row[f"{algo} format"] = f"{top[0]} ({top[1]:.0%}, {moved:+.0%} vs base)"
-            dip = _largest_dip(members[0])
-            if dip is not None:
-                row[f"{algo} largest accuracy dip"] = f"{dip[0]:.2f} ({'' if dip[1] else 'not '}recovered)"
-        for other in ("grpo", "ei"):
-            pair = {"ppo", other} <= by_algo.keys()
-            if (
-                pair
-                and (diff := _compare(by_algo["ppo"], by_algo[other], _at("final", bench, _pass1)))
-                is not None
-            ):
-                row[f"Δpass@1 (ppo − {other})"] = diff["mean"]
-                ci[f"{key}: Δpass@1 ppo − {other}"] = diff["ci"]
-        ppo, ei = pass1.get("ppo"), pass1.get("ei")
-        if ppo is not None and ei is not None and {"ppo", "ei"} <= shift.keys():
-            verdicts.append(ei < ppo and shift["ei"] < shift["ppo"])
-        if "grpo" in by_algo:
-            top = _final_format(by_algo["grpo"][0], bench)
-            verdicts.append(top is not None and top[1] > COLLAPSE_SHARE)
-        numbers[key] = row
-    return _finding(
-        "algorithms",
-        "GRPO collapses onto one format like PPO (it may crash briefly, then recover); Expert Iteration "
-        "shifts the format less and reaches a lower pass@1 than PPO.",
-        verdicts, numbers, ci, "no sweep axis over the algorithm with final evaluations",
-    )  # fmt: skip
-
-
-def _largest_dip(run: RunData) -> tuple[float, bool] | None:
-    """(largest fall of training accuracy below its running maximum, whether it came back within 5 points)."""
-    acc = np.array([a for row in run.rl if (a := number(row.get("accuracy"))) is not None])
-    if len(acc) < 3:
-        return None
-    peak = np.maximum.accumulate(acc)
-    i = int(np.argmax(peak - acc))
-    return float(peak[i] - acc[i]), bool(acc[i:].max() >= peak[i] - SIMILAR)
 
 
 def _hard_transfer(sweep: SweepData) -> dict[str, Any]:
-    numbers, ci, verdicts = {}, {}, []
+    claim = Claim("directional", NEGLIGIBLE)
+    settings = []
     for key, group in group_settings(sweep).items():
-        runs = _policy_gradient(group)
+        runs = policy_gradient(group)
         for bench in HARD_BENCHMARKS:
-            gain = _estimate(runs, _gain(bench, _pass1))
-            if gain is None:
-                continue
-            numbers[f"{key} · {bench}"] = {
-                "pass@1 before": _mean(runs, _at("base", bench, _pass1)), "Δpass@1": gain["mean"], "over": gain["basis"],
-            }  # fmt: skip
-            ci[f"{key} · {bench}: Δpass@1"] = gain["ci"]
-            verdicts.append(None if gain["ci"] is None else gain["ci"][0] > 0)
-    return _finding(
-        "hard_transfer", "PPO/GRPO on the training distribution transfer to the harder split: pass@1 rises (CI above 0).",
-        verdicts, numbers, ci, f"no evaluation on {', '.join(HARD_BENCHMARKS)} both before and after RL",
+            found = over_seeds(runs, gain(bench, pass1))
+            if found is not None:
+                before = over_seeds(runs, at("base", bench, pass1))
+                details = {"benchmark": bench, "pass@1 before": before.effect if before else None}
+                settings.append(judge(f"{key} · {bench}", claim, found, details))
+    return finding(
+        "hard_transfer",
+        f"PPO/GRPO on the training distribution transfer to the harder split: pass@1 rises (interval above 0; "
+        f"within ±{NEGLIGIBLE:.0%} counts as no change).",
+        claim, "Δ pass@1 (fraction of prompts)", settings,
+        f"no evaluation on {', '.join(HARD_BENCHMARKS)} both before and after RL",
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The mixture flip: RL amplifies the most accurate format, not the most frequent one
+
+
+def _format_counts(runs: list[RunData], bench: str | None) -> dict[str, list[int]]:
+    """Per real format, its base-model generations in each seed."""
+    counts: dict[str, list[int]] = {name: [] for name in REAL_FORMATS}
+    for run in runs:
+        data = run.eval("base", bench)
+        for name in REAL_FORMATS:
+            counts[name].append(sum(p.formats[name] for p in data.prompts.values()) if data else 0)
+    return counts
 
 
 def _mixture_flip(sweep: SweepData) -> dict[str, Any]:
-    numbers, ci, verdicts = {}, {}, []
-    for run in _policy_gradient(sweep.runs):
-        bench = main_benchmark([run])
-        base_eval, final_eval = run.eval("base", bench), run.eval("final", bench)
-        base = format_summary(base_eval.results) if base_eval else None
-        after = format_shares(
-            format_summary(final_eval.results)
-            if final_eval
-            else (run.rl[-1].get("format_share") if run.rl else None)
-        )
-        frequent = dominant(base)
-        # A format rarer than 5 % before RL has no meaningful accuracy.
-        accuracy = {
-            name: acc for name, stats in (base or {}).items()
-            if (number(stats.get("share")) or 0.0) >= 0.05 and (acc := number(stats.get("accuracy"))) is not None
-        }  # fmt: skip
-        if not after or frequent is None or not accuracy:
-            continue
-        before = format_shares(base)
-        amplified = max(after, key=lambda name: after[name] - before.get(name, 0.0))
-        accurate = max(accuracy, key=accuracy.__getitem__)
-        numbers[run.name] = {
-            "most frequent before": f"{frequent[0]} ({frequent[1]:.0%})",
-            "most accurate before": f"{accurate} ({accuracy[accurate]:.0%} correct)",
-            "amplified by RL": f"{amplified} ({before.get(amplified, 0.0):.0%} → {after[amplified]:.0%})",
-            "flip": amplified != frequent[0],
-        }
-        gain = _estimate([run], _gain(bench, _share_of(amplified)))
-        if gain and gain["ci"]:
-            ci[f"{run.name}: Δ{amplified} share"] = gain["ci"]
-        verdicts.append(amplified == accurate)
-    return _finding(
-        "mixture_flip",
-        "PPO/GRPO amplify the format that was most accurate before RL, even when another format was more "
-        "frequent (a flip).",
-        verdicts, numbers, ci, "no run evaluated (with format statistics) both before and after RL",
-    )  # fmt: skip
-
-
-def _model_size(sweep: SweepData) -> dict[str, Any]:
-    axis = find_axis(sweep, "size", "model")
-    numbers, ci, differs = {}, {}, []
-    for key, runs in (group_settings(sweep, {axis}) if axis else {}).items():
+    claim = Claim("directional", NEGLIGIBLE)
+    settings = []
+    for key, group in group_settings(sweep).items():
+        runs = policy_gradient(group)
         bench = main_benchmark(runs)
-        by_size = _by_value(runs, lambda r: r.params.get(axis), bench)
-        if len(by_size) < 2:
+        runs = [run for run in runs if run.eval("base", bench) and run.eval("final", bench)]
+        before, after = pooled_shares(runs, "base", bench), pooled_shares(runs, "final", bench)
+        if not runs or not before or not after:
             continue
-        order = [size for size in sweep.axes[axis] if size in by_size]  # the sweep lists sizes small -> large
-        formats = {size: _final_format(by_size[size][0], bench) for size in order}
-        numbers[key] = {
-            f"{size}": f"{top[0]} ({top[1]:.0%}), pass@1 {_mean(by_size[size], _at('final', bench, _pass1)) or 0:.3f}"
-            for size, top in formats.items()
-            if top is not None
-        }
-        diff = _compare(by_size[order[-1]], by_size[order[0]], _at("final", bench, _pass1))
-        if diff is not None:
-            numbers[key][f"Δpass@1 ({order[-1]} − {order[0]})"] = diff["mean"]
-            ci[f"{key}: Δpass@1 {order[-1]} − {order[0]}"] = diff["ci"]
-        differs.append(len({top[0] for top in formats.values() if top is not None}) > 1)
-    return _finding(
-        "model_size",
-        "Which format RL picks depends on model size in at least one setting (paper: on TinyGSM+OMI1+OMI2, "
-        "150M → tinygsm code, 1B → omi2 text).",
-        [any(differs)] if differs else [], numbers, ci, "no sweep axis over the model size with final evaluations",
+        if (note := degenerate_note(runs, bench)) is not None:
+            settings.append(inconclusive(key, note, {"benchmark": bench}, len(runs)))
+            continue
+        settings.append(_flip_setting(key, runs, bench, before, after, claim))
+    return finding(
+        "mixture_flip",
+        "PPO/GRPO amplify the format that was most accurate before RL, even where another was more frequent: "
+        f"the amplified format's base accuracy minus the best other format's is above 0 (formats need "
+        f"≥ {MIN_FORMAT_COUNT} base generations in every seed to be judged).",
+        claim, "Δ base accuracy (amplified − best other format)", settings,
+        "no PPO/GRPO run evaluated (with format statistics) both before and after RL",
     )  # fmt: skip
+
+
+def _flip_setting(
+    key: str,
+    runs: list[RunData],
+    bench: str | None,
+    before: dict[str, float],
+    after: dict[str, float],
+    claim: Claim,
+) -> dict[str, Any]:
+    amplified = max(REAL_FORMATS, key=lambda name: after[name] - before[name])
+    frequent = max(REAL_FORMATS, key=before.__getitem__)
+    counts = _format_counts(runs, bench)
+    rare = [name for name, n in counts.items() if max(n) > 0 and min(n) < MIN_FORMAT_COUNT]
+    measured = [name for name, n in counts.items() if name != amplified and min(n) >= MIN_FORMAT_COUNT]
+    accuracy = _base_accuracy(runs, bench)
+    details: dict[str, Any] = {
+        "benchmark": bench, "most frequent before": f"{frequent} ({before[frequent]:.0%})",
+        "amplified by RL": f"{amplified} ({before[amplified]:.0%} → {after[amplified]:.0%})",
+        "flip": amplified != frequent, "base generations per format (per seed)": counts,
+        "base accuracy per format": accuracy,
+    }  # fmt: skip
+    if min(counts[amplified]) < MIN_FORMAT_COUNT:
+        note = f"{amplified} has too few base generations ({min(counts[amplified])} < {MIN_FORMAT_COUNT}) to know its accuracy"
+        return inconclusive(key, note, details, len(runs))
+    if not measured:
+        return not_tested(key, "no other format with enough base generations to compare with", details)
+    best = max(measured, key=lambda name: accuracy.get(name) or 0.0)
+    details["compared with"] = best
+    found = over_seeds(runs, accuracy_gap(bench, amplified, best))
+    verdict = claim.verdict(found.interval) if found else None
+    unknown = [name for name in rare if name != amplified]
+    if verdict == "reproduced" and unknown:
+        note = f"{', '.join(unknown)}: too few base generations (< {MIN_FORMAT_COUNT}) to rule out a higher accuracy"
+        return judge(key, claim, found, details, note, verdict="inconclusive")
+    return judge(key, claim, found, details)
+
+
+def _base_accuracy(runs: list[RunData], bench: str | None) -> dict[str, float | None]:
+    """Per real format, its pooled base-model accuracy over the seeds (None without generations)."""
+    correct = {name: 0 for name in REAL_FORMATS}
+    total = {name: 0 for name in REAL_FORMATS}
+    for run in runs:
+        data = run.eval("base", bench)
+        for prompt in data.prompts.values() if data else ():
+            for name in REAL_FORMATS:
+                correct[name] += prompt.format_correct[name]
+                total[name] += prompt.formats[name]
+    return {name: correct[name] / total[name] if total[name] else None for name in REAL_FORMATS}

@@ -1,7 +1,8 @@
 """The report page: one self-contained index.html, with its figures also written beside it as PNG.
 
 `build_report(path, out)` is `echochamber report`: collect the run or sweep folder, compute the
-findings, draw the charts, write the page. The page needs nothing but itself: CSS and JS are
+findings (written as findings.json beside the page, and rendered from those same objects), draw
+the charts, write the page. The page needs nothing but itself: CSS and JS are
 inline, figures are base64 data URIs, and the generation browser's prompts are embedded as JSON
 (at most `BROWSER_MAX_PROMPTS`, filtered in the browser), so it opens offline and can be mailed.
 """
@@ -9,8 +10,8 @@ inline, figures are base64 data URIs, and the generation browser's prompts are e
 from __future__ import annotations
 
 import base64
-import html
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from echochamber.report.collect import (
     RunData,
     SweepData,
     collect,
+    degenerate,
     dominant,
     find_axis,
     format_summary,
@@ -33,8 +35,12 @@ from echochamber.report.collect import (
     number,
 )
 from echochamber.report.figures import RUN_CHARTS, render_comparison, render_run_figures, slug
-from echochamber.report.findings import compute_findings, main_benchmark
+from echochamber.report.findings import compute_findings
+from echochamber.report.measure import main_benchmark
+from echochamber.report.tables import e as _e
+from echochamber.report.tables import findings_html, fmt, format_rules_html, pct, table
 
+FINDINGS_FILE = "findings.json"
 BROWSER_MAX_PROMPTS = 300  # over all runs and benchmarks (shared equally): keeps the page a few MB at most
 TEXT_LIMIT = 2500  # characters of a generation shown; longer ones are cut with a marker
 COMPARISONS = (("KL comparison", ("kl_coef", "kl")), ("Algorithm comparison", ("algo",)))
@@ -51,10 +57,25 @@ def build_report(path: Path, out: Path | None = None) -> Path:
     prefixes = _unique_prefixes(sweep.runs)
     charts = [render_run_figures(run, out, prefix) for run, prefix in zip(sweep.runs, prefixes, strict=True)]
     comparisons = _comparisons(sweep, out)
-    page = render_page(sweep, compute_findings(sweep), charts, comparisons)
+    findings = json_safe(compute_findings(sweep))
+    (out / FINDINGS_FILE).write_text(
+        json.dumps(findings, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    )
+    page = render_page(sweep, findings, charts, comparisons)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats as None and tuples as lists: what findings.json can hold."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def _unique_prefixes(runs: list[RunData]) -> list[str]:
@@ -99,7 +120,7 @@ def render_page(
     comparisons: list[tuple[str, str, Path | None]],
 ) -> str:
     sections = [
-        ("findings", "Findings", _findings_html(findings)),
+        ("findings", "Findings", findings_html(findings)),
         *([("cells", "Cells", _cells_html(sweep))] if sweep.kind == "sweep" else []),
         ("comparisons", "KL and algorithm comparisons", _comparisons_html(sweep, comparisons)),
         *[(f"run-{i}", f"Run {run.name}", _run_html(run, charts[i])) for i, run in enumerate(sweep.runs)],
@@ -119,26 +140,6 @@ def render_page(
     )
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, dict):
-        return "; ".join(f"{key}: {_fmt(item)}" for key, item in value.items())
-    return str(value)
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
 def _img(path: Path, alt: str) -> str:
     png = path.read_bytes()
     wide = int.from_bytes(png[16:20], "big") > 600  # the IHDR width: multi-panel charts take a whole row
@@ -153,49 +154,6 @@ def _missing(what: str, why: str) -> str:
     return f'<div class="missing"><b>{_e(what)}</b>: not run ({_e(why)})</div>'
 
 
-def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{cell}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _findings_html(findings: list[dict[str, Any]]) -> str:
-    badges = {True: ("yes", "reproduced"), False: ("no", "not reproduced"), None: ("na", "not enough data")}
-    rows = []
-    for finding in findings:
-        cls, word = badges[finding["reproduced"]]
-        cis = dict(finding["ci"])
-        measured = []
-        for key, value in finding["numbers"].items():
-            # Each interval sits under the setting it belongs to (CI keys are "<setting>: <quantity>").
-            mine = {name: cis.pop(name) for name in list(cis) if name.startswith(f"{key}:")}
-            intervals = "; ".join(
-                f"{name.removeprefix(f'{key}:').strip()} {_ci(ci)}" for name, ci in mine.items()
-            )
-            ci_line = f'<div class="ci">95 % CI: {_e(intervals)}</div>' if mine else ""
-            measured.append(f"<div><b>{_e(key)}</b>: {_e(_fmt(value))}{ci_line}</div>")
-        measured += [f'<div class="ci">{_e(name)}: 95 % CI {_e(_ci(ci))}</div>' for name, ci in cis.items()]
-        note = f'<div class="note">{_e(finding["note"])}</div>' if finding.get("note") else ""
-        result = f'<span class="badge {cls}">{word}</span>{note}'
-        rows.append(
-            [
-                f"<code>{_e(finding['name'])}</code>",
-                _e(finding["statement"]),
-                result,
-                "".join(measured) or "—",
-            ]
-        )
-    intro = (
-        "<p>Each finding of the paper, measured on the data present. Intervals: 95 % percentile bootstrap of "
-        "the mean, over seeds where a setting has several, else over (paired) prompts.</p>"
-    )
-    return intro + _table(["finding", "statement", "result", "measured"], rows, "findings")
-
-
-def _ci(interval: list[float] | None) -> str:
-    return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "n/a (one value)"
-
-
 def _cells_html(sweep: SweepData) -> str:
     axes = "".join(
         f"<li><code>{_e(axis)}</code>: {_e(', '.join(map(str, values)))}</li>"
@@ -208,10 +166,9 @@ def _cells_html(sweep: SweepData) -> str:
             headline(run.eval(phase, bench).results) if run.eval(phase, bench) else None
             for phase in ("base", "final")
         )
-        top = dominant(format_summary(run.eval("final", bench).results)) if run.eval("final", bench) else None
         rows.append([
-            f'<a href="#run-{i}">{_e(run.name)}</a>', _e(_fmt(run.params) if run.params else "—"), _e(_stages_line(run)),
-            _e(bench or "—"), _pct(before), _pct(after), _delta(before, after), _e(f"{top[0]} ({top[1]:.0%})" if top else "—"),
+            f'<a href="#run-{i}">{_e(run.name)}</a>', _e(fmt(run.params) if run.params else "—"), _e(_stages_line(run)),
+            _e(bench or "—"), pct(before), pct(after), _delta(before, after), _e(_format_after(run, bench)),
         ])  # fmt: skip
     header = [
         "cell",
@@ -223,7 +180,17 @@ def _cells_html(sweep: SweepData) -> str:
         "Δ",
         "format after RL",
     ]
-    return f"<ul>{axes}</ul>" + _table(header, rows)
+    return f"<ul>{axes}</ul>" + table(header, rows)
+
+
+def _format_after(run: RunData, bench: str | None) -> str:
+    """The winning real format after RL, or "degenerate" where `other` is the most frequent label."""
+    final = run.eval("final", bench)
+    summary = format_summary(final.results) if final else None
+    if (other := degenerate(summary)) is not None:
+        return f"degenerate (other {other:.0%})"
+    top = dominant(summary)
+    return f"{top[0]} ({top[1]:.0%})" if top else "—"
 
 
 def _stages_line(run: RunData) -> str:
@@ -266,12 +233,12 @@ def _run_html(run: RunData, charts: dict[str, Path]) -> str:
     if run.missing:
         return _missing(run.name, run.missing)
     facts = [
-        ("parameters", _fmt(run.params) if run.params else "—"),
+        ("parameters", fmt(run.params) if run.params else "—"),
         ("stages", _stages_line(run)),
         ("pretraining", f"{len(run.pretrain)} logged steps" if run.pretrain else "not run"),
         (
             "RL",
-            f"{run.algo or '?'}, {len(run.rl)} steps, KL coefficient {_fmt(run.kl_coef)}"
+            f"{run.algo or '?'}, {len(run.rl)} steps, KL coefficient {fmt(run.kl_coef)}"
             if run.rl
             else "not run",
         ),
@@ -325,7 +292,7 @@ def _before_after_html(run: RunData, bench: str) -> str:
         return _missing(f"{bench}: before/after", "no results.json yet")
 
     def cell(value: float | None, kind: str) -> str:
-        return _pct(value) if kind == "pct" else ("—" if value is None else f"{value:.1f}")
+        return pct(value) if kind == "pct" else ("—" if value is None else f"{value:.1f}")
 
     rows = []
     for label in labels:
@@ -334,8 +301,11 @@ def _before_after_html(run: RunData, bench: str) -> str:
         change = _delta(b, a) if kind == "pct" else ("—" if a is None or b is None else f"{a - b:+.1f}")
         rows.append([_e(label), cell(b, kind), cell(a, kind), change])
     source = f"before: {base.source if base else 'not run'} · after: {final.source if final else 'not run'}"
-    return f"<h4>{_e(bench)} <small>{_e(source)}</small></h4>" + _table(
-        ["metric", "before RL", "after RL", "Δ"], rows, "compact"
+    rules = format_rules_html("before RL", base) + format_rules_html("after RL", final)
+    return (
+        f"<h4>{_e(bench)} <small>{_e(source)}</small></h4>"
+        + table(["metric", "before RL", "after RL", "Δ"], rows, "compact")
+        + rules
     )
 
 

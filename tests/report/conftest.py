@@ -23,6 +23,7 @@ import pytest
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.evaluate import EvalConfig, summarize
 from echochamber.formats import FORMATS
+from echochamber.metrics_passk import vote_key
 
 WORLD = WorldConfig(seed=0, n_pretrain=200, n_rl=40, n_test=30, n_hard=20)
 RELATIVE_ACCURACY = {"tinygsm": 1.0, "omi1": 0.6, "omi2": 0.45, "other": 0.0}
@@ -44,9 +45,11 @@ class RunSpec:
     final_mix: dict[str, float] = field(
         default_factory=lambda: {"tinygsm": 0.97, "omi1": 0.02, "other": 0.01}
     )
+    base_mix: dict[str, float] = field(default_factory=lambda: dict(BASE_MIX))
     boost: float = 1.6
     solvable: tuple[float, float] = (0.75, 0.75)
     dip: bool = False  # GRPO's brief crash of training accuracy mid-run
+    collapse_delay: int = 0  # RL steps between the accuracy rise and the format-share rise
     pretrain: bool = True
     rl: bool = True
     evaluations: tuple[str, ...] = ("base", "final")  # which eval/<phase> folders exist
@@ -57,13 +60,20 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
-def _progress(spec: RunSpec, step: int) -> float:
-    """How far RL has moved, 0 -> 1, a steep sigmoid centred at a third of the run."""
-    return _sigmoid((step - spec.steps / 3) / (spec.steps / 40))
+def _progress(spec: RunSpec, step: int, delay: int = 0) -> float:
+    """How far RL has moved, 0 -> 1, a steep sigmoid centred at a third of the run (+ `delay` steps)."""
+    return _sigmoid((step - spec.steps / 3 - delay) / (spec.steps / 40))
 
 
 def _mix(spec: RunSpec, t: float) -> dict[str, float]:
-    return {name: (1 - t) * BASE_MIX.get(name, 0.0) + t * spec.final_mix.get(name, 0.0) for name in FORMATS}
+    return {
+        name: (1 - t) * spec.base_mix.get(name, 0.0) + t * spec.final_mix.get(name, 0.0) for name in FORMATS
+    }
+
+
+def paper_rule(text: str) -> str:
+    """The paper's format rule (its official code): `<llm-code>` -> OMI1, else `def` -> TinyGSM, else text."""
+    return "omi1" if "<llm-code>" in text else "tinygsm" if "def" in text else "omi2"
 
 
 def _row(
@@ -73,10 +83,11 @@ def _row(
     answer = str(gold if correct else gold + rng.choice([1, 2, -1, 10]))  # a few wrong answers: votes split
     if fmt == "tinygsm" and rng.random() < 0.5:
         answer += ".0"  # a TinyGSM function often returns a float; it votes with the integer spelling
+    text = texts[fmt][record.id] if fmt != "other" else "So the answer is probably"
     return {
-        "prompt_id": record.id, "mode": mode, "sample_index": index, "gold": record.answer,
-        "text": texts[fmt][record.id] if fmt != "other" else "So the answer is probably",
-        "format": fmt, "answer": answer if fmt != "other" else None, "status": "ok" if correct else "wrong",
+        "prompt_id": record.id, "mode": mode, "sample_index": index, "gold": record.answer, "text": text,
+        "format": fmt, "paper_format": paper_rule(text), "answer": answer if fmt != "other" else None,
+        "vote": vote_key(answer) if fmt != "other" else None, "status": "ok" if correct else "wrong",
         "detail": "", "correct": correct, "truncated": False, "n_tokens": 40 + 10 * len(fmt) + rng.randrange(20),
     }  # fmt: skip
 
@@ -163,7 +174,7 @@ def _write_rl(folder: Path, spec: RunSpec) -> None:
     lines = []
     for step in range(1, spec.steps + 1):
         t = _progress(spec, step)
-        mix = _mix(spec, t)
+        mix = _mix(spec, _progress(spec, step, spec.collapse_delay))
         accuracy = (
             0.35
             + 0.3 * t

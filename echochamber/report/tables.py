@@ -1,0 +1,153 @@
+"""HTML tables of the report page: the findings (rendered from the findings.json objects, the one
+source of truth) and, per evaluation, our format classifier against the paper's rule."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from echochamber.report.collect import OTHER, REAL_FORMATS, EvalData
+
+VERDICT_WORDS = {
+    "reproduced": ("yes", "reproduced"), "not_reproduced": ("no", "not reproduced"),
+    "inconclusive": ("na", "inconclusive"), "not_tested": ("na", "not tested"),
+}  # fmt: skip
+PAPER_LABELS = ("tinygsm", "omi1", "omi2")  # the paper's rule has no `other`: anything else is text (OMI2)
+
+
+def e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict):
+        return "; ".join(f"{key}: {fmt(item)}" for key, item in value.items())
+    if isinstance(value, list):
+        return ", ".join(fmt(item) for item in value)
+    return str(value)
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{cell}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+# ---------------------------------------------------------------------------------------------
+# Findings
+
+
+def _number(value: float | None, unit: str) -> str:
+    """An effect in its unit: steps, percentage points of a difference (Δ), or a percentage."""
+    if value is None:
+        return "—"
+    if "steps" in unit:
+        return f"{value:+.1f} steps"
+    return f"{100 * value:+.1f} pts" if unit.startswith("Δ") else f"{100 * value:.1f}%"
+
+
+def _effect(result: dict[str, Any], unit: str) -> str:
+    if result["effect"] is None:
+        return "—"
+    interval = result["interval"]
+    bounds = (
+        f" [{_number(interval[0], unit)}, {_number(interval[1], unit)}]" if interval else " [no interval]"
+    )
+    basis = f" · {result['basis']}" if result.get("basis") else ""
+    return f"{_number(result['effect'], unit)}{bounds}{basis}"
+
+
+def evidence_words(result: dict[str, Any]) -> str:
+    """ "replicated · 3 seeds", or "1 seed, not replicated": what the verdict rests on."""
+    if result["verdict"] == "not_tested":
+        return ""
+    seeds = result["seeds"]
+    if result["evidence"] == "replicated":
+        return f"replicated · {seeds} seeds"
+    return f"{seeds} seed{'' if seeds == 1 else 's'}, not replicated"
+
+
+def _badge(result: dict[str, Any]) -> str:
+    cls, word = VERDICT_WORDS[result["verdict"]]
+    return (
+        f'<span class="badge {cls}">{word}</span> <span class="evidence">{e(evidence_words(result))}</span>'
+    )
+
+
+def _setting_html(result: dict[str, Any], unit: str) -> str:
+    per_seed = ", ".join(f"{item['seed']}: {_number(item['effect'], unit)}" for item in result["per_seed"])
+    lines = [
+        f"<b>{e(result['setting'])}</b>: {_badge(result)}",
+        f'<div class="ci">{e(_effect(result, unit))}</div>',
+        *([f'<div class="ci">per seed: {e(per_seed)}</div>'] if len(result["per_seed"]) > 1 else []),
+        *([f"<div>{e(fmt(result['details']))}</div>"] if result["details"] else []),
+        *([f'<div class="note">{e(result["note"])}</div>'] if result["note"] else []),
+    ]
+    return f'<div class="setting">{"".join(lines)}</div>'
+
+
+def findings_html(findings: list[dict[str, Any]]) -> str:
+    rows = []
+    for item in findings:
+        note = f'<div class="note">{e(item["note"])}</div>' if item["note"] else ""
+        where = (
+            f'<div class="ci">{e(item["setting"])}</div>'
+            if item["setting"] and len(item["settings"]) > 1
+            else ""
+        )
+        rows.append([
+            f"<code>{e(item['id'])}</code>", e(item["title"]), _badge(item) + note,
+            e(_effect(item, item["unit"])) + where + f'<div class="ci">{e(item["unit"])}</div>',
+            "".join(_setting_html(result, item["unit"]) for result in item["settings"]) or "—",
+        ])  # fmt: skip
+    intro = (
+        "<p>Each finding of the paper as a claim with its margin, judged per setting (the cell parameters other "
+        "than the seed) from a 95 % interval: Student-t over seeds where a setting has two or more, over the "
+        "prompts of its one run otherwise (which ignores training-seed variance). <i>replicated</i> needs ≥ 3 "
+        "seeds, all pointing the verdict's way. The same objects are in <code>findings.json</code>; the procedure "
+        "is in docs/statistics.md.</p>"
+    )
+    header = ["finding", "claim", "verdict", "effect [95 % interval]", "per setting"]
+    return intro + table(header, rows, "findings")
+
+
+# ---------------------------------------------------------------------------------------------
+# Our format classifier against the paper's rule
+
+
+def format_rules_html(label: str, data: EvalData | None) -> str:
+    """Our shares next to the paper rule's, and the ours x paper table of one evaluation."""
+    if data is None:
+        return ""
+    crosstab = data.rule_table()
+    if crosstab is None:
+        return f'<p class="note">{e(label)}: the paper-rule format is not recorded (generations written before `paper_format`).</p>'
+    total = sum(crosstab.values())
+    ours = {
+        name: sum(n for (mine, _), n in crosstab.items() if mine == name) for name in (*REAL_FORMATS, OTHER)
+    }
+    paper = {name: sum(n for (_, theirs), n in crosstab.items() if theirs == name) for name in PAPER_LABELS}
+    agree = sum(n for (mine, theirs), n in crosstab.items() if mine == theirs)
+    shares = [[e(name), pct(ours[name] / total), pct(paper.get(name, 0) / total) if name in PAPER_LABELS else "—"]
+              for name in (*REAL_FORMATS, OTHER)]  # fmt: skip
+    cells = [
+        [e(mine), *[str(crosstab.get((mine, theirs), 0)) for theirs in PAPER_LABELS]]
+        for mine in (*REAL_FORMATS, OTHER)
+    ]
+    return (
+        f"<h5>{e(label)}: format shares, ours vs the paper's rule · {pct(agree / total)} of {total} generations agree</h5>"
+        + '<div class="grid">'
+        + table(["format", "ours", "paper rule"], shares, "compact")
+        + table(["ours ↓ · paper rule →", *PAPER_LABELS], cells, "compact")
+        + "</div>"
+    )

@@ -1,0 +1,163 @@
+"""The findings on synthetic run and sweep folders: each defect the review found, planted and handled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from echochamber.report.collect import collect, dominant
+from echochamber.report.findings import MIN_FORMAT_COUNT, compute_findings
+from echochamber.report.page import build_report
+
+
+def _by_id(findings: list[dict]) -> dict[str, dict]:
+    return {finding["id"]: finding for finding in findings}
+
+
+def _run_findings(tmp_path: Path, synthetic, **spec) -> dict[str, dict]:
+    run = synthetic.write_run(tmp_path / "run", synthetic.RunSpec(**spec))
+    return _by_id(compute_findings(collect(run)))
+
+
+def _seeds_sweep(tmp_path: Path, synthetic, seeds: list[int], **spec) -> Path:
+    cells = [(f"ppo-s{seed}", {"algo": "ppo", "seed": seed}, synthetic.RunSpec(name=f"ppo-s{seed}", seed=seed, **spec))
+             for seed in seeds]  # fmt: skip
+    return synthetic.write_sweep(tmp_path / "sweep", cells, {"algo": ["ppo"], "seed": seeds})
+
+
+def test_sweep_findings_are_paired_by_seed_and_not_replicated_with_two_seeds(sweep_dir: Path) -> None:
+    findings = _by_id(compute_findings(collect(sweep_dir)))
+    assert list(findings) == [
+        "collapse", "collapse_with_gain", "majk_rises", "passk_flat", "hard_transfer", "mixture_flip",
+        "kl_keeps_formats", "kl_similar_pass1", "kl0_same_format", "kl0_similar_pass1", "ei_below_ppo",
+        "ei_shifts_less", "model_size",
+    ]  # fmt: skip
+    assert all(item["evidence"] == "single_seed" for item in findings.values())  # two seeds at most
+    keeps = findings["kl_keeps_formats"]["settings"][0]
+    assert keeps["setting"] == "algo=ppo" and keeps["basis"] == "2 seeds"
+    assert [row["seed"] for row in keeps["per_seed"]] == [0, 1]  # one paired difference per seed
+    assert all(row["effect"] > 0.1 for row in keeps["per_seed"])  # KL 0.01 keeps OMI2 in every seed
+    collapse = {s["setting"]: s for s in findings["collapse"]["settings"]}
+    assert "algo=ppo, rl.kl_coef=0.01" not in collapse  # a stronger KL is meant to keep formats
+    assert collapse["algo=ppo, rl.kl_coef=0.001"]["details"]["format"] == "tinygsm"
+    assert findings["passk_flat"]["verdict"] == "reproduced"  # pass@k ~1 before and after
+    assert findings["model_size"]["verdict"] == "not_tested" and findings["model_size"]["note"]
+
+
+def test_a_one_seed_sweep_has_no_replicated_finding_but_three_seeds_can(tmp_path: Path, synthetic) -> None:
+    one = _by_id(
+        compute_findings(collect(_seeds_sweep(tmp_path / "one", synthetic, [0], steps=20, samples=6)))
+    )
+    assert one["collapse"]["verdict"] == "reproduced"
+    assert {item["evidence"] for item in one.values()} == {"single_seed"}
+    three = _by_id(
+        compute_findings(collect(_seeds_sweep(tmp_path / "three", synthetic, [0, 1, 2], steps=20, samples=6)))
+    )
+    assert three["collapse"]["verdict"] == "reproduced" and three["collapse"]["evidence"] == "replicated"
+    assert three["collapse"]["seeds"] == 3 and len(three["collapse"]["per_seed"]) == 3
+    index = build_report(tmp_path / "three" / "sweep")
+    written = _by_id(json.loads((index.parent / "findings.json").read_text()))
+    assert written["collapse"]["evidence"] == "replicated" and "replicated · 3 seeds" in index.read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "finding"),
+    [
+        ({"solvable": (0.4, 0.9)}, "passk_flat"),  # RL solves new prompts: pass@k rises too
+        ({"final_mix": {"tinygsm": 0.6, "omi1": 0.3, "omi2": 0.1}}, "collapse"),  # no format above 90 %
+        ({"final_mix": {"omi1": 0.97, "tinygsm": 0.03}}, "mixture_flip"),  # the frequent, less accurate one
+    ],
+)
+def test_findings_that_do_not_hold_are_reported_as_such(
+    tmp_path: Path, synthetic, change: dict, finding: str
+) -> None:
+    result = _run_findings(tmp_path, synthetic, steps=20, samples=6, **change)[finding]
+    assert result["verdict"] == "not_reproduced", result
+    assert result["interval"] is not None and result["evidence"] == "single_seed"
+
+
+def test_a_run_dominated_by_other_is_degenerate_not_a_collapse(tmp_path: Path, synthetic) -> None:
+    spec = {"steps": 20, "samples": 8, "final_mix": {"other": 0.85, "tinygsm": 0.1, "omi1": 0.05}}
+    findings = _run_findings(tmp_path, synthetic, **spec)
+    assert dominant({"other": 0.85, "tinygsm": 0.1, "omi1": 0.05}) == ("tinygsm", 0.1)
+    collapse = findings["collapse"]
+    assert collapse["verdict"] == "not_reproduced" and collapse["note"].startswith("degenerate")
+    assert collapse["settings"][0]["details"]["format"] != "other"
+    flip = findings["mixture_flip"]
+    assert flip["verdict"] == "inconclusive" and flip["note"].startswith("degenerate")
+    page = build_report(tmp_path / "run").read_text()
+    assert "degenerate: after RL" in page
+
+
+def test_a_rare_but_most_accurate_format_wins_the_flip(tmp_path: Path, synthetic) -> None:
+    """The paper's case: TinyGSM is 3 % of the base model's generations but its most accurate format;
+    RL amplifies it. A share cut-off would have ruled it out; a minimum count does not."""
+    base = {"omi1": 0.6, "omi2": 0.37, "tinygsm": 0.03}
+    flip = _run_findings(tmp_path, synthetic, steps=20, samples=40, base_mix=base)["mixture_flip"]
+    counts = flip["settings"][0]["details"]["base generations per format (per seed)"]
+    assert MIN_FORMAT_COUNT <= counts["tinygsm"][0] < 0.05 * 30 * 40
+    assert flip["verdict"] == "reproduced", flip
+    assert flip["settings"][0]["details"]["flip"] is True
+    assert flip["settings"][0]["details"]["compared with"] == "omi1"
+    assert flip["interval"][0] > 0
+
+
+@pytest.mark.parametrize(
+    ("base", "rare", "samples"),
+    [
+        ({"omi1": 0.6, "omi2": 0.37, "tinygsm": 0.03}, "tinygsm", 6),  # the amplified format itself
+        ({"tinygsm": 0.6, "omi1": 0.39, "omi2": 0.01}, "omi2", 24),  # one that might have been more accurate
+    ],
+)
+def test_a_format_below_the_minimum_count_makes_the_flip_inconclusive(
+    tmp_path: Path, synthetic, base: dict, rare: str, samples: int
+) -> None:
+    flip = _run_findings(tmp_path, synthetic, steps=20, samples=samples, base_mix=base)["mixture_flip"]
+    counts = flip["settings"][0]["details"]["base generations per format (per seed)"]
+    assert 0 < counts[rare][0] < MIN_FORMAT_COUNT
+    assert flip["verdict"] == "inconclusive", flip
+    assert rare in flip["note"] and "too few base generations" in flip["note"]
+
+
+@pytest.mark.parametrize(("delay", "verdict"), [(0, "reproduced"), (25, "not_reproduced")])
+def test_collapse_timing_against_a_permutation_null(
+    tmp_path: Path, synthetic, delay: int, verdict: str
+) -> None:
+    """Training accuracy rises at step 20 of 60; the format share rises with it, or 25 steps later."""
+    timing = _run_findings(tmp_path, synthetic, steps=60, samples=2, collapse_delay=delay)[
+        "collapse_with_gain"
+    ]
+    assert timing["verdict"] == verdict, timing
+    assert timing["effect"] == pytest.approx(delay, abs=1.5)
+    assert timing["evidence"] == "single_seed" and timing["per_seed"][0]["p"] is not None
+
+
+def test_no_collapse_leaves_its_timing_untested(tmp_path: Path, synthetic) -> None:
+    spec = {"steps": 20, "samples": 6, "final_mix": {"tinygsm": 0.6, "omi1": 0.3, "omi2": 0.1}}
+    findings = _run_findings(tmp_path, synthetic, **spec)
+    assert findings["collapse"]["verdict"] == "not_reproduced"
+    assert findings["collapse_with_gain"]["verdict"] == "not_tested"
+    assert "no collapse to time" in findings["collapse_with_gain"]["settings"][0]["note"]
+
+
+def test_the_algorithm_findings_are_judged_at_the_default_kl_only(tmp_path: Path, synthetic) -> None:
+    """At KL 0.01 Expert Iteration is planted above PPO: were that group judged, "EI below PPO" would
+    read not reproduced."""
+    spec = synthetic.RunSpec
+    weak_ei = {"tinygsm": 0.42, "omi1": 0.48, "omi2": 0.1}
+    cells = [
+        ("ppo-1e-3", {"algo": "ppo", "kl": 1e-3}, spec(name="ppo-1e-3", steps=20, samples=6)),
+        ("ei-1e-3", {"algo": "ei", "kl": 1e-3}, spec(name="ei-1e-3", algo="ei", kl_coef=None, steps=3, samples=6,
+                                                     boost=1.15, final_mix=weak_ei)),
+        ("ppo-1e-2", {"algo": "ppo", "kl": 1e-2}, spec(name="ppo-1e-2", steps=20, samples=6, boost=1.0,
+                                                       final_mix={"omi1": 0.6, "tinygsm": 0.3, "omi2": 0.1})),
+        ("ei-1e-2", {"algo": "ei", "kl": 1e-2}, spec(name="ei-1e-2", algo="ei", kl_coef=None, steps=3, samples=6,
+                                                     boost=1.6)),
+    ]  # fmt: skip
+    sweep = synthetic.write_sweep(tmp_path / "sweep", cells, {"algo": ["ppo", "ei"], "kl": [1e-3, 1e-2]})
+    findings = _by_id(compute_findings(collect(sweep)))
+    for name in ("ei_below_ppo", "ei_shifts_less"):
+        assert [s["setting"] for s in findings[name]["settings"]] == ["kl=0.001"], findings[name]
+        assert findings[name]["verdict"] == "reproduced"
