@@ -7,3 +7,8 @@ all use these names.
 
 # The labels a generation can receive. `other` covers everything else, degenerate text included.
 FORMATS = ("tinygsm", "omi1", "omi2", "other")
+
+# The labels of the paper's own rule (echochamber.formats.classify.paper_format), recorded beside
+# ours so that shares can be held against the paper's figures. It has no `other`: whatever is not
+# code is text (omi2) there, degenerate text included.
+PAPER_FORMATS = ("tinygsm", "omi1", "omi2")

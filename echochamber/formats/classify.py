@@ -13,7 +13,8 @@ measurement and must not be fooled:
   is `other`.
 
 `analyze` also says how to extract the answer (which code to run, or read the text), independent
-of the degenerate rule: the reward judges the answer, the label judges the format.
+of the degenerate rule: the reward judges the answer, the label judges the format. `paper_format`
+is the paper's unrepaired rule, recorded beside ours so our shares can be held against its figures.
 """
 
 from __future__ import annotations
@@ -67,6 +68,21 @@ class Analysis:
 def classify(completion: str) -> str:
     """The format label of one completion (never pass the prompt): one of echochamber.formats.FORMATS."""
     return analyze(completion).format
+
+
+def paper_format(completion: str) -> str:
+    """The Echo Chamber paper's own rule, exactly: `<llm-code>` anywhere -> omi1, else the substring
+    "def" anywhere -> tinygsm, else omi2 (text). One of PAPER_FORMATS.
+
+    It differs from `classify` where the repairs above apply: prose about "defective" parts or an
+    OMI2 solution showing a helper function is tinygsm here, and degenerate text is omi2 (or tinygsm
+    if it contains "def") here but `other` in ours.
+    """
+    if "<llm-code>" in completion:
+        return "omi1"
+    if "def" in completion:
+        return "tinygsm"
+    return "omi2"
 
 
 def analyze(completion: str) -> Analysis:

@@ -9,6 +9,16 @@ e.g. a huge integer power, cannot be interrupted by a signal). Callers may sit o
 
 Every outcome carries a status, so nothing is silently scored 0: `ok` (compared; `correct` says
 how it went), `no_answer`, `parse_error`, `bad_gold`, `verify_error`, `timeout`, `killed`.
+
+What math-verify 0.9 (with sympy 1.14) holds equal, measured rather than assumed (tests pin it):
+a float and a fraction or irrational number are equal when both round to the same 6 decimals
+(0.333333 = 1/3, 1.414214 = sqrt(2)); a float and an integer only when exactly equal (18.0 = 18,
+but 18.0000004 != 18 and 18.000000000000004 != 18: the rounded float stays a Float, which sympy
+>= 1.13 never calls equal to an Integer); two integers or two fractions only when exactly equal;
+0.5 = 1/2 = \\frac{1}{2}; 50\\% equals both 50 and 0.5; and `verify` is asymmetric for equations
+(gold 3, prediction 2x+1=3 is equal; the reverse is not). Program values are therefore rounded to
+the digits a float holds (`round_float_noise`) before they are compared, or a TinyGSM function
+computing 0.1 * 3 * 60 = 18.000000000000004 would be scored wrong against 18.
 """
 
 from __future__ import annotations
@@ -67,11 +77,38 @@ def normalize_gold(answer: str) -> str:
     return text
 
 
+# A float holds 15 significant decimal digits exactly; str() of a computed float can show 17, the
+# last of them binary rounding noise (0.1 * 3 -> 0.30000000000000004).
+FLOAT_DIGITS = 15
+_DECIMAL_LITERAL = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?")
+
+
+def round_float_noise(text: str) -> str:
+    """A decimal number written with more significant digits than a float holds, rounded to
+    FLOAT_DIGITS of them and written positionally: "18.000000000000004" -> "18",
+    "0.30000000000000004" -> "0.3". Anything else is returned as given: integers (no point or
+    exponent: Python ints are exact, and an AIME answer has no noise), shorter decimals, non-numbers.
+    """
+    stripped = text.strip()
+    if not _DECIMAL_LITERAL.fullmatch(stripped):
+        return text
+    try:
+        number = Decimal(stripped).normalize()
+    except InvalidOperation:
+        return text
+    if not number.is_finite() or number.is_zero() or len(number.as_tuple().digits) <= FLOAT_DIGITS:
+        return text
+    rounded = number.quantize(Decimal(1).scaleb(number.adjusted() - FLOAT_DIGITS + 1)).normalize()
+    return format(rounded, "f")
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One answer to check. `mode` "text": `prediction` is a completion whose answer math-verify
     extracts (`\\boxed{}`, a GSM8K `#### N` line, else its last number); "value": `prediction` is
-    str() of what an executed program returned."""
+    str() of what an executed program returned; "answer": `gold` and `prediction` are two extracted
+    answers (both read the way golds are) and the verdict says whether math-verify holds them equal
+    both ways round (majority voting asks this; `verify` alone is asymmetric for equations)."""
 
     gold: str
     prediction: str
@@ -96,6 +133,8 @@ class _Deadline(BaseException):
 def compare(comparison: Comparison) -> Verdict:
     """Parse both sides with math-verify and compare them. No time limit: call it only where a
     runaway is bounded (a MathVerifyPool worker), or on inputs you trust."""
+    if comparison.mode == "answer":
+        return _same_answer(comparison.gold, comparison.prediction)
     gold = _parse_gold(comparison.gold)
     if not gold:
         return Verdict("bad_gold", False, None, f"math-verify cannot parse gold {comparison.gold[:100]!r}")
@@ -126,6 +165,18 @@ def compare(comparison: Comparison) -> Verdict:
     if errors:
         return Verdict("verify_error", False, answer, "; ".join(errors))
     return Verdict("ok", False, answer)
+
+
+def _same_answer(first: str, second: str) -> Verdict:
+    """Whether two extracted answers are one answer: math-verify's `verify` both ways round."""
+    parsed = [_parse_gold(first), _parse_gold(second)]
+    if not all(parsed):
+        return Verdict("no_answer", False, None, "math-verify cannot parse one of the answers")
+    try:
+        same = _verify(parsed[0], parsed[1]) and _verify(parsed[1], parsed[0])
+    except Exception as exc:  # sympy raises anything; the caller counts it as "not shown equal"
+        return Verdict("verify_error", False, None, f"{type(exc).__name__}: {str(exc)[:120]}")
+    return Verdict("ok", same, None)
 
 
 def _verify(gold: object, predicted: object) -> bool:
@@ -162,7 +213,7 @@ def _parse_text(text: str) -> list:
 def _parse_value(value: str) -> list:
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
-    text = value.strip()
+    text = round_float_noise(value.strip())
     if "e" in text.lower():
         # str(1e-05) would otherwise be read as its digits; Decimal spells it out positionally.
         with contextlib.suppress(InvalidOperation):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from echochamber.errors import UserError
 from echochamber.formats import FORMATS
-from echochamber.formats.classify import analyze
+from echochamber.formats.classify import analyze, paper_format
 from echochamber.verify.answers import Comparison, MathVerifyPool, normalize_gold
 from echochamber.verify.sandbox import ExecJob, ExecResult, SandboxPool
 
@@ -32,10 +32,12 @@ class Grade:
     """`status` says how grading went: "ok" (answer compared; `correct` is the verdict),
     "no_answer", "parse_error", "bad_gold", "verify_error", or a sandbox status ("exec_error",
     "syntax_error", "timeout", "memory", "killed", "output_limit", "forbidden"). Only "ok" can be
-    correct; every other status is a reason for 0 that is counted, not hidden."""
+    correct; every other status is a reason for 0 that is counted, not hidden. `format` is our
+    classifier's label, `paper_format` the paper's own rule (formats.classify.paper_format)."""
 
     correct: bool
     format: str
+    paper_format: str
     answer: str | None
     status: str
     detail: str = ""
@@ -59,6 +61,7 @@ class Grader:
         if len(completions) != len(golds):
             raise ValueError(f"{len(completions)} completions but {len(golds)} golds")
         analyses = [analyze(completion) for completion in completions]
+        papers = [paper_format(completion) for completion in completions]
         normalized = [normalize_gold(gold) for gold in golds]
         grades: list[Grade | None] = [None] * len(completions)
         to_run = [i for i, analysis in enumerate(analyses) if analysis.code is not None]
@@ -72,7 +75,7 @@ class Grader:
         comparisons: list[Comparison] = []
         for i, analysis in enumerate(analyses):
             if analysis.problem:
-                grades[i] = Grade(False, analysis.format, None, "parse_error", analysis.problem)
+                grades[i] = Grade(False, analysis.format, papers[i], None, "parse_error", analysis.problem)
             elif analysis.code is None:
                 to_compare.append(i)
                 comparisons.append(Comparison(normalized[i], completions[i], "text"))
@@ -83,19 +86,33 @@ class Grader:
                 comparisons.append(Comparison(normalized[i], value, "value"))
             elif result.status in ("ok", "no_result"):
                 grades[i] = Grade(
-                    False, analyses[i].format, None, "no_answer", result.detail or "code produced no value"
+                    False,
+                    analyses[i].format,
+                    papers[i],
+                    None,
+                    "no_answer",
+                    result.detail or "code produced no value",
                 )
             else:
-                grades[i] = Grade(False, analyses[i].format, None, result.status, result.detail)
+                grades[i] = Grade(False, analyses[i].format, papers[i], None, result.status, result.detail)
 
         verdicts = self._math.compare(comparisons) if comparisons else []
         for i, comparison, verdict in zip(to_compare, comparisons, verdicts, strict=True):
             # For executed code the answer is the program's value as returned, not math-verify's reading of it.
             answer = comparison.prediction if comparison.mode == "value" else verdict.answer
-            grades[i] = Grade(verdict.correct, analyses[i].format, answer, verdict.status, verdict.detail)
+            grades[i] = Grade(
+                verdict.correct, analyses[i].format, papers[i], answer, verdict.status, verdict.detail
+            )
         if any(grade is None for grade in grades):
             raise RuntimeError("grader left a completion ungraded")
         return grades  # type: ignore[return-value]  (checked complete just above)
+
+    def same_answers(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """Whether math-verify holds each pair of extracted answers to be one answer, both ways round,
+        in the worker processes. A comparison that fails (timeout, parse or sympy error) counts as
+        different: the two answers then vote apart, which is what they did before any comparison."""
+        verdicts = self._math.compare([Comparison(first, second, "answer") for first, second in pairs])
+        return [verdict.status == "ok" and verdict.correct for verdict in verdicts]
 
     def close(self) -> None:
         self._math.close()
@@ -157,7 +174,7 @@ class Summary:
 
 def grade_file(in_path: Path, out_path: Path | None, workers: int = 2) -> Summary:
     """Grade a jsonl file of {"completion", "gold", ...} objects; write each object back with
-    `format`, `answer`, `correct`, `status` and `detail` added when `out_path` is given."""
+    `format`, `paper_format`, `answer`, `correct`, `status` and `detail` added when `out_path` is given."""
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     rows = _read_rows(in_path)
@@ -174,6 +191,7 @@ def grade_file(in_path: Path, out_path: Path | None, workers: int = 2) -> Summar
                         graded = {
                             **row,
                             "format": grade.format,
+                            "paper_format": grade.paper_format,
                             "answer": grade.answer,
                             "correct": grade.correct,
                             "status": grade.status,

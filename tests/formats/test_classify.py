@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from echochamber.formats import FORMATS
-from echochamber.formats.classify import analyze, classify, is_degenerate
+from echochamber.formats import FORMATS, PAPER_FORMATS
+from echochamber.formats.classify import analyze, classify, is_degenerate, paper_format
 
 TINYGSM = '''def simple_math_problem() -> int:
     """
@@ -77,6 +77,31 @@ def test_function_inside_a_prose_solution_is_omi2_not_tinygsm():
         "Running this code, we get the answer:\n\\[ \\boxed{90} \\]"
     )
     assert classify(text) == "omi2"
+
+
+@pytest.mark.parametrize(
+    ("text", "ours", "paper"),
+    [
+        (TINYGSM, "tinygsm", "tinygsm"),
+        (OMI1, "omi1", "omi1"),
+        (OMI2, "omi2", "omi2"),
+        # Where the repairs apply, the paper's substring rule says otherwise:
+        ("Of 40 parts, 12 were defective, so 40 - 12 = 28 were fine. The answer is \\boxed{28}.", "omi2", "tinygsm"),
+        (
+            "We count with a short program:\n```python\ndef count():\n    return 90\n```\n"
+            "Running this code, we get the answer:\n\\[ \\boxed{90} \\]",
+            "omi2",
+            "tinygsm",
+        ),
+        ("def f(): " * 60, "other", "tinygsm"),  # degenerate text that contains "def"
+        (OMI2 + " \\boxed{13}" * 80, "other", "omi2"),  # boxed spam is text to the paper
+        (OMI1[: OMI1.index("</llm-code>")], "other", "omi1"),  # an unterminated block
+        ("Janet has 16 - 3 = 13 eggs left.", "other", "omi2"),  # no boxed answer
+    ],
+)
+def test_paper_rule_is_the_substring_rule_and_differs_where_ours_repairs_it(text, ours, paper):
+    assert classify(text) == ours
+    assert paper_format(text) == paper and paper in PAPER_FORMATS
 
 
 def test_truncated_code_is_other_with_a_reason():

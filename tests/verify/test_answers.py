@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from echochamber.verify.answers import Comparison, MathVerifyPool, compare, normalize_gold
+from echochamber.verify.answers import Comparison, MathVerifyPool, compare, normalize_gold, round_float_noise
 
 
 @pytest.mark.parametrize(
@@ -51,6 +51,9 @@ def test_normalize_gold(raw, expected):
         ("0.3", "0.30000000000000004", "value"),
         ("1/3", "1/3", "value"),  # str(Fraction(1, 3))
         ("0.00001", "1e-05", "value"),
+        ("18", "18.000000000000004", "value"),  # 0.1 * 3 * 60: float noise, not a wrong answer
+        ("3.3", "3.3000000000000003", "value"),
+        ("0.0000001", "1.0000000000000002e-07", "value"),
     ],
 )
 def test_equivalent_answers_are_correct(gold, prediction, mode):
@@ -65,11 +68,34 @@ def test_equivalent_answers_are_correct(gold, prediction, mode):
         ("1000", "She saves \\boxed{100}.", "text"),
         ("0.5", "\\boxed{\\frac{1}{3}}", "text"),
         ("13", "14", "value"),
+        ("18", "18.0000004", "value"),  # not float noise: math-verify never rounds against an integer
+        ("18", "18.0000000000001", "value"),  # 15 significant digits: a float holds them exactly
     ],
 )
 def test_different_answers_are_wrong_but_ok(gold, prediction, mode):
     verdict = compare(Comparison(gold, prediction, mode))
     assert (verdict.status, verdict.correct) == ("ok", False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("18.000000000000004", "18"),
+        ("0.30000000000000004", "0.3"),
+        ("-3.3000000000000003", "-3.3"),
+        ("0.3333333333333333", "0.333333333333333"),
+        ("1.0000000000000002e-07", "0.0000001"),
+        ("1.2345678901234567e+20", "123456789012346000000"),
+        ("18.00000000000001", "18"),  # 16 significant digits: past what a float holds exactly
+        ("18.0000000000001", "18.0000000000001"),  # 15: kept as given
+        ("123456789012345678901", "123456789012345678901"),  # an integer is exact: kept
+        ("18.0", "18.0"),
+        ("1e-05", "1e-05"),
+        ("\\frac{1}{3}", "\\frac{1}{3}"),
+    ],
+)
+def test_round_float_noise(raw, expected):
+    assert round_float_noise(raw) == expected
 
 
 def test_missing_and_unusable_answers_have_their_own_status():

@@ -43,6 +43,48 @@ def test_each_format_is_graded_by_its_own_answer(grader):
     assert not grader.grade([OMI1], ["99"])[0].correct
 
 
+def test_grades_record_the_papers_format_rule_beside_ours(grader):
+    defective = "Of 40 parts, 12 were defective, so 40 - 12 = 28 were fine. The answer is \\boxed{28}."
+    grades = grader.grade([TINYGSM, OMI1, OMI2, defective], ["13", "13", "13", "28"])
+    assert [grade.format for grade in grades] == ["tinygsm", "omi1", "omi2", "omi2"]
+    assert [grade.paper_format for grade in grades] == ["tinygsm", "omi1", "omi2", "tinygsm"]
+    assert grades[3].correct  # the label is a record, not a grading rule
+
+
+def test_float_noise_of_a_program_is_not_a_wrong_answer(grader):
+    """0.1 * 3 * 60 is 18.000000000000004 in floats; math-verify alone calls that != 18."""
+    noisy = TINYGSM.replace("result = eggs - eaten", "result = 0.1 * 3 * 60")
+    omi1 = OMI1.replace("eggs - eaten\n</llm-code>", "0.1 * 3 * 60\n</llm-code>")
+    off = TINYGSM.replace("result = eggs - eaten", "result = 18.5")
+    grades = grader.grade([noisy, omi1, off, noisy], ["18", "18", "18", "19"])
+    assert [grade.correct for grade in grades] == [True, True, False, False]
+    assert grades[0].answer == "18.000000000000004"  # the value as the program returned it
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ("0.5", "\\frac{1}{2}", True),
+        ("0.5", "1/2", True),
+        ("\\frac{1}{2}", "1/2", True),
+        ("18", "19", False),
+        ("0.333333", "\\frac{1}{3}", True),  # a float rounds to 6 decimals against a fraction
+        ("0.33", "\\frac{1}{3}", False),
+        ("1.414214", "\\sqrt{2}", True),
+        ("18.0000004", "18", False),  # ... but never against an integer
+        ("18.000000000000004", "18", False),  # (why vote_key rounds float noise away first)
+        ("333333/1000000", "\\frac{1}{3}", False),  # two fractions: exactly
+        ("50\\%", "0.5", True),
+        ("x=3", "3", True),
+        ("2x+1=3", "3", False),  # verify() says equal one way round only
+        ("(1, 2)", "[1, 2]", False),
+        ("\\text{(A)}", "A", True),
+    ],
+)
+def test_same_answers_is_math_verify_both_ways_round(grader, first, second, same):
+    assert grader.same_answers([(first, second), (second, first)]) == [same, same]
+
+
 def test_omi1_block_that_prints_its_answer(grader):
     grade = grader.grade([OMI1.replace("eggs - eaten", "print(eggs - eaten)")], ["13"])[0]
     assert (grade.correct, grade.answer) == (True, "13")
@@ -152,6 +194,7 @@ def test_cli_round_trip(tmp_path, capsys):
     assert [row["id"] for row in rows] == ["a", "b", "c", "d"]
     assert [row["correct"] for row in rows] == [True, True, False, False]
     assert [row["format"] for row in rows] == ["tinygsm", "omi1", "omi2", "other"]
+    assert [row["paper_format"] for row in rows] == ["tinygsm", "omi1", "omi2", "omi2"]
     assert [row["status"] for row in rows] == ["ok", "ok", "ok", "no_answer"]
     assert rows[1]["gold"] == 13 and rows[0]["answer"] == "13"
     out = capsys.readouterr().out
