@@ -446,17 +446,54 @@ def _generate_batch(
 
 
 BACKENDS = ("torch", "vllm")
+# The precision a sampler computes in: "auto" is the weights' own dtype (see sampler_precision).
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def build_sampler(
-    model: PreTrainedModel, tokenizer, *, backend: str = "torch", batch_size: int = 256, progress: bool = False
+    model: PreTrainedModel,
+    tokenizer,
+    *,
+    backend: str = "torch",
+    batch_size: int = 256,
+    progress: bool = False,
+    dtype: str = "auto",
 ) -> Sampler:
     if backend not in BACKENDS:
         raise UserError(f"unknown sampler backend {backend!r}; known: {', '.join(BACKENDS)}")
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    sampler_precision(model, backend, dtype)  # refuses a dtype the backend cannot honour
     if backend == "vllm":
         from echochamber.sampler_vllm import build_vllm_sampler
 
-        return build_vllm_sampler(model, tokenizer, progress)
+        return build_vllm_sampler(model, tokenizer, progress, dtype=dtype)
     return TorchSampler(model=model, tokenizer=tokenizer, batch_size=batch_size, progress=progress)
+
+
+def sampler_precision(model: PreTrainedModel | None, backend: str, dtype: str = "auto") -> dict[str, str | None]:
+    """{"dtype", "device"} that `build_sampler(model, backend=backend, dtype=dtype)` generates in.
+
+    The rule: "auto" means the weights' own dtype, never a silent down-cast. The torch backend
+    samples the model it is given, in its dtype and on its device, so an explicit dtype must be that
+    dtype (the caller casts; casting a caller's model here would change, say, its RL policy). The
+    vLLM backend is told its dtype explicitly (`sampler_vllm.vllm_dtype`: vLLM's own "auto" would
+    run float32 weights in float16) and runs on CUDA. Unknown (None) where no model is given.
+    """
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    if backend == "vllm":
+        from echochamber.sampler_vllm import vllm_dtype
+
+        resolved = vllm_dtype(model, dtype) if model is not None else None if dtype == "auto" else dtype
+        return {"dtype": resolved, "device": "cuda"}
+    if model is None:
+        return {"dtype": None if dtype == "auto" else dtype, "device": None}
+    weights = next(model.parameters())
+    own = str(weights.dtype).removeprefix("torch.")
+    if dtype not in ("auto", own):
+        raise UserError(
+            f"the torch backend samples the model in its own dtype ({own}), not {dtype}: "
+            "use dtype=auto, or cast the model first (`echochamber eval` does)"
+        )
+    return {"dtype": own, "device": str(weights.device)}

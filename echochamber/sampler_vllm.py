@@ -1,8 +1,9 @@
 """The vLLM backend (GPU): vLLM's `LLM.generate` behind the same Sampler interface as the torch one.
-Imported only when `backend="vllm"` is chosen, so vLLM stays an optional dependency."""
+vLLM itself is imported only when a vLLM sampler is built, so it stays an optional dependency."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,16 +71,36 @@ class VLLMSampler:
         return results
 
 
-def build_vllm_sampler(model: PreTrainedModel | str | Path, tokenizer, progress: bool) -> VLLMSampler:
+def vllm_dtype(model: PreTrainedModel | str | Path, dtype: str = "auto") -> str:
+    """The dtype vLLM is told to run in: `dtype` when given, else ("auto") the weights' own: an
+    in-memory model's parameter dtype, or a checkpoint folder's recorded dtype (config.json's
+    `dtype`, older `torch_dtype`; float32 when unrecorded, as in Hugging Face). vLLM's own "auto" is
+    never used: it runs float32 weights in float16."""
+    if dtype != "auto":
+        return dtype
+    if isinstance(model, PreTrainedModel):
+        return str(model.dtype).removeprefix("torch.")
+    path = Path(model) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read the checkpoint's dtype from {path}: {error}") from None
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+
+
+def build_vllm_sampler(
+    model: PreTrainedModel | str | Path, tokenizer, progress: bool, dtype: str = "auto"
+) -> VLLMSampler:
     try:
         import vllm
     except ImportError as error:
         raise UserError("backend 'vllm' needs the vllm package: pip install 'echochamber[vllm]' (GPU only)") from error
+    resolved = vllm_dtype(model, dtype)  # before the model is saved: an in-memory model's own dtype
     if isinstance(model, PreTrainedModel):
         # vLLM loads weights from a folder; a temporary HF folder is the documented route.
         folder = Path(tempfile.mkdtemp(prefix="echochamber-vllm-"))
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         model = folder
-    llm = vllm.LLM(model=str(model), logprobs_mode="processed_logprobs", seed=0)
+    llm = vllm.LLM(model=str(model), dtype=resolved, logprobs_mode="processed_logprobs", seed=0)
     return VLLMSampler(llm=llm, tokenizer=tokenizer, progress=progress)

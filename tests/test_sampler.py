@@ -1,7 +1,12 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import shutil
+import sys
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +22,11 @@ from echochamber.sampler import (
     SamplingParams,
     build_sampler,
     sample_key,
+    sampler_precision,
     sampling_logprobs,
     uniforms,
 )
+from echochamber.sampler_vllm import vllm_dtype
 
 TEXT = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.\n\n",
@@ -317,3 +324,52 @@ def test_vllm_backend_without_vllm_is_a_user_error(tokenizer, tiny):
             build_sampler(tiny, tokenizer, backend="vllm")
     else:
         pytest.skip("vllm is installed; the GPU path is exercised on GPU machines")
+
+
+class _FakeVLLM(types.ModuleType):
+    """Stands in for the vllm package (not installed on CPU machines): records how LLM is built."""
+
+    def __init__(self):
+        super().__init__("vllm")
+        self.built: list[dict] = []
+
+    def LLM(self, **kwargs):  # noqa: N802  (vllm's name)
+        self.built.append(kwargs)
+        return object()
+
+
+@pytest.mark.parametrize(
+    ("weights", "requested", "expected"),
+    [
+        (torch.float32, "auto", "float32"),  # never vLLM's own "auto", which would run it in float16
+        (torch.bfloat16, "auto", "bfloat16"),
+        (torch.float32, "bfloat16", "bfloat16"),
+    ],
+)
+def test_vllm_is_told_the_dtype_explicitly(tokenizer, monkeypatch, weights, requested, expected):
+    fake = _FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    model = make_model(tokenizer).to(weights)
+    assert sampler_precision(model, "vllm", requested) == {"dtype": expected, "device": "cuda"}
+    build_sampler(model, tokenizer, backend="vllm", dtype=requested)
+    assert fake.built[-1]["dtype"] == expected
+    # A checkpoint folder: the dtype it records, float32 when it records none (Hugging Face's rule).
+    folder = Path(fake.built[-1]["model"])
+    assert vllm_dtype(folder, requested) == expected
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("dtype", None), config.pop("torch_dtype", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert vllm_dtype(folder) == "float32"
+    (folder / "config.json").write_text(json.dumps({**config, "torch_dtype": "float16"}))
+    assert vllm_dtype(folder) == "float16"
+    shutil.rmtree(folder)
+
+
+def test_torch_backend_samples_the_model_in_its_own_dtype(tokenizer, tiny):
+    assert sampler_precision(tiny, "torch") == {"dtype": "float32", "device": "cpu"}
+    assert sampler_precision(tiny, "torch", "float32") == {"dtype": "float32", "device": "cpu"}
+    with pytest.raises(UserError, match="own dtype \\(float32\\), not bfloat16"):
+        build_sampler(tiny, tokenizer, dtype="bfloat16")
+    with pytest.raises(UserError, match="unknown dtype 'fp8'"):
+        build_sampler(tiny, tokenizer, dtype="fp8")
+    assert sampler_precision(None, "torch") == {"dtype": None, "device": None}  # a caller's sampler
