@@ -2,20 +2,26 @@
 
 `evaluate` takes an in-memory model + tokenizer (RL's periodic evaluation calls it directly);
 `run_eval` loads a checkpoint folder and a benchmark for `echochamber eval`. Every generation is
-appended to `generations.jsonl` one prompt chunk at a time, so a killed evaluation resumes where it
-stopped: prompts already complete in the file are skipped and the results are recomputed from the
-file. Because the sampler derives each sample's randomness from (seed, prompt id, sample index), a
+appended to `generations.jsonl` one prompt chunk at a time (echochamber.eval_store), so a killed
+evaluation resumes where it stopped: prompts already complete in the file are skipped and the
+results are recomputed from the file. Because the sampler derives each sample's randomness from (seed, prompt id, sample index), a
 resumed run produces exactly the generations an uninterrupted one would have.
+
+Each generation row also records the paper's format rule (`paper_format`) and the sample's `vote`:
+the representative of its answer's math-verify equivalence class among its prompt's samples (None
+when it abstains), formed when the prompt's samples are graded (`metrics_passk.vote_classes`), so
+results.json's maj@k and any later reader of generations.jsonl count the same votes. Rows written
+before these fields existed are graded again from their stored text and gold when a folder is
+resumed (also with the current verifier), so one folder never mixes two grading rules.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,18 +36,14 @@ from echochamber.data.sources import benchmark_records
 from echochamber.data.tokenizer import encode_prompt, load_tokenizer
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.errors import UserError
-from echochamber.formats import FORMATS
-from echochamber.metrics import read_jsonl
-from echochamber.metrics_passk import MAX_SAMPLES, default_ks, maj_at_ks, pass_at_k, vote_key
+from echochamber.eval_store import MODES, RESULTS_FILE, GenerationStore, write_json_atomic
+from echochamber.formats import FORMATS, PAPER_FORMATS
+from echochamber.metrics_passk import MAX_SAMPLES, default_ks, maj_at_ks, pass_at_k, vote_classes, vote_key
 from echochamber.model import load_model
-from echochamber.sampler import Sampler, SamplingParams, build_sampler
-from echochamber.verify.grade import Grader
+from echochamber.sampler import DTYPES, Sampler, SamplingParams, build_sampler, sampler_precision
+from echochamber.verify.grade import Grade, Grader
 
 BENCHMARKS = ("world-test", "world-hard", "gsm8k", "math500", "aime")
-GENERATIONS_FILE = "generations.jsonl"
-RESULTS_FILE = "results.json"
-SETTINGS_FILE = "eval_settings.json"
-MODES = ("greedy", "sampled")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,6 +69,10 @@ class EvalConfig:
     world: WorldConfig = field(default_factory=WorldConfig)  # the world behind world-test/world-hard
     batch_size: int = 256  # sequences per sampler batch
     backend: Literal["torch", "vllm"] = "torch"  # sampler backend (vllm: GPU only)
+    # Precision of the generations: auto = the weights' own dtype (the checkpoint's for
+    # `echochamber eval`, the in-memory model's for RL); run_eval casts the checkpoint to an explicit
+    # one, the vLLM backend is told it (see sampler.sampler_precision).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"  # where run_eval puts the model: auto (cuda when available), cpu, cuda, ...
     workers: int = 2  # grader processes (code sandbox and math-verify)
 
@@ -84,6 +90,8 @@ class EvalConfig:
             raise UserError(f"limit must be at least 1, got {self.limit}")
         if self.batch_size < 1 or self.workers < 1:
             raise UserError("batch_size and workers must be at least 1")
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
         self.sampling_params()  # SamplingParams checks temperature, top_p, top_k, max_new_tokens
 
     def sampling_params(self) -> SamplingParams:
@@ -119,6 +127,7 @@ class EvalConfig:
             "seed": self.seed,
             "truncated_is_wrong": self.truncated_is_wrong,
             "backend": self.backend,
+            "dtype": self.dtype,
         }
         if self.benchmark.startswith("world-"):
             settings["world"] = asdict(self.world)
@@ -147,17 +156,26 @@ def evaluate(
     time and results.json is written at the end; prompts already complete in that file are not
     generated again, and the results are recomputed from the file. `grader` and `sampler` let a
     caller (RL) reuse its own; otherwise a Grader is started and closed here and a sampler is built
-    over `model` (then unused when `sampler` is given). `meta` (e.g. checkpoint, RL step) is copied
-    into the results.
+    over `model` (then unused when `sampler` is given, except to record its dtype and device).
+    `meta` (e.g. checkpoint, RL step) is copied into the results.
     """
     records = _select(records, config.limit)
-    store = _GenerationStore(Path(out_dir), config) if out_dir is not None else None
-    rows = store.load() if store is not None else []
-    done = {(row["mode"], row["prompt_id"]) for row in rows}
+    precision = sampler_precision(model, config.backend, config.dtype)
+    store = None
+    if out_dir is not None:
+        expected = {mode: n for mode, n, _ in config.passes()}
+        store = GenerationStore(Path(out_dir), expected, config.generation_settings())
     if sampler is None:
-        sampler = build_sampler(model, tokenizer, backend=config.backend, batch_size=config.batch_size)
+        sampler = build_sampler(
+            model, tokenizer, backend=config.backend, batch_size=config.batch_size, dtype=config.dtype
+        )
     scope = nullcontext(grader) if grader is not None else Grader(workers=config.workers)
     with scope as active_grader:
+        # Rows of an older version are graded again, so one folder stays under one verifier (the
+        # older one also graded some program values differently: verify.answers.round_float_noise).
+        regrade = partial(_graded_rows, active_grader, truncated_is_wrong=config.truncated_is_wrong)
+        rows = store.load(regrade) if store is not None else []
+        done = {(row["mode"], row["prompt_id"]) for row in rows}
         for mode, n, params in config.passes():
             todo = [record for record in records if (mode, record.id) not in done]
             # A chunk fills about one sampler batch; it is also the unit that a kill can lose.
@@ -176,12 +194,13 @@ def evaluate(
                         store.append(new_rows)
                     rows.extend(new_rows)
                     bar.update(len(chunk))
-    if store is not None:
-        rows = store.load()  # the results are a function of the file alone
+        if store is not None:
+            rows = store.load(regrade)  # the results are a function of the file alone
     results = summarize(rows, records, config)
+    results.update(precision)
     results.update(meta or {})
     if store is not None:
-        _write_json_atomic(store.folder / RESULTS_FILE, results)
+        write_json_atomic(store.folder / RESULTS_FILE, results)
     return results
 
 
@@ -212,31 +231,67 @@ def _generate_rows(
     # model starts exactly where its training documents went on to the solution.
     prompt_tokens = [encode_prompt(tokenizer, record.prompt) for record in chunk]
     samples = sampler.generate_tokens(prompt_tokens, [record.id for record in chunk], n, params)
-    pairs = [(record, sample) for record, row in zip(chunk, samples, strict=True) for sample in row]
-    grades = grader.grade([sample.text for _, sample in pairs], [record.answer for record, _ in pairs])
-    rows = []
-    for (record, sample), grade in zip(pairs, grades, strict=True):
-        correct, status, detail = grade.correct, grade.status, grade.detail
-        if sample.truncated and correct and config.truncated_is_wrong:
-            correct, status = False, "truncated"
-            detail = f"graded correct ({grade.status}) but cut off at max_new_tokens"
-        rows.append(
-            {
-                "prompt_id": record.id,
-                "mode": mode,
-                "sample_index": sample.sample_index,
-                "gold": record.answer,
-                "text": sample.text,
-                "format": grade.format,
-                "answer": grade.answer,
-                "status": status,
-                "detail": detail,
-                "correct": correct,
-                "truncated": sample.truncated,
-                "n_tokens": len(sample.token_ids),  # generated tokens, the final EOS included
-            }
-        )
+    generated = [
+        {
+            "prompt_id": record.id,
+            "mode": mode,
+            "sample_index": sample.sample_index,
+            "gold": record.answer,
+            "text": sample.text,
+            "truncated": sample.truncated,
+            "n_tokens": len(sample.token_ids),  # generated tokens, the final EOS included
+        }
+        for record, row in zip(chunk, samples, strict=True)
+        for sample in row
+    ]
+    return _graded_rows(grader, generated, config.truncated_is_wrong)
+
+
+def _graded_rows(
+    grader: Grader, generated: Sequence[Mapping[str, Any]], truncated_is_wrong: bool
+) -> list[dict[str, Any]]:
+    """Generation rows from generated samples (prompt_id, mode, sample_index, gold, text, truncated,
+    n_tokens), all samples of each of their prompts included: graded, and with each sample's vote
+    (its answer's class among its prompt's samples; None when it abstains)."""
+    grades = grader.grade([row["text"] for row in generated], [row["gold"] for row in generated])
+    rows = [_row(sample, grade, truncated_is_wrong) for sample, grade in zip(generated, grades, strict=True)]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["mode"], row["prompt_id"])].append(row)
+    keys = [[_vote_key(row, truncated_is_wrong) for row in group] for group in groups.values()]
+    for group, votes in zip(groups.values(), vote_classes(keys, grader.same_answers), strict=True):
+        for row, vote in zip(group, votes, strict=True):
+            row["vote"] = vote
     return rows
+
+
+def _row(sample: Mapping[str, Any], grade: Grade, truncated_is_wrong: bool) -> dict[str, Any]:
+    correct, status, detail = grade.correct, grade.status, grade.detail
+    if sample["truncated"] and correct and truncated_is_wrong:
+        correct, status = False, "truncated"
+        detail = f"graded correct ({grade.status}) but cut off at max_new_tokens"
+    return {
+        "prompt_id": sample["prompt_id"],
+        "mode": sample["mode"],
+        "sample_index": sample["sample_index"],
+        "gold": sample["gold"],
+        "text": sample["text"],
+        "format": grade.format,
+        "paper_format": grade.paper_format,
+        "answer": grade.answer,
+        "vote": None,  # set by _graded_rows once the prompt's answers are classed
+        "status": status,
+        "detail": detail,
+        "correct": correct,
+        "truncated": sample["truncated"],
+        "n_tokens": sample["n_tokens"],
+    }
+
+
+def _vote_key(row: Mapping[str, Any], truncated_is_wrong: bool) -> str | None:
+    """What a sample votes under before classing: None (abstains) without an answer, or when it was
+    cut off and truncation counts as wrong (its answer may be a half-written one)."""
+    return None if row["truncated"] and truncated_is_wrong else vote_key(row["answer"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +326,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], records: Sequence[Record], conf
             ks = config.resolved_ks()
             for k in ks:
                 summary[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(r["correct"] for r in g), k) for g in groups]))
-            majority = [_majority(group, ks, config.truncated_is_wrong) for group in groups]
+            majority = [maj_at_ks([r["vote"] for r in g], [bool(r["correct"]) for r in g], ks) for g in groups]
             for k in ks:
                 summary[f"maj@{k}"] = float(np.mean([m[k] for m in majority]))
         summary.update(generation_stats([row for group in groups for row in group]))
@@ -279,17 +334,10 @@ def summarize(rows: Sequence[Mapping[str, Any]], records: Sequence[Record], conf
     return results
 
 
-def _majority(group: Sequence[Mapping[str, Any]], ks: Sequence[int], truncated_is_wrong: bool) -> dict[int, float]:
-    votes = [
-        None if row["truncated"] and truncated_is_wrong else vote_key(row["answer"])
-        for row in group
-    ]
-    return maj_at_ks(votes, [bool(row["correct"]) for row in group], ks)
-
-
 def generation_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Accuracy, truncation rate, mean length, status counts and, per format: count, share of all
-    generations, accuracy and mean length (None where a format has no generations, never 0)."""
+    generations, accuracy and mean length (None where a format has no generations, never 0); then
+    the same shares under the paper's rule and where the two rules disagree (`paper_format_stats`)."""
     total = len(rows)
     formats = {}
     for name in FORMATS:
@@ -310,84 +358,41 @@ def generation_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mean_tokens": float(np.mean([row["n_tokens"] for row in rows])) if rows else None,
         "status_counts": dict(sorted(Counter(row["status"] for row in rows).items())),
         "formats": formats,
+        **paper_format_stats(rows),
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# generations.jsonl: append per chunk, resume from complete prompts
+def paper_format_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The format mix under the paper's own rule (formats.classify.paper_format), beside ours.
 
-
-class _GenerationStore:
-    """The output folder of one evaluation; holds only complete (mode, prompt) groups after load."""
-
-    def __init__(self, folder: Path, config: EvalConfig) -> None:
-        self.folder = folder
-        self.path = folder / GENERATIONS_FILE
-        self.expected = {mode: n for mode, n, _ in config.passes()}
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create output folder {folder}: {error.strerror}") from None
-        _check_settings(folder / SETTINGS_FILE, config.generation_settings())
-
-    def load(self) -> list[dict[str, Any]]:
-        """Rows of complete groups. A group cut short by a kill (or a torn last line) is dropped from
-        the file, so the prompt is generated again in full; rows of a mode this run does not ask
-        for (e.g. greedy when greedy is now off) are kept in the file but not returned."""
-        if not self.path.is_file():
-            return []
-        rows, torn = _read_jsonl(self.path)
-        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        for row in rows:
-            groups[(row["mode"], row["prompt_id"])].append(row)
-        expected = {**{mode: None for mode in MODES}, **self.expected}
-        complete = {
-            key
-            for key, group in groups.items()
-            if expected[key[0]] is None or sorted(r["sample_index"] for r in group) == list(range(expected[key[0]]))
+    `paper_formats`: per paper label (PAPER_FORMATS) count, share of all generations and accuracy
+    (None where a label has no generations). `format_confusion`: {our label: {paper label: count}}
+    over every pair of labels. `format_disagreements`: generations the two rules label differently;
+    our `other` always disagrees, the paper's rule having no such label. All three are None when the
+    rows carry no paper label (rows built by hand); rows carry it all or none.
+    """
+    labelled = [row for row in rows if row.get("paper_format") is not None]
+    if not labelled:
+        return {"paper_formats": None, "format_confusion": None, "format_disagreements": None}
+    if len(labelled) != len(rows):
+        raise RuntimeError(f"{len(rows) - len(labelled)} of {len(rows)} generations lack a paper_format")
+    unknown = {row["paper_format"] for row in rows} - set(PAPER_FORMATS)
+    if unknown:
+        raise RuntimeError(f"generations carry unknown paper formats {sorted(unknown)}")
+    shares = {}
+    for name in PAPER_FORMATS:
+        mine = [row for row in rows if row["paper_format"] == name]
+        shares[name] = {
+            "count": len(mine),
+            "share": len(mine) / len(rows),
+            "accuracy": float(np.mean([row["correct"] for row in mine])) if mine else None,
         }
-        kept = [row for row in rows if (row["mode"], row["prompt_id"]) in complete]
-        if torn or len(kept) != len(rows):
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-            os.replace(tmp, self.path)
-        return [row for row in kept if row["mode"] in self.expected]
-
-    def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        with self.path.open("a") as file:
-            file.write("".join(json.dumps(row) + "\n" for row in rows))
-            file.flush()
-            os.fsync(file.fileno())
-
-
-def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """(rows, whether a torn last line was skipped); a corrupt or foreign line is a UserError."""
-    rows, torn = read_jsonl(path)
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict) or row.get("mode") not in MODES or "prompt_id" not in row:
-            raise UserError(f"{path}: row {number} is not a generation row (needs mode and prompt_id)")
-    return rows, torn
-
-
-def _check_settings(path: Path, settings: dict[str, Any]) -> None:
-    """Refuse to mix generations made under different settings in one folder."""
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        changed = sorted(key for key in settings.keys() | stored.keys() if settings.get(key) != stored.get(key))
-        if changed:
-            raise UserError(
-                f"{path.parent} holds an evaluation with different {', '.join(changed)}; "
-                "use another output folder (or delete it to start over)"
-            )
-        return
-    _write_json_atomic(path, settings)
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    pairs = Counter((row["format"], row["paper_format"]) for row in rows)
+    return {
+        "paper_formats": shares,
+        "format_confusion": {ours: {paper: pairs[ours, paper] for paper in PAPER_FORMATS} for ours in FORMATS},
+        "format_disagreements": sum(count for (ours, paper), count in pairs.items() if ours != paper),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +419,8 @@ def default_out_dir(ckpt: Path, config: EvalConfig) -> Path:
 
 
 def run_eval(ckpt: Path, config: EvalConfig, out_dir: Path | None = None, *, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a Hugging Face causal-LM folder (config, weights, tokenizer) on `config.benchmark`.
+    """Evaluate a Hugging Face causal-LM folder (config, weights, tokenizer) on `config.benchmark`,
+    in the checkpoint's own dtype or the one `config.dtype` names (results.json records which).
 
     Writes config.yaml, generations.jsonl and results.json into `out_dir` (default CKPT/eval/NAME);
     rerunning into the same folder resumes.
@@ -424,6 +430,8 @@ def run_eval(ckpt: Path, config: EvalConfig, out_dir: Path | None = None, *, pro
     model = load_model(ckpt)
     tokenizer = load_tokenizer(ckpt)
     model.to(_device(config.device))
+    if config.dtype != "auto":
+        model.to(getattr(torch, config.dtype))
     results = evaluate(
         model, tokenizer, records, config, out_dir=out_dir, progress=progress, meta={"checkpoint": str(ckpt)}
     )
@@ -451,5 +459,9 @@ def render_summary(results: Mapping[str, Any]) -> str:
         shares = "  ".join(
             f"{name} {stats['share']:.0%}" for name, stats in summary["formats"].items() if stats["count"]
         )
-        lines.append(f"  {mode}: {scores}  | truncated {summary['truncation_rate']:.1%}  | formats: {shares}")
+        line = f"  {mode}: {scores}  | truncated {summary['truncation_rate']:.1%}  | formats: {shares}"
+        if summary.get("paper_formats"):
+            paper = summary["paper_formats"].items()
+            line += "  | paper's rule: " + "  ".join(f"{name} {stats['share']:.0%}" for name, stats in paper if stats["count"])
+        lines.append(line)
     return "\n".join(lines)

@@ -1,8 +1,9 @@
-"""Unbiased pass@k and maj@k from n >= k samples per prompt.
+"""Unbiased pass@k and maj@k from n >= k samples per prompt, and what a sample votes for.
 
 Both are the mean, over all C(n, k) size-k subsets of the n samples, of "some sample is correct"
 (pass@k) or "the majority vote is correct" (maj@k), computed in closed form rather than by drawing
-subsets, so they carry no Monte-Carlo noise and are exact for k = n.
+subsets, so they carry no Monte-Carlo noise and are exact for k = n. A sample votes for its answer's
+class: answers math-verify holds equal ("0.5", "1/2", "\\frac{1}{2}") are one vote (`vote_classes`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 
 import numpy as np
 
-from echochamber.verify.answers import normalize_gold
+from echochamber.verify.answers import normalize_gold, round_float_noise
 
 # Python floats hold C(n, k) up to n ≈ 1029; the exact maj@k below sums such weights.
 MAX_SAMPLES = 1024
@@ -108,15 +109,22 @@ def default_ks(n: int) -> list[int]:
 
 
 _PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+# math-verify calls two plain numbers equal only if they are exactly equal or both round to the same
+# 6 decimals (see verify/answers.py), so numbers further apart than this are surely different;
+# the margin (10x, plus a relative term for numbers too large for float's digits) costs nothing.
+_SURELY_DIFFERENT = Decimal("1e-5")
+_SURELY_DIFFERENT_RELATIVE = Decimal("1e-12")
 
 
 def vote_key(answer: str | None) -> str | None:
-    """The spelling an extracted answer votes under: `normalize_gold`, and numbers in one form
-    ("18.0", "18", "018" -> "18"; "0.50" -> "0.5"), so the same value from a TinyGSM function (often
-    a float) and from a boxed text answer count as one vote."""
+    """The spelling an extracted answer votes under before any math-verify comparison:
+    `normalize_gold`, float noise rounded away ("18.000000000000004" -> "18", see
+    `round_float_noise`), and numbers in one form ("18.0", "18", "018" -> "18"; "0.50" -> "0.5"),
+    so the same value from a TinyGSM function (often a float) and from a boxed text answer count as
+    one vote without a comparison."""
     if answer is None:
         return None
-    text = normalize_gold(answer)
+    text = round_float_noise(normalize_gold(answer))
     if _PLAIN_NUMBER.fullmatch(text):
         try:
             number = Decimal(text)
@@ -125,3 +133,67 @@ def vote_key(answer: str | None) -> str | None:
         if number.is_finite():
             return format(number.normalize(), "f") if number != 0 else "0"
     return text
+
+
+SameAnswers = Callable[[Sequence[tuple[str, str]]], list[bool]]
+
+
+def vote_classes(groups: Sequence[Sequence[str | None]], same: SameAnswers) -> list[list[str | None]]:
+    """The vote of every sample: the representative of its answer's equivalence class, per prompt.
+
+    `groups` holds each prompt's vote keys (`vote_key` of the answer, None for a sample that
+    abstains); `same(pairs)` says for each pair of keys whether they are one answer (in the eval:
+    math-verify both ways round, in worker processes: `Grader.same_answers`). Within a prompt the
+    distinct keys are taken most frequent first (ties by spelling), so the representative of a class
+    is its most common spelling, whatever the sample order; each key joins the first class whose
+    representative it equals, else opens a class. Keys are compared with representatives only, so
+    an intransitive "equal" (1/3 = 0.333333 = 333333/1000000 though 1/3 != 333333/1000000) cannot
+    chain unrelated answers together.
+
+    Cost: with d distinct keys in a prompt, at most d(d-1)/2 comparisons and d rounds (all prompts
+    of a call share each round's one `same` call); pairs of plain numbers further apart than
+    math-verify's tolerance are decided here without a comparison, so in practice only keys that
+    are not plain numbers (LaTeX, tuples) or numbers within 1e-5 of each other are compared. Worst
+    case, n = 64 distinct non-numeric answers per prompt: 2016 comparisons, each bounded by the
+    math-verify pool's timeout.
+    """
+    orders = [_by_frequency(keys) for keys in groups]
+    representatives: list[list[str]] = [[] for _ in groups]
+    votes: list[dict[str, str]] = [{} for _ in groups]
+    for round_index in range(max((len(order) for order in orders), default=0)):
+        asked = []  # (prompt, key, candidate representatives)
+        for prompt, order in enumerate(orders):
+            if round_index < len(order):
+                key = order[round_index]
+                candidates = [rep for rep in representatives[prompt] if not _surely_different(rep, key)]
+                asked.append((prompt, key, candidates))
+        pairs = [(rep, key) for _, key, candidates in asked for rep in candidates]
+        answers = iter(same(pairs) if pairs else [])
+        for prompt, key, candidates in asked:
+            matches = [rep for rep in candidates if next(answers)]
+            if matches:
+                votes[prompt][key] = matches[0]
+            else:
+                representatives[prompt].append(key)
+                votes[prompt][key] = key
+    return [
+        [None if key is None else vote[key] for key in keys] for keys, vote in zip(groups, votes, strict=True)
+    ]
+
+
+def _by_frequency(keys: Sequence[str | None]) -> list[str]:
+    counts = Counter(key for key in keys if key is not None)
+    return sorted(counts, key=lambda key: (-counts[key], key))
+
+
+def _surely_different(first: str, second: str) -> bool:
+    """True when both keys are plain numbers too far apart for math-verify to call them equal."""
+    if not (_PLAIN_NUMBER.fullmatch(first) and _PLAIN_NUMBER.fullmatch(second)):
+        return False
+    try:
+        a, b = Decimal(first), Decimal(second)
+    except InvalidOperation:
+        return False
+    if not (a.is_finite() and b.is_finite()):
+        return False
+    return abs(a - b) > _SURELY_DIFFERENT + _SURELY_DIFFERENT_RELATIVE * max(abs(a), abs(b))

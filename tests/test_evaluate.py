@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 
 from echochamber.config import load_config
+from echochamber.data.records import Record
 from echochamber.data.sources import benchmark_records
 from echochamber.data.tokenizer import encode_prompt, train_bpe
 from echochamber.errors import UserError
+from echochamber.eval_store import GENERATIONS_FILE, RESULTS_FILE, SETTINGS_FILE
 from echochamber.evaluate import (
-    GENERATIONS_FILE,
-    RESULTS_FILE,
     EvalConfig,
     benchmark_prompts,
     evaluate,
+    generation_stats,
     run_eval,
 )
-from echochamber.metrics_passk import vote_key
+from echochamber.metrics_passk import vote_classes, vote_key
 from echochamber.model import build_model
 from echochamber.sampler import Sample, build_sampler
 from echochamber.verify.grade import Grader
@@ -77,6 +79,16 @@ def test_run_eval_on_real_benchmarks(benchmark, checkpoint, shared_data, tmp_pat
         name: sum(row["format"] == name for row in sampled) for name in formats
     }
     assert (tmp_path / "config.yaml").is_file()
+    # The precision it ran in, and the paper's rule beside ours on every row and in the shares.
+    assert (results["dtype"], results["device"]) == ("float32", "cpu")
+    assert all(row["paper_format"] in ("tinygsm", "omi1", "omi2") for row in rows)
+    paper = results["sampled"]["paper_formats"]
+    assert {name: stats["count"] for name, stats in paper.items()} == {
+        name: sum(row["paper_format"] == name for row in sampled) for name in paper
+    }
+    assert sum(sum(row.values()) for row in results["sampled"]["format_confusion"].values()) == 4
+    # Every row votes: its answer's class, or None where it abstains (truncated counts as wrong).
+    assert all(row["vote"] is None for row in rows if row["truncated"] or row["answer"] is None)
 
 
 class _ScriptedSampler:
@@ -178,11 +190,192 @@ def test_resume_skips_complete_prompts_and_matches_an_uninterrupted_run(checkpoi
                  temperature=1.0), grader=grader, out_dir=partial, progress=False)
 
 
+class _PlantedSampler:
+    """Fixed (text, truncated) samples per prompt id."""
+
+    def __init__(self, samples: dict[str, list[tuple[str, bool]]]):
+        self.samples = samples
+
+    def generate_tokens(self, prompt_token_ids, prompt_ids, n, params):
+        return [
+            [Sample(pid, i, [0, 0], self.samples[pid][i][0], [0.0, 0.0], self.samples[pid][i][1]) for i in range(n)]
+            for pid in prompt_ids
+        ]
+
+
+def _brute_maj(labels: list[str | None], correct: list[bool], k: int) -> float:
+    """Majority vote in every size-k subset over planted labels (ties split), averaged."""
+    import itertools
+    from collections import Counter
+
+    scores = []
+    for subset in itertools.combinations(range(len(labels)), k):
+        votes = Counter((labels[i], correct[i]) for i in subset if labels[i] is not None)
+        top = max(votes.values(), default=0)
+        winners = [ok for (_, ok), count in votes.items() if count == top]
+        scores.append(sum(winners) / len(winners) if winners else 0.0)
+    return sum(scores) / len(scores)
+
+
+NOISY_TINYGSM = "def simple_math_problem() -> int:\n    result = 0.1 * 3 * 60\n    return result\n"
+
+
+def test_maj_at_k_votes_by_math_verify_class(checkpoint, grader, tmp_path):
+    """Planted answers: 1/2 as a TinyGSM float, a LaTeX fraction and "0.50" against three 2s, and a
+    TinyGSM float with noise against 18."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    half = [("So the answer is \\boxed{2}.", False)] * 3 + [
+        (NOISY_TINYGSM.replace("0.1 * 3 * 60", "1 / 2"), False),  # answer "0.5"
+        ("So the answer is \\boxed{\\frac{1}{2}}.", False),  # answer "\\frac{1}{2}": math-verify's call
+        ("So the answer is \\boxed{0.50}.", False),  # answer "0.50": vote_key's call
+        ("So the answer is \\boxed{0.5}.", True),  # cut off: abstains
+    ]
+    eighteen = [(NOISY_TINYGSM, False), ("We get \\boxed{18}.", False)] + [("We get \\boxed{19}.", False)] * 2
+    eighteen += [("We get \\boxed{20}.", False), ("We get \\boxed{18}.", False), ("I do not know.", False)]
+    records = [Record("half", "Halve one.", "", "\\frac{1}{2}", "test", "omi2"), Record("t18", "Eighteen?", "", "18", "test", "omi2")]
+    labels = {"half": ["two"] * 3 + ["half"] * 3 + [None], "t18": ["18", "18", "19", "19", "20", "18", None]}
+    config = EvalConfig(benchmark="gsm8k", n=7, greedy=False, ks=[1, 2, 3, 4, 5, 6, 7])
+    sampler = _PlantedSampler({"half": half, "t18": eighteen})
+    results = evaluate(None, tokenizer, records, config, grader=grader, sampler=sampler, progress=False, out_dir=tmp_path)
+
+    expected = {k: 0.0 for k in config.ks}
+    for record in records:
+        correct = [label in ("half", "18") for label in labels[record.id]]
+        for k in config.ks:
+            expected[k] += _brute_maj(labels[record.id], correct, k) / len(records)
+    assert {k: results["sampled"][f"maj@{k}"] for k in config.ks} == pytest.approx(expected, abs=1e-12)
+    # The full vote: 1/2 ties 2 at 3 votes (a coin flip; without the classes "2" would win 3 to 1 to
+    # 1 to 1), and 18 wins 3 to 2 to 1 with the TinyGSM float among its votes.
+    assert results["sampled"]["maj@7"] == pytest.approx((0.5 + 1.0) / 2)
+    # The rows say it (the report recounts maj@k from them): one vote per class, None to abstain.
+    rows = [json.loads(line) for line in (tmp_path / GENERATIONS_FILE).read_text().splitlines()]
+    votes = {pid: [row["vote"] for row in rows if row["prompt_id"] == pid] for pid in ("half", "t18")}
+    assert votes == {"half": ["2", "2", "2", "0.5", "0.5", "0.5", None], "t18": ["18", "18", "19", "19", "20", "18", None]}
+    assert [row["correct"] for row in rows if row["prompt_id"] == "t18"] == [True, True, False, False, False, True, False]
+    assert (results["dtype"], results["device"]) == (None, None)  # a caller's sampler, no model: unknown
+
+
+def test_numbers_left_uncompared_are_different_under_math_verify(grader):
+    """vote_classes decides some pairs of plain numbers without math-verify; math-verify agrees."""
+    numbers = ["18", "18.0000004", "18.000001", "18.00001", "18.0001", "19", "0", "0.0000001", "1000000", "1e6"]
+    keys = [vote_key(number) for number in numbers]
+    asked: list[tuple[str, str]] = []
+
+    def spy(pairs):
+        asked.extend(pairs)
+        return grader.same_answers(pairs)
+
+    vote_classes([keys], spy)
+    distinct = sorted(set(keys))
+    unasked = [(a, b) for a in distinct for b in distinct if a < b and (a, b) not in asked and (b, a) not in asked]
+    assert len(unasked) > 10  # the shortcut is used ...
+    assert not any(grader.same_answers(unasked))  # ... and never separates what math-verify would merge
+
+
+def test_generation_stats_hold_the_papers_rule_beside_ours():
+    def row(ours: str, paper: str, correct: bool) -> dict:
+        return {"format": ours, "paper_format": paper, "correct": correct, "truncated": False, "n_tokens": 5, "status": "ok"}
+
+    rows = [
+        row("tinygsm", "tinygsm", True),
+        row("omi2", "tinygsm", True),  # "defective parts" prose
+        row("omi2", "tinygsm", False),  # an OMI2 solution showing a helper def
+        row("other", "tinygsm", False),  # degenerate text containing "def"
+        row("other", "omi2", False),  # boxed spam
+        row("omi1", "omi1", True),
+        row("omi2", "omi2", True),
+        row("omi2", "omi2", False),
+    ]
+    stats = generation_stats(rows)
+    assert stats["formats"]["tinygsm"]["share"] == 1 / 8 and stats["formats"]["omi2"]["share"] == 4 / 8
+    assert stats["paper_formats"]["tinygsm"] == {"count": 4, "share": 0.5, "accuracy": 0.5}
+    assert stats["paper_formats"]["omi2"] == {"count": 3, "share": 3 / 8, "accuracy": pytest.approx(1 / 3)}
+    assert stats["paper_formats"]["omi1"] == {"count": 1, "share": 1 / 8, "accuracy": 1.0}
+    assert stats["format_disagreements"] == 4
+    assert stats["format_confusion"] == {
+        "tinygsm": {"tinygsm": 1, "omi1": 0, "omi2": 0},
+        "omi1": {"tinygsm": 0, "omi1": 1, "omi2": 0},
+        "omi2": {"tinygsm": 2, "omi1": 0, "omi2": 2},
+        "other": {"tinygsm": 1, "omi1": 0, "omi2": 1},
+    }
+    # Rows built by hand without the paper's label: reported as unknown, never as 0.
+    bare = [{key: value for key, value in r.items() if key != "paper_format"} for r in rows]
+    assert generation_stats(bare)["paper_formats"] is None and generation_stats(bare)["format_disagreements"] is None
+    with pytest.raises(RuntimeError, match="lack a paper_format"):
+        generation_stats(rows[:1] + bare[1:])
+
+
+def test_resume_grades_rows_of_an_older_version_again(checkpoint, grader, tmp_path):
+    """Rows without vote/paper_format (written before they existed, by a verifier that called float
+    noise wrong) are graded again on resume; the folder ends as a fresh run would leave it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    records = [Record("t18", "Eighteen?", "", "18", "test", "omi2"), Record("t2", "Two?", "", "2", "test", "omi2")]
+    texts = {"t18": [(NOISY_TINYGSM, False), ("\\boxed{18}", False), ("We get \\boxed{19}.", False)],
+             "t2": [("We get \\boxed{2}.", False), ("We get \\boxed{2.0}.", False), ("no idea", True)]}  # fmt: skip
+    config = EvalConfig(benchmark="gsm8k", n=3, greedy=False)
+    fresh = evaluate(None, tokenizer, records, config, grader=grader, sampler=_PlantedSampler(texts),
+                     out_dir=tmp_path / "fresh", progress=False)  # fmt: skip
+    old = tmp_path / "old"
+    old.mkdir()
+    settings = json.loads((tmp_path / "fresh" / SETTINGS_FILE).read_text())
+    del settings["dtype"]  # the older version did not record it either
+    (old / SETTINGS_FILE).write_text(json.dumps(settings))
+    lines = (tmp_path / "fresh" / GENERATIONS_FILE).read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    for row in rows:
+        del row["vote"], row["paper_format"]
+    rows[0]["correct"] = False  # how the older verifier graded 18.000000000000004
+    (old / GENERATIONS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    resumed = evaluate(None, tokenizer, records, config, grader=grader, sampler=_PlantedSampler({}),
+                       out_dir=old, progress=False)  # fmt: skip
+    assert resumed == fresh
+    assert (old / GENERATIONS_FILE).read_text().splitlines() == lines
+
+
+def test_dtype_is_chosen_recorded_and_part_of_the_settings(checkpoint, grader, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = _config(benchmark="world-test", limit=1, n=1, max_new_tokens=3, workers=1, dtype="bfloat16")
+    results = run_eval(checkpoint, config, tmp_path / "bf16", progress=False)
+    assert (results["dtype"], results["device"], results["config"]["dtype"]) == ("bfloat16", "cpu", "bfloat16")
+    # Resuming that folder in another precision is refused rather than mixing the two.
+    with pytest.raises(UserError, match="different dtype"):
+        run_eval(checkpoint, _config(benchmark="world-test", limit=1, n=1, max_new_tokens=3), tmp_path / "bf16")
+    # The torch backend samples an in-memory model as it is: another dtype is refused before any work.
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(checkpoint), AutoTokenizer.from_pretrained(checkpoint)
+    records = benchmark_prompts(config)
+    with pytest.raises(UserError, match="own dtype \\(float32\\), not bfloat16"):
+        evaluate(model, tokenizer, records, config, grader=grader, progress=False)
+    with pytest.raises(UserError, match="'dtype': must be one of 'auto', 'float32'"):
+        _config(benchmark="world-test", dtype="fp8")
+    with pytest.raises(UserError, match="unknown dtype 'fp8'"):
+        EvalConfig(benchmark="world-test", dtype="fp8").validate()  # type: ignore[arg-type]
+    # A folder from before dtypes were recorded resumes under the torch backend (which then sampled
+    # the checkpoint's own dtype, i.e. "auto"), not under vLLM (which ran float32 weights in float16).
+    sampler = _PlantedSampler({record.id: [("\\boxed{1}", False)] for record in records})
+    for backend in ("torch", "vllm"):
+        legacy = EvalConfig(benchmark="world-test", limit=1, n=1, max_new_tokens=3, greedy=False, backend=backend)
+        folder = tmp_path / f"legacy-{backend}"
+        folder.mkdir()
+        settings = {key: value for key, value in legacy.generation_settings().items() if key != "dtype"}
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings))
+        refused = pytest.raises(UserError, match="different dtype") if backend == "vllm" else nullcontext()
+        with refused:
+            results = evaluate(None, tokenizer, records, legacy, grader=grader, sampler=sampler, out_dir=folder, progress=False)
+            assert results["sampled"]["n_generations"] == 1
+
+
 def test_vote_key_merges_spellings_of_one_number():
     assert vote_key("18.0") == vote_key("18") == vote_key("018") == vote_key("$18") == "18"
     assert vote_key("0.50") == "0.5"
     assert vote_key("1,000") == "1000"
     assert vote_key("-0.0") == "0"
+    assert vote_key("18.000000000000004") == "18"  # a TinyGSM function's float noise
     assert vote_key("\\frac{1}{2}") == "\\frac{1}{2}"
     assert vote_key(None) is None
 

@@ -111,6 +111,9 @@ class Rollout:
     correct: bool
     truncated: bool
     reward: float
+    # The paper's own format rule (formats.classify.paper_format), beside our `format`; None only in
+    # rollouts built by hand (tests), whose step metrics then report no paper-rule shares.
+    paper_format: str | None = None
 
     def row(self) -> dict[str, Any]:
         """What rollouts/step_N.jsonl.gz keeps of it (and what metrics are computed from)."""
@@ -151,7 +154,7 @@ def generate_rollouts(
                 prompt_id=records[i].id, sample_index=sample.sample_index, prompt_token_ids=prompt_tokens[i],
                 token_ids=sample.token_ids, logprobs=sample.logprobs, text=sample.text, format=grade.format,
                 answer=grade.answer, status=status, correct=correct, truncated=sample.truncated,
-                reward=1.0 if correct else 0.0,
+                reward=1.0 if correct else 0.0, paper_format=grade.paper_format,
             )
         )  # fmt: skip
     timings = {"time_generate": generated - started, "time_reward": time.perf_counter() - generated}

@@ -114,7 +114,7 @@ def test_batch_layout_and_truncation_policy(tiny_policy, truncation):
 
 def test_rollout_files_round_trip_byte_identically(tmp_path):
     rows = [_rollout("a", i, [1], [2, 3], truncated=False, reward=float(i % 2)).row() for i in range(3)]
-    assert set(rows[0]) == {"prompt_id", "sample_index", "text", "format", "answer", "status", "correct", "truncated", "reward", "n_tokens"}
+    assert set(rows[0]) == {"prompt_id", "sample_index", "text", "format", "answer", "status", "correct", "truncated", "reward", "n_tokens", "paper_format"}
     write_rollouts(tmp_path / "a" / "step_000001.jsonl.gz", rows)
     write_rollouts(tmp_path / "b" / "step_000001.jsonl.gz", rows)
     assert read_rollouts(tmp_path / "a" / "step_000001.jsonl.gz") == rows
