@@ -48,6 +48,15 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from echochamber.provenance.files import trace_file
+
+    n = {} if args.n is None else {"n": args.n}  # else the library's default (docs/provenance.md)
+    report = trace_file(Path(args.run_dir), Path(args.input), Path(args.out) if args.out else None, **n)
+    print(report.render(), file=sys.stderr if args.out is None else sys.stdout)
+    return 0
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from echochamber.config import load_config
     from echochamber.pretrain import PretrainConfig, run_pretrain
@@ -151,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--out", help="output jsonl (each line with format, answer, correct, status)")
     grade.add_argument("--workers", type=int, default=2, help="sandbox worker processes")
     grade.set_defaults(func=_cmd_grade)
+
+    trace = sub.add_parser("trace", help="provenance: which pretraining documents and sources generations echo")
+    trace.add_argument("run_dir", metavar="RUN_DIR", help="study run folder (shards in RUN_DIR/shards) or a shards folder")
+    trace.add_argument("input", metavar="IN.jsonl", help="jsonl (or .jsonl.gz) lines with 'text' or 'completion'")
+    trace.add_argument("--out", help="output jsonl: each line plus a 'provenance' object (default: stdout)")
+    trace.add_argument("--n", type=int, help="n-gram length in tokens for source shares and novelty (default 8)")
+    trace.set_defaults(func=_cmd_trace)
 
     pre = sub.add_parser("pretrain", help="pretrain from scratch on built shards (under torchrun: DDP/FSDP2)")
     pre.add_argument("config", help="YAML pretraining config")

@@ -7,6 +7,8 @@ it writes, into one folder:
     tokenizer/            HF tokenizer files (AutoTokenizer.from_pretrained loads them)
     train.bin             flat token stream: every training document, shuffled, each ending in EOS
     val/<source>.bin      held-out documents of one source (never in train.bin), for per-source loss
+    doc_map/              where each train.bin document starts, its source and its stable id
+                          (echochamber.provenance.docmap; provenance traces generations back with it)
     manifest.json         exact documents and tokens per source, tokenizer hash, spec hash, seed
 
 The folder is built under a temporary name, manifest last, then renamed: a crash never leaves a
@@ -51,6 +53,7 @@ from echochamber.data.tokenizer import (
 from echochamber.data.world import WorldConfig, generate_world
 from echochamber.errors import UserError
 from echochamber.formats.render import RENDER_STYLES, solution_text
+from echochamber.provenance.docmap import DOC_MAP_DIR, encode_ids, write_document_map
 
 if TYPE_CHECKING:
     import datasets
@@ -259,6 +262,7 @@ class _Rendered:
 
     prompts: list[str]
     solutions: list[str]
+    ids: list[str]  # the problems' ids, for the document map
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -294,7 +298,9 @@ def _load_sources(config: MixtureConfig, progress: bool) -> list[_Source]:
             val, train = _split(config, source, len(pool))
             chosen = [pool[i] for i in np.concatenate([val, train])]
             documents = _Rendered(
-                [p.question for p in chosen], [solution_text(p, source.world) for p in chosen]
+                [p.question for p in chosen],
+                [solution_text(p, source.world) for p in chosen],
+                [p.id for p in chosen],
             )
             n, empty = len(pool), documents.solutions.count("")
         else:
@@ -322,7 +328,7 @@ def _dataset_table(
         )
         workers = config.worker_count()
         table = records_dataset(source.dataset, rows, num_proc=workers if workers > 1 else None)
-    table = table.select_columns(["prompt", "solution"])
+    table = table.select_columns(["id", "prompt", "solution"])  # ids go into the document map
     empty = sum(
         pc.sum(pc.equal(pc.utf8_length(batch.column("solution")), 0)).as_py() or 0
         for batch in table.with_format("arrow").iter(batch_size=_GATHER_DOCS)
@@ -404,6 +410,13 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str, progres
         }
     order = np.random.default_rng([config.seed, 3]).permutation(np.concatenate(train_docs))
     train_tokens = _write_stream(tokens, starts, lengths, order, folder / "train.bin")
+    write_document_map(
+        folder / DOC_MAP_DIR,
+        starts=np.concatenate([[0], np.cumsum(lengths[order])]),
+        documents=order,
+        source_first=np.concatenate([[0], np.cumsum([len(s.documents) for s in sources])]),
+        ids=_document_ids(sources),
+    )
     for s in stats.values():
         s["token_share"] = round(s["tokens"] / train_tokens, 6)
 
@@ -426,6 +439,19 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str, progres
     # Written last: its presence is what marks the folder complete.
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _document_ids(sources: list[_Source]) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct document's id, in `_tokenize`'s order, as the map's (offsets, UTF-8 bytes)."""
+    ids: list[str] = []
+    for source in sources:
+        documents = source.documents
+        if isinstance(documents, _Rendered):
+            ids.extend(documents.ids)
+            continue
+        for batch in documents.select_columns(["id"]).with_format("arrow").iter(batch_size=_GATHER_DOCS):
+            ids.extend(batch.column("id").to_pylist())
+    return encode_ids(ids)
 
 
 def _training_texts(sources: list[_Source], sample: int | None, seed: int) -> Iterator[list[str]]:
@@ -462,7 +488,7 @@ def _tokenize(
         [
             datasets.Dataset.from_dict({"prompt": s.documents.prompts, "solution": s.documents.solutions})
             if isinstance(s.documents, _Rendered)
-            else s.documents
+            else s.documents.select_columns(["prompt", "solution"])
             for s in sources
         ]
     )

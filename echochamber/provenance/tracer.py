@@ -1,0 +1,349 @@
+"""Per-generation provenance: how much of a generation the model could have echoed, and from where.
+
+For a generation of tokens g (encoded as the model produced it: a continuation after the prompt),
+with n-grams counted only where they hold no EOS:
+
+    source_share[s] = |{n-grams of g found in source s's documents of train.bin}| / |n-grams of g|
+    unique_share[s] = |{... found in source s and in no other source}| / |n-grams of g|
+    novelty         = |{n-grams of g found nowhere in train.bin}| / |n-grams of g|
+    longest_match   = the longest span of g found verbatim in train.bin, where it starts in g, and
+                      the source, document id and offset of one document holding it
+
+source_share can sum past 1 (an n-gram in two sources counts for both); unique_share + shared +
+novelty = 1. A generation with fewer than n tokens has no n-grams: its shares and novelty are None,
+never 0. The default n is 8 tokens; docs/provenance.md gives the measurement behind it.
+
+`Tracer` is built once per run (it indexes train.bin on first use) and traces a batch at a time:
+the whole batch's n-grams are looked up together (`CorpusIndex`), and identical generations (a
+collapsed policy's samples) are traced once. `summarise` pools a batch into one metrics line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from echochamber.errors import UserError
+from echochamber.provenance.docmap import DocumentMap, ensure_document_map
+from echochamber.provenance.index import CorpusIndex, open_index
+
+DEFAULT_N = 8
+
+
+@dataclass(frozen=True)
+class LongestMatch:
+    """The longest span of a generation found verbatim in train.bin (tokens 0: none at all)."""
+
+    tokens: int
+    start: int  # its first token's index in the generation
+    source: str | None  # a source and document holding it (the first in suffix order when several do)
+    doc: str | None  # the document's stable id (see echochamber.provenance.docmap)
+    doc_offset: int | None  # where the span starts inside that document, in tokens
+    text: str | None = None  # the span, decoded (set when tracing text)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"tokens": self.tokens, "start": self.start, "source": self.source, "doc": self.doc}
+        out["doc_offset"] = self.doc_offset
+        if self.text is not None:
+            out["text"] = self.text
+        return out
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """One generation's n-gram counts by source and its longest verbatim match."""
+
+    n: int
+    ngrams: int
+    found: dict[str, int]  # n-grams found in each source (an n-gram may count in several)
+    only: dict[str, int]  # n-grams found in that source and no other
+    novel: int  # n-grams found nowhere
+    longest_match: LongestMatch
+
+    def _share(self, count: int) -> float | None:
+        return count / self.ngrams if self.ngrams else None
+
+    @property
+    def source_share(self) -> dict[str, float | None]:
+        return {s: self._share(c) for s, c in self.found.items()}
+
+    @property
+    def unique_share(self) -> dict[str, float | None]:
+        return {s: self._share(c) for s, c in self.only.items()}
+
+    @property
+    def novelty(self) -> float | None:
+        return self._share(self.novel)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "ngrams": self.ngrams,
+            "longest_match": self.longest_match.to_dict(),
+            "source_share": self.source_share,
+            "unique_share": self.unique_share,
+            "novelty": self.novelty,
+        }
+
+
+class Tracer:
+    """Traces generations of one run's model back to the documents of its train.bin.
+
+    Build it once (`Tracer(shards_dir)`, or `Tracer.for_path(run_or_shards_dir)`, which also finds
+    the spec to rebuild an old folder's document map); the first one for a shards folder builds the
+    index there (cached). Then `trace_ids` (token ids, as RL rollouts hold them) or `trace_texts`.
+    """
+
+    def __init__(
+        self,
+        shards_dir: str | Path,
+        *,
+        n: int = DEFAULT_N,
+        tokenizer: Any = None,
+        spec: Any = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        from echochamber.data.mixture import open_shards
+
+        if n < 1:
+            raise UserError(f"n must be >= 1, got {n}")
+        shards = open_shards(shards_dir)
+        self.n = n
+        self.sources = tuple(shards.manifest["sources"])
+        self.eos = shards.manifest["eos_token_id"]
+        self._tokenizer = tokenizer
+        self._tokenizer_path = shards.tokenizer_path
+        self.doc_map: DocumentMap = ensure_document_map(Path(shards_dir), shards.manifest, spec)
+        self.index: CorpusIndex = open_index(Path(shards_dir), shards.manifest, self.doc_map, say=say)
+
+    @classmethod
+    def for_path(cls, path: str | Path, **kwargs: Any) -> Tracer:
+        """A study run folder (shards in RUN/shards, spec in RUN/config.yaml) or a shards folder."""
+        shards_dir, spec = locate_shards(Path(path))
+        return cls(shards_dir, spec=spec, **kwargs)
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from echochamber.data.tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self._tokenizer_path)
+        return self._tokenizer
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Generations as the model produced them: continuations after `prompt + "\\n\\n"`, which is
+        how a document's solution part is encoded (a plain-text document is `text + EOS`)."""
+        from echochamber.data.tokenizer import encode_documents
+
+        return [ids[:-1] for ids in encode_documents(self.tokenizer, [""] * len(texts), list(texts))]
+
+    def trace_texts(self, texts: Sequence[str]) -> list[Provenance]:
+        """`trace_ids` of the encoded texts, each longest match with its text."""
+        ids = self.encode(texts)
+        traced = self.trace_ids(ids)
+        return [_with_text(p, self.tokenizer, g) for p, g in zip(traced, ids, strict=True)]
+
+    def trace_ids(self, generations: Sequence[Sequence[int]]) -> list[Provenance]:
+        """Provenance of each generation (token ids; EOS, where present, ends a segment)."""
+        distinct: dict[bytes, int] = {}
+        arrays: list[np.ndarray] = []
+        slot = []
+        for g in generations:
+            a = np.asarray(g, dtype=np.int64)
+            key = a.tobytes()
+            if key not in distinct:
+                distinct[key] = len(arrays)
+                arrays.append(a)
+            slot.append(distinct[key])
+        traced = self._trace_distinct(arrays) if arrays else []
+        return [traced[i] for i in slot]
+
+    def _trace_distinct(self, arrays: list[np.ndarray]) -> list[Provenance]:
+        n, n_sources = self.n, len(self.sources)
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        flat = np.concatenate(arrays) if lengths.sum() else np.zeros(0, dtype=np.int64)
+        owner = np.repeat(np.arange(len(arrays)), lengths)
+        seq_start = np.cumsum(lengths) - lengths
+        width = _segment_widths(flat, lengths, self.eos)
+
+        starts = np.flatnonzero(width >= n)
+        grams = flat[starts[:, None] + np.arange(n)] if starts.size else np.zeros((0, n), dtype=np.int64)
+        unique, inverse = _unique_rows(grams, self.index.tokens.dtype)
+        lo, hi = self.index.ngram_ranges(unique) if len(unique) else (np.zeros(0, np.int64),) * 2
+        seen = hi > lo
+        in_source = np.zeros((len(unique), n_sources), dtype=bool)
+        in_source[seen] = self.index.sources_in(lo[seen], hi[seen])
+
+        found = seen[inverse]
+        by_source = in_source[inverse]
+        who = owner[starts]
+
+        def count(mask: np.ndarray) -> np.ndarray:  # per generation, the n-grams where mask holds
+            return np.bincount(who[mask], minlength=len(arrays))
+
+        ngrams, novel = count(np.ones(len(starts), dtype=bool)), count(~found)
+        found_counts = np.stack([count(by_source[:, s]) for s in range(n_sources)], axis=1)
+        alone = by_source.sum(axis=1) == 1
+        only_counts = np.stack([count(by_source[:, s] & alone) for s in range(n_sources)], axis=1)
+
+        # Longest matches: from every position starting a found n-gram, within that n-gram's range.
+        hits = starts[found]
+        length, where = self.index.longest_prefix(
+            flat,
+            hits,
+            width[hits],
+            lo[inverse[found]],
+            hi[inverse[found]],
+            np.full(len(hits), n, dtype=np.int64),
+        )
+        span_at = np.full(len(arrays), -1, dtype=np.int64)
+        span_len, span_pos = np.zeros(len(arrays), dtype=np.int64), np.full(len(arrays), -1, dtype=np.int64)
+        _keep_longest(owner[hits], hits, length, where, span_at, span_len, span_pos)
+        # Generations with no n-gram found anywhere: their longest match is shorter than n.
+        rest = np.flatnonzero(span_at < 0)
+        if rest.size:
+            at = np.flatnonzero(np.isin(owner, rest) & (width > 0))
+            first_lo, first_hi = self.index.prefix_range(flat, at, 1)
+            w = np.minimum(width[at], max(n - 1, 1))
+            length, where = self.index.longest_prefix(
+                flat, at, w, first_lo, first_hi, np.ones(len(at), dtype=np.int64)
+            )
+            _keep_longest(owner[at], at, length, where, span_at, span_len, span_pos)
+
+        docs = self.doc_map.document_at(np.maximum(span_pos, 0))
+        return [
+            Provenance(
+                n=n,
+                ngrams=int(ngrams[g]),
+                found=dict(zip(self.sources, map(int, found_counts[g]), strict=True)),
+                only=dict(zip(self.sources, map(int, only_counts[g]), strict=True)),
+                novel=int(novel[g]),
+                longest_match=self._match(
+                    int(span_len[g]), int(span_at[g] - seq_start[g]), int(span_pos[g]), int(docs[g])
+                ),
+            )
+            for g in range(len(arrays))
+        ]
+
+    def _match(self, tokens: int, start: int, position: int, document: int) -> LongestMatch:
+        if tokens == 0 or position < 0:
+            return LongestMatch(tokens=0, start=0, source=None, doc=None, doc_offset=None)
+        source = self.sources[int(self.doc_map.source_of(np.array([document]))[0])]
+        offset = position - int(self.doc_map.starts[document])
+        return LongestMatch(tokens, start, source, self.doc_map.doc_id(document), offset)
+
+
+def _segment_widths(flat: np.ndarray, lengths: np.ndarray, eos: int) -> np.ndarray:
+    """Tokens from each position to the end of its segment: the next EOS (0 on an EOS) or the end of
+    its generation, whichever comes first."""
+    positions = np.arange(len(flat))
+    ends = np.repeat(np.cumsum(lengths), lengths)
+    eos_at = np.append(np.flatnonzero(flat == eos), len(flat))
+    return np.minimum(eos_at[np.searchsorted(eos_at, positions, side="left")], ends) - positions
+
+
+def _unique_rows(grams: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(grams, axis=0, return_inverse=True), 5x faster: each row's tokens, big-endian in the
+    corpus' dtype, are one fixed-size byte string (ids that do not fit are never in the corpus)."""
+    fits = np.dtype(dtype).newbyteorder(">")
+    keys = np.ascontiguousarray(np.minimum(grams, np.iinfo(dtype).max).astype(fits))
+    keys = keys.view(f"V{fits.itemsize * grams.shape[1]}").reshape(-1)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return grams[first], inverse.reshape(-1)
+
+
+def _keep_longest(
+    owner: np.ndarray,
+    at: np.ndarray,
+    length: np.ndarray,
+    where: np.ndarray,
+    span_at: np.ndarray,
+    span_len: np.ndarray,
+    span_pos: np.ndarray,
+) -> None:
+    """Per generation, the longest match (the earliest in the generation among equals), in place."""
+    ok = where >= 0
+    owner, at, length, where = owner[ok], at[ok], length[ok], where[ok]
+    if not len(owner):
+        return
+    order = np.lexsort((at, -length, owner))
+    first = order[np.concatenate([[True], owner[order][1:] != owner[order][:-1]])]
+    g = owner[first]
+    better = length[first] > span_len[g]
+    g, first = g[better], first[better]
+    span_at[g], span_len[g], span_pos[g] = at[first], length[first], where[first]
+
+
+def _with_text(p: Provenance, tokenizer: Any, ids: list[int]) -> Provenance:
+    m = p.longest_match
+    if m.tokens == 0:
+        return p
+    text = tokenizer.decode(ids[m.start : m.start + m.tokens], skip_special_tokens=False)
+    return Provenance(p.n, p.ngrams, p.found, p.only, p.novel, LongestMatch(**{**m.__dict__, "text": text}))
+
+
+def locate_shards(path: Path) -> tuple[Path, Path | None]:
+    """(shards folder, the run's config.yaml or None) for a study run folder or a shards folder."""
+    if (path / "manifest.json").is_file():
+        return path, None
+    if (path / "shards" / "manifest.json").is_file():
+        config = path / "config.yaml"
+        return path / "shards", config if config.is_file() else None
+    if not path.is_dir():
+        raise UserError(f"run or shards folder not found: {path}")
+    raise UserError(
+        f"{path} is neither a study run (no shards/manifest.json) nor a shards folder (no manifest.json)"
+    )
+
+
+@dataclass(frozen=True)
+class ProvenanceSummary:
+    """A batch's provenance pooled over its n-grams (a long generation weighs more than a short one),
+    as an RL metrics line or an eval result carries it."""
+
+    n: int
+    generations: int
+    ngrams: int
+    found: dict[str, int]
+    only: dict[str, int]
+    novel: int
+    longest_match_mean: float | None  # tokens, over generations
+    longest_match_max: int
+
+    def _share(self, count: int) -> float | None:
+        return count / self.ngrams if self.ngrams else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "generations": self.generations,
+            "ngrams": self.ngrams,
+            "source_share": {s: self._share(c) for s, c in self.found.items()},
+            "unique_share": {s: self._share(c) for s, c in self.only.items()},
+            "novelty": self._share(self.novel),
+            "longest_match_mean": self.longest_match_mean,
+            "longest_match_max": self.longest_match_max,
+        }
+
+
+def summarise(
+    traced: Sequence[Provenance], sources: Sequence[str] = (), n: int = DEFAULT_N
+) -> ProvenanceSummary:
+    """Pool a batch: shares of all its n-grams together, longest matches averaged over generations.
+    `sources` and `n` name an empty batch's (shares None, never 0)."""
+    names = list(traced[0].found) if traced else list(sources)
+    longest = [p.longest_match.tokens for p in traced]
+    return ProvenanceSummary(
+        n=traced[0].n if traced else n,
+        generations=len(traced),
+        ngrams=sum(p.ngrams for p in traced),
+        found={s: sum(p.found[s] for p in traced) for s in names},
+        only={s: sum(p.only[s] for p in traced) for s in names},
+        novel=sum(p.novel for p in traced),
+        longest_match_mean=sum(longest) / len(longest) if longest else None,
+        longest_match_max=max(longest, default=0),
+    )

@@ -1,0 +1,77 @@
+"""Shards for provenance tests: a small world mixture built once, and hand-made folders whose
+documents (plain token lists) are planted so every expected count is known by construction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from echochamber.config import from_dict
+from echochamber.data.mixture import MixtureConfig, build_shards
+from echochamber.provenance.docmap import DOC_MAP_DIR, encode_ids, write_document_map
+
+EOS = 0  # the hand-made folders' end-of-document id
+WORLD_SPEC = {
+    "seed": 7,
+    "world": {"n_pretrain": 300, "n_rl": 5, "n_test": 5, "n_hard": 5, "seed": 3},
+    "tokenizer": {"vocab_size": 400},
+    "val_docs": 10,
+    "workers": 1,
+    "sources": [
+        {"world": "tinygsm", "repeat": 2},
+        {"world": "omi1", "repeat": 0.5, "subset": 0.5},
+        {"world": "omi2", "tokens": 9000},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def world_shards(tmp_path_factory) -> Path:
+    """A three-source world mixture (tinygsm twice over, half of omi1, a token budget of omi2)."""
+    out = tmp_path_factory.mktemp("provenance") / "shards"
+    build_shards(from_dict(MixtureConfig, WORLD_SPEC), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_shards():
+    """`make_shards(folder, sources, vocab, order=None)`: see `_make_shards`; documents end in EOS = 0."""
+    return _make_shards
+
+
+def _make_shards(
+    folder: Path, sources: dict[str, list[list[int]]], vocab: int, order: list[tuple[str, int]] | None = None
+) -> Path:
+    """A shards folder holding `sources`' documents (token lists without EOS; id `<source>-<i>`), each
+    ending in EOS, in `order` ((source, index) pairs; default: source after source)."""
+    names = list(sources)
+    first = np.concatenate([[0], np.cumsum([len(sources[s]) for s in names])])
+    order = order or [(s, i) for s in names for i in range(len(sources[s]))]
+    docs = [sources[s][i] + [EOS] for s, i in order]
+    dtype = np.uint16 if vocab <= 2**16 else np.uint32
+    stream = np.array([t for d in docs for t in d], dtype=dtype)
+    folder.mkdir(parents=True)
+    stream.tofile(folder / "train.bin")
+    (folder / "tokenizer").mkdir()
+    write_document_map(
+        folder / DOC_MAP_DIR,
+        starts=np.concatenate([[0], np.cumsum([len(d) for d in docs])]),
+        documents=np.array([first[names.index(s)] + i for s, i in order]),
+        source_first=first,
+        ids=encode_ids([f"{s}-{i}" for s in names for i in range(len(sources[s]))]),
+    )
+    manifest = {
+        "dtype": np.dtype(dtype).name,
+        "vocab_size": vocab,
+        "eos_token_id": EOS,
+        "pad_token_id": EOS,
+        "train_tokens": len(stream),
+        "train_documents": len(docs),
+        "sources": {s: {"val_tokens": 0} for s in names},
+        "spec_hash": "hand-made",
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
