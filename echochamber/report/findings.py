@@ -96,7 +96,7 @@ def _collapse(sweep: SweepData) -> dict[str, Any]:
             "largest training-accuracy dip per seed": dips or None,
         }
         found = over_seeds(runs, at("final", bench, share_of(top[0])))
-        settings.append(judge(key, claim, found, details, degenerate_note(runs, bench)))
+        settings.append(judge(key, claim, found, details, degenerate_note(runs, bench), limits=(0.0, 1.0)))
     return finding(
         "collapse",
         f"PPO/GRPO (KL ≤ the default) collapse the outputs onto one format: its share after RL is above "
@@ -136,8 +136,10 @@ def _lag(run: RunData) -> dict[str, Any] | str:
         return f"{name} ends training at {share[-SMOOTH_STEPS:].mean():.0%}: no collapse to time"
     rng = np.random.default_rng(0)  # a report is a pure function of its folder
     lag, p = lag_permutation_p(share, accuracy, SMOOTH_STEPS, PERMUTATIONS, rng)
-    interval = lag_interval(share, accuracy, SMOOTH_STEPS, LAG_RESAMPLES, rng)
-    return {"seed": run.seed, "format": name, "lag": lag, "p": p, "interval": interval, "steps": len(steps)}
+    low, high = lag_interval(share, accuracy, SMOOTH_STEPS, LAG_RESAMPLES, rng)
+    every = float(np.median(np.diff(steps)))  # RL steps per logged line (1: every step is logged)
+    return {"seed": run.seed, "format": name, "lag": lag * every, "p": p, "interval": (low * every, high * every),
+            "steps": len(steps)}  # fmt: skip
 
 
 def _collapse_timing(sweep: SweepData) -> dict[str, Any]:
@@ -171,7 +173,7 @@ def _collapse_timing(sweep: SweepData) -> dict[str, Any]:
             "format": lags[0]["format"], "permutation p (Fisher over seeds)": combined,
             "p per seed": {str(lag["seed"]): lag["p"] for lag in lags},
         }  # fmt: skip
-        result = judge(key, claim, found, details, verdict=verdict, replicated=replicated)
+        result = judge(key, claim, found, details, verdict=verdict, replicated=replicated, limits=None)
         for row, lag in zip(result["per_seed"], lags, strict=True):
             row.update(p=lag["p"], n_prompts=None, steps=lag["steps"])
         settings.append(result)

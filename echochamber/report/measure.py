@@ -248,9 +248,12 @@ def judge(
     note: str | None = None,
     verdict: str | None = None,
     replicated: bool | None = None,
+    limits: tuple[float, float] | None = (-1.0, 1.0),
 ) -> dict[str, Any]:
     """One setting's result: the claim's verdict from the interval (unless `verdict` overrides it,
-    e.g. inconclusive for too little data) and its evidence."""
+    e.g. inconclusive for too little data) and its evidence. The interval is shown cut to `limits`,
+    the values the quantity can take (a rate or share in [0, 1], a difference of two in [-1, 1]): a
+    t interval knows no bounds, the quantity does; no verdict changes by the cut."""
     if found is None:
         return not_tested(setting, note or "no data", details)
     verdict = verdict or claim.verdict(found.interval)
@@ -258,9 +261,12 @@ def judge(
         kind = evidence(claim, found, verdict)
     else:
         kind = "replicated" if replicated else "single_seed"
+    interval = found.interval
+    if interval is not None and limits is not None:
+        interval = (max(interval[0], limits[0]), min(interval[1], limits[1]))
     return {
         "setting": setting, "verdict": verdict, "evidence": kind, "seeds": found.n_seeds, "basis": found.basis,
-        "effect": found.effect, "interval": list(found.interval) if found.interval else None,
+        "effect": found.effect, "interval": list(interval) if interval else None,
         "per_seed": [
             {"seed": seed, "effect": value, "n_prompts": n}
             for seed, value, n in zip(found.seeds, found.per_seed, found.n_prompts, strict=True)
@@ -298,5 +304,11 @@ def finding(
         "seeds": min((s["seeds"] for s in tested), default=0), "effect": top["effect"],
         "interval": top["interval"], "per_seed": top["per_seed"], "setting": top["setting"] or None,
         "kind": claim.kind, "null": claim.null, "unit": unit, "settings": settings,
-        "note": missing if verdict == "not_tested" else top["note"],
+        "note": _untested_note(settings, missing) if verdict == "not_tested" else top["note"],
     }  # fmt: skip
+
+
+def _untested_note(settings: list[dict[str, Any]], missing: str) -> str:
+    """Why nothing was tested: what is missing, and each setting's own reason."""
+    reasons = list(dict.fromkeys(s["note"] for s in settings if s["note"]))
+    return "; ".join([missing, *reasons])
