@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,7 +120,10 @@ def load_document_map(shards_dir: Path, manifest: dict[str, Any]) -> DocumentMap
 
 
 def ensure_document_map(
-    shards_dir: Path, manifest: dict[str, Any], spec: MixtureConfig | Path | None
+    shards_dir: Path,
+    manifest: dict[str, Any],
+    spec: MixtureConfig | Path | None,
+    say: Callable[[str], None] | None = None,
 ) -> DocumentMap:
     """The folder's document map; for a folder built before maps existed, rebuild it from `spec` (a
     mixture config, or a study run's config.yaml, read only when the map is missing).
@@ -140,13 +144,17 @@ def ensure_document_map(
         spec = load_study(str(spec), None, []).mixture
     if spec is None or spec_hash(spec) != manifest.get("spec_hash"):
         why = (
-            "no mixture spec is known for it" if spec is None else "its run's config.yaml names another spec"
+            "no mixture spec is known for it (a study run folder has one in config.yaml)"
+            if spec is None
+            else f"the spec at hand builds other shards (spec hash {spec_hash(spec)}, not {manifest.get('spec_hash')})"
         )
         raise UserError(
             f"{shards_dir} has no document map (built before provenance existed) and {why}; rebuild it "
             f"with `echochamber data mixture SPEC --out NEW_DIR` and trace against NEW_DIR"
         )
     scratch = shards_dir.parent / f".{shards_dir.name}.docmap-{uuid.uuid4().hex[:8]}"
+    if say is not None:
+        say(f"{shards_dir} predates document maps: rebuilding its mixture once to recover the map")
     try:
         build_shards(spec, scratch, progress=False)
         if not _same_bytes(scratch / "train.bin", shards_dir / "train.bin"):
@@ -156,6 +164,8 @@ def ensure_document_map(
             )
         os.replace(scratch / DOC_MAP_DIR, shards_dir / DOC_MAP_DIR)
     except OSError as exc:
+        if (shards_dir / DOC_MAP_DIR).is_dir():  # another process put the same map there first
+            return load_document_map(shards_dir, manifest)
         raise UserError(f"cannot write a document map into {shards_dir}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

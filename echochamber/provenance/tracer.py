@@ -117,7 +117,7 @@ class Tracer:
         self.eos = shards.manifest["eos_token_id"]
         self._tokenizer = tokenizer
         self._tokenizer_path = shards.tokenizer_path
-        self.doc_map: DocumentMap = ensure_document_map(Path(shards_dir), shards.manifest, spec)
+        self.doc_map: DocumentMap = ensure_document_map(Path(shards_dir), shards.manifest, spec, say)
         self.index: CorpusIndex = open_index(Path(shards_dir), shards.manifest, self.doc_map, say=say)
 
     @classmethod

@@ -29,6 +29,12 @@ WORLD_SPEC = {
 
 
 @pytest.fixture(scope="session")
+def world_spec() -> dict:
+    """The spec `world_shards` is built from."""
+    return WORLD_SPEC
+
+
+@pytest.fixture(scope="session")
 def world_shards(tmp_path_factory) -> Path:
     """A three-source world mixture (tinygsm twice over, half of omi1, a token budget of omi2)."""
     out = tmp_path_factory.mktemp("provenance") / "shards"
