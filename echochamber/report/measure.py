@@ -309,6 +309,6 @@ def finding(
 
 
 def _untested_note(settings: list[dict[str, Any]], missing: str) -> str:
-    """Why nothing was tested: what is missing, and each setting's own reason."""
+    """Why nothing was tested: each setting's own reason, or what is missing where no setting applied."""
     reasons = list(dict.fromkeys(s["note"] for s in settings if s["note"]))
-    return "; ".join([missing, *reasons])
+    return "; ".join(reasons) or missing

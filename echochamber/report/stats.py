@@ -257,6 +257,8 @@ def fastest_rise(series: np.ndarray, window: int) -> np.ndarray:
     read lag ~0 rather than ±1 by which of two near-equal windows wins."""
     means = moving_average(series, window)
     rise = means[..., window:] - means[..., :-window]
+    if rise.shape[-1] < 3:
+        raise ValueError(f"fastest_rise needs at least 2 * window + 2 values, got {series.shape[-1]}")
     peak = np.argmax(rise, axis=-1)
     inner = np.clip(peak, 1, rise.shape[-1] - 2)
     left, mid, right = (np.take_along_axis(rise, (inner + d)[..., None], axis=-1)[..., 0] for d in (-1, 0, 1))
