@@ -161,3 +161,11 @@ def test_the_algorithm_findings_are_judged_at_the_default_kl_only(tmp_path: Path
     for name in ("ei_below_ppo", "ei_shifts_less"):
         assert [s["setting"] for s in findings[name]["settings"]] == ["kl=0.001"], findings[name]
         assert findings[name]["verdict"] == "reproduced"
+
+
+def test_the_default_kl_is_the_rl_configs() -> None:
+    """The report reads the default KL from the RL config (PPO's); GRPO's must be the same."""
+    from echochamber.report.measure import default_kl
+    from echochamber.rl.config import GRPOConfig, PPOConfig
+
+    assert default_kl() == PPOConfig().kl_coef == GRPOConfig().kl_coef
