@@ -70,31 +70,26 @@ class CorpusIndex:
         self, query: np.ndarray, starts: np.ndarray, width: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rank ranges [lo, hi) of the suffixes starting with query[starts : starts + width], for
-        width <= key_tokens: the sampled keys bound each end to within `_KEY_STRIDE` ranks, a short
-        binary search finds it."""
-        k, bits = self.key_tokens, _bits(self.vocab)
+        width <= key_tokens. The pattern is packed like the keys, its unread tokens at their smallest
+        (lower end) or largest (upper end); `np.searchsorted` over the sampled keys bounds each end to
+        within `_KEY_STRIDE` ranks, and the keys of the ranks in between settle it."""
+        k, bits, n = self.key_tokens, _bits(self.vocab), len(self.suffixes)
         tokens = query[starts[:, None] + np.arange(width)]
-        fits = (tokens < self.vocab).all(axis=1)
+        fits = ((tokens >= 0) & (tokens < self.vocab)).all(axis=1)
         tokens = np.where(fits[:, None], tokens, 0).astype(np.uint64)
         shifts = np.uint64(bits) * np.arange(k - 1, k - 1 - width, -1, dtype=np.uint64)
         low = (tokens << shifts).sum(axis=1, dtype=np.uint64)
-        high = low | np.uint64((1 << (bits * (k - width))) - 1)  # the unread tokens all at their largest
-        n, m = len(self.suffixes), len(starts)
+        high = low | np.uint64((1 << (bits * (k - width))) - 1)
         bounds = []
         for key, after in ((low, False), (high, True)):
             sample = np.searchsorted(self.keys, key, side="right" if after else "left").astype(np.int64)
-            lo = np.maximum((sample - 1) * _KEY_STRIDE + 1, 0)
-            hi = np.minimum(sample * _KEY_STRIDE, n)
-            bound, _, _ = self._lower_bound(
-                lo,
-                hi,
-                query,
-                starts,
-                np.full(m, width, dtype=np.int64),
-                np.zeros(m, dtype=np.int64),
-                after=after,
-            )
-            bounds.append(np.where(fits, bound, 0))
+            # The bound is in ((sample-1)*stride, sample*stride]: count the ranks in between still below.
+            first = np.maximum((sample - 1) * _KEY_STRIDE + 1, 0)
+            between = first[:, None] + np.arange(_KEY_STRIDE - 1)
+            inside = between < np.minimum(sample * _KEY_STRIDE, n)[:, None]
+            keys = _pack(self.tokens, self.suffixes[np.minimum(between, n - 1)].astype(np.int64), self.vocab)
+            below = (keys <= key[:, None]) if after else (keys < key[:, None])
+            bounds.append(np.where(fits, first + (below & inside).sum(axis=1), 0))
         return bounds[0], bounds[1]
 
     def ngram_ranges(self, grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -355,14 +350,18 @@ def _key_tokens(vocab: int) -> int:
 
 
 def _sampled_keys(tokens: np.ndarray, suffixes: np.ndarray, vocab: int) -> np.ndarray:
-    """The first `_key_tokens` tokens of every `_KEY_STRIDE`-th sorted suffix, packed big-end first,
-    so the keys are sorted as the suffixes are. Past train.bin's end a suffix reads 0s: a shorter
-    suffix sorts first, and its zero-padded key is no larger than any key that follows it."""
+    """The packed keys of every `_KEY_STRIDE`-th sorted suffix: sorted, as the suffixes are."""
+    return _pack(tokens, np.asarray(suffixes[::_KEY_STRIDE], dtype=np.int64), vocab)
+
+
+def _pack(tokens: np.ndarray, positions: np.ndarray, vocab: int) -> np.ndarray:
+    """The first `_key_tokens` tokens from each position, packed big-end first into one uint64, so
+    keys compare as the token sequences do. Past train.bin's end a suffix reads 0s: a shorter suffix
+    sorts first, and its zero-padded key is no larger than any key that follows it."""
     k, bits = _key_tokens(vocab), _bits(vocab)
-    pos = np.asarray(suffixes[::_KEY_STRIDE], dtype=np.int64)
-    keys = np.zeros(len(pos), dtype=np.uint64)
+    keys = np.zeros(positions.shape, dtype=np.uint64)
     for i in range(k):
-        at = pos + i
+        at = positions + i
         token = np.where(at < len(tokens), tokens[np.minimum(at, len(tokens) - 1)], 0).astype(np.uint64)
         keys |= token << np.uint64(bits * (k - 1 - i))
     return keys

@@ -163,71 +163,93 @@ class Tracer:
         return [traced[i] for i in slot]
 
     def _trace_distinct(self, arrays: list[np.ndarray]) -> list[Provenance]:
-        n, n_sources = self.n, len(self.sources)
-        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
-        flat = np.concatenate(arrays) if lengths.sum() else np.zeros(0, dtype=np.int64)
-        owner = np.repeat(np.arange(len(arrays)), lengths)
-        seq_start = np.cumsum(lengths) - lengths
-        width = _segment_widths(flat, lengths, self.eos)
-
-        starts = np.flatnonzero(width >= n)
-        grams = flat[starts[:, None] + np.arange(n)] if starts.size else np.zeros((0, n), dtype=np.int64)
-        unique, inverse = _unique_rows(grams, self.index.tokens.dtype)
-        lo, hi = self.index.ngram_ranges(unique) if len(unique) else (np.zeros(0, np.int64),) * 2
-        seen = hi > lo
-        in_source = np.zeros((len(unique), n_sources), dtype=bool)
-        in_source[seen] = self.index.sources_in(lo[seen], hi[seen])
-
-        found = seen[inverse]
-        by_source = in_source[inverse]
-        who = owner[starts]
-
-        def count(mask: np.ndarray) -> np.ndarray:  # per generation, the n-grams where mask holds
-            return np.bincount(who[mask], minlength=len(arrays))
-
-        ngrams, novel = count(np.ones(len(starts), dtype=bool)), count(~found)
-        found_counts = np.stack([count(by_source[:, s]) for s in range(n_sources)], axis=1)
-        alone = by_source.sum(axis=1) == 1
-        only_counts = np.stack([count(by_source[:, s] & alone) for s in range(n_sources)], axis=1)
-
-        # Longest matches: from every position starting a found n-gram, within that n-gram's range.
-        hits = starts[found]
-        length, where = self.index.longest_prefix(
-            flat,
-            hits,
-            width[hits],
-            lo[inverse[found]],
-            hi[inverse[found]],
-            np.full(len(hits), n, dtype=np.int64),
-        )
-        span_at = np.full(len(arrays), -1, dtype=np.int64)
-        span_len, span_pos = np.zeros(len(arrays), dtype=np.int64), np.full(len(arrays), -1, dtype=np.int64)
-        _keep_longest(owner[hits], hits, length, where, span_at, span_len, span_pos)
-        # Generations with no n-gram found anywhere: their longest match is shorter than n.
-        rest = np.flatnonzero(span_at < 0)
-        if rest.size:
-            at = np.flatnonzero(np.isin(owner, rest) & (width > 0))
-            first_lo, first_hi = self.index.prefix_range(flat, at, 1)
-            w = np.minimum(width[at], max(n - 1, 1))
-            length, where = self.index.longest_prefix(
-                flat, at, w, first_lo, first_hi, np.ones(len(at), dtype=np.int64)
-            )
-            _keep_longest(owner[at], at, length, where, span_at, span_len, span_pos)
-
-        docs = self.doc_map.document_at(np.maximum(span_pos, 0))
+        batch = _Batch.of(arrays, self.eos)
+        counts, hits, lo, hi = self._count_ngrams(batch)
+        spans = self._longest_matches(batch, hits, lo, hi)
+        docs = self.doc_map.document_at(np.maximum(spans.position, 0))
+        ngrams, found, only, novel = counts
         return [
             Provenance(
-                n=n,
+                n=self.n,
                 ngrams=int(ngrams[g]),
-                found=dict(zip(self.sources, map(int, found_counts[g]), strict=True)),
-                only=dict(zip(self.sources, map(int, only_counts[g]), strict=True)),
+                found=dict(zip(self.sources, map(int, found[g]), strict=True)),
+                only=dict(zip(self.sources, map(int, only[g]), strict=True)),
                 novel=int(novel[g]),
                 longest_match=self._match(
-                    int(span_len[g]), int(span_at[g] - seq_start[g]), int(span_pos[g]), int(docs[g])
+                    int(spans.length[g]),
+                    int(spans.start[g] - batch.offset[g]),
+                    int(spans.position[g]),
+                    int(docs[g]),
                 ),
             )
             for g in range(len(arrays))
         ]
+
+    def _count_ngrams(
+        self, batch: _Batch
+    ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray]:
+        """Per generation: n-grams, found per source [g, S], found in one source alone [g, S], novel;
+        and the positions starting a found n-gram with that n-gram's rank range. Each distinct
+        n-gram of the batch is looked up once."""
+        n, n_sources = self.n, len(self.sources)
+        starts = np.flatnonzero(batch.width >= n)
+        grams = batch.flat[starts[:, None] + np.arange(n)]
+        unique, inverse = _unique_rows(grams, self.index.tokens.dtype)
+        lo, hi = self.index.ngram_ranges(unique)
+        seen = hi > lo
+        in_source = np.zeros((len(unique), n_sources), dtype=bool)
+        in_source[seen] = self.index.sources_in(lo[seen], hi[seen])
+        found, by_source = seen[inverse], in_source[inverse]
+        alone = by_source.sum(axis=1) == 1
+        who = batch.owner[starts]
+
+        def count(mask: np.ndarray) -> np.ndarray:
+            return np.bincount(who[mask], minlength=batch.size)
+
+        counts = (
+            count(np.ones(len(starts), dtype=bool)),
+            np.stack([count(by_source[:, s]) for s in range(n_sources)], axis=1),
+            np.stack([count(by_source[:, s] & alone) for s in range(n_sources)], axis=1),
+            count(~found),
+        )
+        return counts, starts[found], lo[inverse[found]], hi[inverse[found]]
+
+    def _longest_matches(self, batch: _Batch, hits: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> _Spans:
+        """Each generation's longest verbatim span, searched from positions starting a found n-gram,
+        inside that n-gram's range; for a generation with none, from every position with patterns of
+        under n tokens (its longest match is shorter than n).
+
+        A match of L tokens from position i makes the n-grams at i .. i+L-n all found, so L is at most
+        n + (last position of i's run of found n-grams) - i. The run starts are searched first; then
+        only the positions whose bound beats their generation's best so far (none, when a generation
+        copies one document verbatim).
+        """
+        n = self.n
+        spans = _Spans.empty(batch.size)
+        breaks = np.flatnonzero(np.diff(hits) != 1) + 1
+        run_first = np.concatenate([[0], breaks]) if len(hits) else np.zeros(0, dtype=np.int64)
+        run_last = np.concatenate([breaks - 1, [len(hits) - 1]]) if len(hits) else run_first
+        bound = hits[np.repeat(run_last, np.diff(np.append(run_first, len(hits))))] - hits + n
+        first = np.zeros(len(hits), dtype=bool)
+        first[run_first] = True
+        for chosen in (first, ~first):
+            if chosen is not first:  # the bound is taken after the run starts are known
+                chosen = chosen & (bound > spans.length[batch.owner[hits]])
+            at, skip = hits[chosen], np.full(int(chosen.sum()), n, dtype=np.int64)
+            found = self.index.longest_prefix(batch.flat, at, batch.width[at], lo[chosen], hi[chosen], skip)
+            spans.keep(batch.owner[at], at, *found)
+        rest = np.flatnonzero(spans.start < 0)
+        if rest.size:
+            at = np.flatnonzero(np.isin(batch.owner, rest) & (batch.width > 0))
+            first_lo, first_hi = self.index.prefix_range(batch.flat, at, 1)
+            width = np.minimum(batch.width[at], max(n - 1, 1))
+            one = np.ones(len(at), dtype=np.int64)
+            spans.keep(
+                batch.owner[at],
+                at,
+                *self.index.longest_prefix(batch.flat, at, width, first_lo, first_hi, one),
+            )
+        return spans
 
     def _match(self, tokens: int, start: int, position: int, document: int) -> LongestMatch:
         if tokens == 0 or position < 0:
@@ -237,13 +259,56 @@ class Tracer:
         return LongestMatch(tokens, start, source, self.doc_map.doc_id(document), offset)
 
 
-def _segment_widths(flat: np.ndarray, lengths: np.ndarray, eos: int) -> np.ndarray:
-    """Tokens from each position to the end of its segment: the next EOS (0 on an EOS) or the end of
-    its generation, whichever comes first."""
-    positions = np.arange(len(flat))
-    ends = np.repeat(np.cumsum(lengths), lengths)
-    eos_at = np.append(np.flatnonzero(flat == eos), len(flat))
-    return np.minimum(eos_at[np.searchsorted(eos_at, positions, side="left")], ends) - positions
+@dataclass(frozen=True)
+class _Batch:
+    """Distinct generations laid end to end."""
+
+    flat: np.ndarray  # every token, int64
+    owner: np.ndarray  # the generation of each token
+    offset: np.ndarray  # where each generation starts in `flat`
+    width: np.ndarray  # tokens from each position to its segment's end: the next EOS (0 on an EOS) or
+    # its generation's end, whichever comes first
+
+    @property
+    def size(self) -> int:
+        return len(self.offset)
+
+    @classmethod
+    def of(cls, arrays: list[np.ndarray], eos: int) -> _Batch:
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        flat = np.concatenate(arrays)
+        positions = np.arange(len(flat))
+        ends = np.repeat(np.cumsum(lengths), lengths)
+        eos_at = np.append(np.flatnonzero(flat == eos), len(flat))
+        width = np.minimum(eos_at[np.searchsorted(eos_at, positions, side="left")], ends) - positions
+        owner = np.repeat(np.arange(len(arrays)), lengths)
+        return cls(flat=flat, owner=owner, offset=np.cumsum(lengths) - lengths, width=width)
+
+
+@dataclass(frozen=True)
+class _Spans:
+    """Per generation, the longest match so far: its start in `flat` (-1: none), length, train.bin position."""
+
+    start: np.ndarray
+    length: np.ndarray
+    position: np.ndarray
+
+    @classmethod
+    def empty(cls, size: int) -> _Spans:
+        return cls(np.full(size, -1, np.int64), np.zeros(size, np.int64), np.full(size, -1, np.int64))
+
+    def keep(self, owner: np.ndarray, at: np.ndarray, length: np.ndarray, where: np.ndarray) -> None:
+        """Take, per generation, the longest of these matches (the earliest in it among equals) where
+        it is longer than the one held."""
+        ok = where >= 0
+        owner, at, length, where = owner[ok], at[ok], length[ok], where[ok]
+        if not len(owner):
+            return
+        order = np.lexsort((at, -length, owner))
+        first = order[np.concatenate([[True], owner[order][1:] != owner[order][:-1]])]
+        better = length[first] > self.length[owner[first]]
+        g, first = owner[first][better], first[better]
+        self.start[g], self.length[g], self.position[g] = at[first], length[first], where[first]
 
 
 def _unique_rows(grams: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -254,28 +319,6 @@ def _unique_rows(grams: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.nda
     keys = keys.view(f"V{fits.itemsize * grams.shape[1]}").reshape(-1)
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     return grams[first], inverse.reshape(-1)
-
-
-def _keep_longest(
-    owner: np.ndarray,
-    at: np.ndarray,
-    length: np.ndarray,
-    where: np.ndarray,
-    span_at: np.ndarray,
-    span_len: np.ndarray,
-    span_pos: np.ndarray,
-) -> None:
-    """Per generation, the longest match (the earliest in the generation among equals), in place."""
-    ok = where >= 0
-    owner, at, length, where = owner[ok], at[ok], length[ok], where[ok]
-    if not len(owner):
-        return
-    order = np.lexsort((at, -length, owner))
-    first = order[np.concatenate([[True], owner[order][1:] != owner[order][:-1]])]
-    g = owner[first]
-    better = length[first] > span_len[g]
-    g, first = g[better], first[better]
-    span_at[g], span_len[g], span_pos[g] = at[first], length[first], where[first]
 
 
 def _with_text(p: Provenance, tokenizer: Any, ids: list[int]) -> Provenance:
