@@ -67,7 +67,8 @@ class ValueModel(torch.nn.Module):
         backbone = copy.deepcopy(policy.base_model)
         device = next(backbone.parameters()).device
         # float32 head whatever the body's dtype: values and returns are small differences of rewards.
-        head = torch.nn.Linear(backbone.config.hidden_size, 1, device=device, dtype=torch.float32)
+        # skip_init: Linear's own random init would move the global RNG (resume compares RNG states).
+        head = torch.nn.utils.skip_init(torch.nn.Linear, backbone.config.hidden_size, 1, device=device, dtype=torch.float32)
         torch.nn.init.zeros_(head.weight)
         torch.nn.init.zeros_(head.bias)
         return cls(backbone, head)
@@ -97,7 +98,7 @@ class ValueModel(torch.nn.Module):
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(f"cannot load critic from {folder}: {first_line}") from error
-        head = torch.nn.Linear(backbone.config.hidden_size, 1, dtype=torch.float32)
+        head = torch.nn.utils.skip_init(torch.nn.Linear, backbone.config.hidden_size, 1, dtype=torch.float32)
         head.load_state_dict(weights)
         return cls(backbone, head)
 

@@ -108,12 +108,21 @@ def test_global_whiten_equals_masked_whiten_in_one_process():
 
 
 def test_value_model_shape_and_save_load_round_trip(tmp_path):
-    critic = ppo.ValueModel.from_policy(_model(0))
+    policy = _model(0)
+    rng = torch.get_rng_state()
+    critic = ppo.ValueModel.from_policy(policy)
+    assert torch.equal(torch.get_rng_state(), rng)  # building it draws no random numbers (resume compares RNG states)
     tokens = torch.tensor([[3, 4, 5, 6], [3, 8, PAD, PAD]])
     attention = (tokens != PAD).long()
+    # The body is a copy of the policy's: same hidden states, but its own weights (training the critic
+    # must not move the policy).
+    hidden = policy.base_model(input_ids=tokens, attention_mask=attention).last_hidden_state
+    assert torch.equal(critic.backbone(input_ids=tokens, attention_mask=attention).last_hidden_state, hidden)
+    policy_weights = {p.data_ptr() for p in policy.parameters()}
+    assert not any(p.data_ptr() in policy_weights for p in critic.parameters())
     values = critic(tokens, attention)
     assert values.shape == tokens.shape
-    assert torch.count_nonzero(values) == 0  # fresh head: every value starts at 0
+    assert torch.count_nonzero(values) == 0  # fresh zero head: every value starts at 0, not the body's noise
     with torch.no_grad():
         critic.head.weight.normal_(generator=torch.Generator().manual_seed(1))
         critic.head.bias.fill_(0.3)
@@ -131,10 +140,16 @@ def test_value_model_shape_and_save_load_round_trip(tmp_path):
 
 @pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean"])
 def test_first_update_losses_equal_the_closed_form(aggregation):
+    """A fresh critic and a planted ratio: the sampler's log-probs are the policy's shifted by +-0.4
+    (alternating tokens), so the ratio is exp(-+0.4), outside the clip range either way, and a token
+    clips when its advantage points the same way. Every loss and diagnostic then has a closed form
+    (at ratio 1 the policy loss would be -mean(whitened advantages) = 0)."""
     policy, ref = _model(0), _model(1)
-    coef, lam = 0.1, 0.95
-    config = _config(kl_coef=coef, lam=lam, aggregation=aggregation, epochs=1, minibatches=1)
+    coef, lam, clip = 0.1, 0.95, 0.2
+    config = _config(kl_coef=coef, lam=lam, aggregation=aggregation, epochs=1, minibatches=1, clip=clip)
     batch = _batch(policy, ref, HAND_ROWS, [1.0, 0.0, 1.0])
+    shift = 0.4 * (1 - 2 * (torch.arange(batch.old_logp.numel()) % 2)).view_as(batch.old_logp) * batch.response_mask
+    batch.old_logp = batch.old_logp + shift
     diagnostics = ppo.build(policy, ref, None, config).update(batch)
 
     # Fresh critic: every value is 0, so GAE reduces to a (gamma * lambda)-discounted reward-to-go.
@@ -150,17 +165,20 @@ def test_first_update_losses_equal_the_closed_form(aggregation):
         returns += row  # returns = advantages + values = advantages
     a = torch.tensor(advantages, dtype=torch.float64)
     whitened = (a - a.mean()) / torch.sqrt(a.var(unbiased=False) + 1e-8)
+    ratio = torch.exp(-shift[batch.response_mask.bool()].double())  # row-major, like `advantages`
+    surrogate = torch.maximum(-whitened * ratio, -whitened * ratio.clamp(1 - clip, 1 + clip))
+    clipped = ((whitened > 0) & (ratio > 1 + clip)) | ((whitened < 0) & (ratio < 1 - clip))
     value_terms = 0.5 * torch.tensor(returns, dtype=torch.float64) ** 2
     if aggregation == "token_mean":
-        policy_loss, value_loss = -whitened.mean(), value_terms.mean()
+        policy_loss, value_loss = surrogate.mean(), value_terms.mean()
     else:
-        policy_loss = -torch.stack([part.mean() for part in whitened.split(per_row)]).mean()
+        policy_loss = torch.stack([part.mean() for part in surrogate.split(per_row)]).mean()
         value_loss = torch.stack([part.mean() for part in value_terms.split(per_row)]).mean()
-    # Ratio 1 on the first minibatch: the clipped surrogate is -advantage exactly.
-    assert diagnostics["policy_loss"] == pytest.approx(float(policy_loss), abs=1e-5)
+    assert 0 < clipped.double().mean() < 1  # the planted condition: some tokens clip, some do not
+    assert diagnostics["policy_loss"] == pytest.approx(float(policy_loss), rel=1e-4)
     assert diagnostics["value_loss"] == pytest.approx(float(value_loss), rel=1e-5)
-    assert diagnostics["clip_fraction"] == 0.0
-    assert diagnostics["approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert diagnostics["clip_fraction"] == pytest.approx(float(clipped.double().mean()))
+    assert diagnostics["approx_kl"] == pytest.approx(float(((ratio - 1) - ratio.log()).mean()), rel=1e-4)
     assert diagnostics["value_mean"] == 0.0
     assert diagnostics["returns_mean"] == pytest.approx(float(a.mean()), abs=1e-6)
     k1_mean = float((batch.old_logp - batch.ref_logp).sum() / batch.response_mask.sum())
