@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -20,10 +19,12 @@ from transformers import AutoModelForCausalLM
 
 from echochamber.checkpoint import list_checkpoints
 from echochamber.config import load_config, save_config
-from echochamber.data.world import WorldConfig, world_records
+from echochamber.data.tokenizer import load_tokenizer
+from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
 from echochamber.formats import FORMATS
 from echochamber.metrics import read_metrics
+from echochamber.model import load_model
 from echochamber.rl.config import RLConfig, load_rl_config
 from echochamber.rl.core import rollout_kl, run_rl, sample_seed, step_metrics, total_steps
 from echochamber.rl.rollout import RolloutBatch, read_rollouts
@@ -70,9 +71,9 @@ def comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
 
 
-def test_grpo_smoke_run_writes_the_run_folder(tiny_policy, test_world, grader, tmp_path):
+def test_grpo_smoke_run_writes_the_run_folder(tiny_policy, two_answer_prompts, test_world, grader, tmp_path):
     out = tmp_path / "run"
-    prompts = {"dataset": "gsm8k", "path": str(small_answer_prompts(tmp_path / "prompts.jsonl", test_world))}
+    prompts = {"dataset": "gsm8k", "path": str(two_answer_prompts)}
     final = run_rl(tiny_config(tiny_policy, out, test_world, prompts=prompts), algo="grpo", grader=grader)
 
     lines = rl_lines(out)
@@ -86,7 +87,7 @@ def test_grpo_smoke_run_writes_the_run_folder(tiny_policy, test_world, grader, t
         assert sum(line["status_counts"].values()) == 16
         assert line["kl_k1"] is not None and line["kl_k2"] >= 0 and line["kl_k3"] >= 0
         assert line["entropy"] > 0 and line["response_length"] > 0
-        assert line["zero_variance_groups"] < 1.0  # some reward signal (see small_answer_prompts)
+        assert line["zero_variance_groups"] < 1.0  # reward signal by construction (see conftest.py)
     assert lines[0]["kl_k3"] == pytest.approx(0.0, abs=1e-4)  # policy == reference before any update
 
     # Eval at step 0 (the base policy) and every 2 steps, through the eval suite.
@@ -108,6 +109,22 @@ def test_grpo_smoke_run_writes_the_run_folder(tiny_policy, test_world, grader, t
     after = model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert (out / "config.yaml").is_file()
+
+
+def test_a_bf16_checkpoint_is_trained_in_float32(tiny_policy, two_answer_prompts, test_world, grader, tmp_path):
+    """AdamW moves each weight by ~lr per step: at lr 1e-6 that is below bfloat16's resolution for weights
+    of ~0.02, so a bf16 checkpoint trained in its own dtype would not move at all."""
+    bf16 = tmp_path / "bf16"
+    load_model(tiny_policy).to(torch.bfloat16).save_pretrained(bf16)
+    load_tokenizer(tiny_policy).save_pretrained(bf16)
+    prompts = {"dataset": "gsm8k", "path": str(two_answer_prompts)}
+    config = tiny_config(bf16, tmp_path / "run", test_world, prompts=prompts, max_steps=1, eval={"every": 0}, grpo={"lr": 1e-6})
+    final = run_rl(config, algo="grpo", grader=grader)
+    before, after = load_file(bf16 / "model.safetensors"), load_file(final / "model.safetensors")
+    assert {value.dtype for value in before.values()} == {torch.bfloat16}
+    assert {value.dtype for value in after.values()} == {torch.float32}
+    moved = torch.cat([(after[name] != before[name].float()).flatten() for name in before])
+    assert moved.float().mean() > 0.5, float(moved.float().mean())
 
 
 def test_bad_input_is_one_line_user_error(tiny_policy, test_world, grader, tmp_path):
@@ -199,17 +216,6 @@ def test_rollout_kl_ignores_extreme_fillers_on_padding():
 # --- resume after SIGKILL ----------------------------------------------------------------------
 
 
-def small_answer_prompts(path: Path, world: WorldConfig) -> Path:
-    """World RL questions as a GSM8K-style file whose gold answers are 2 or 5: the fixture policy
-    guesses those often, so groups have reward variance and every update really moves the policy.
-    (Whether the arithmetic is right is not the point here; the RL machinery is.)"""
-    records = world_records(world, "rl", "gsm8k")
-    with path.open("w") as out:
-        for i, record in enumerate(records):
-            out.write(json.dumps({"question": record.prompt, "answer": f"Guess.\n#### {2 if i % 2 else 5}"}) + "\n")
-    return path
-
-
 def resume_config(policy: Path, out: Path, prompts: Path, world: WorldConfig, **overrides: Any) -> RLConfig:
     settings: dict[str, Any] = {
         "prompts": {"dataset": "gsm8k", "path": str(prompts)}, "max_steps": 6, "checkpoint_every": 2,
@@ -219,8 +225,8 @@ def resume_config(policy: Path, out: Path, prompts: Path, world: WorldConfig, **
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_policy, test_world, grader, tmp_path):
-    prompts = small_answer_prompts(tmp_path / "prompts.jsonl", test_world)
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_policy, two_answer_prompts, test_world, grader, tmp_path):
+    prompts = two_answer_prompts
     reference = tmp_path / "uninterrupted"
     run_rl(resume_config(tiny_policy, reference, prompts, test_world), algo="grpo", grader=grader)
     expected = rl_lines(reference)
@@ -259,9 +265,9 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_policy, test
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process(tiny_policy, test_world, grader, tmp_path):
+def test_torchrun_two_processes_match_one_process(tiny_policy, two_answer_prompts, test_world, grader, tmp_path):
     """Each rank samples and grades half of a step's prompts; the summed update equals one process's."""
-    prompts = small_answer_prompts(tmp_path / "prompts.jsonl", test_world)
+    prompts = two_answer_prompts
     settings = {"max_steps": 2, "checkpoint_every": 2, "eval": {"every": 0}}
     single = tmp_path / "single"
     run_rl(resume_config(tiny_policy, single, prompts, test_world, **settings), algo="grpo", grader=grader)
@@ -314,10 +320,12 @@ sys.exit(code)
 
 
 @pytest.mark.slow
-def test_torchrun_ranks_outwait_an_evaluation_longer_than_the_collective_timeout(tiny_policy, test_world, tmp_path):
+def test_torchrun_ranks_outwait_an_evaluation_longer_than_the_collective_timeout(
+    tiny_policy, two_answer_prompts, test_world, tmp_path
+):
     """Rank 0 evaluates alone (steps 0 and 2) for longer than the default group's timeout; the other
     rank must wait for it rather than time out in a collective."""
-    prompts = small_answer_prompts(tmp_path / "prompts.jsonl", test_world)
+    prompts = two_answer_prompts
     out = tmp_path / "run"
     settings = {"max_steps": 2, "checkpoint_every": 2, "eval": {"every": 2, "limit": 2}}
     save_config(resume_config(tiny_policy, out, prompts, test_world, **settings), tmp_path / "run.yaml")

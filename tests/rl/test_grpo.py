@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from echochamber.config import load_config
-from echochamber.data.tokenizer import load_tokenizer
+from echochamber.data.tokenizer import encode_document, encode_prompt, load_tokenizer
 from echochamber.model import load_model
 from echochamber.rl.config import GRPOConfig, RLConfig
 from echochamber.rl.grpo import build, group_advantages, grpo_loss, sample_advantages
@@ -150,21 +150,24 @@ def _tensor_batch(
 # --- the update on the tiny policy ---------------------------------------------------------------
 
 
-def _policy_batch(tiny_policy) -> tuple[torch.nn.Module, RolloutBatch, object]:
-    """Two groups of hand-picked responses, rewards 1/0 within each, old_logp = the policy's own."""
+def _policy_batch(tiny_policy, fitted_texts) -> tuple[torch.nn.Module, RolloutBatch, object]:
+    """Two groups of the fixture policy's own answers (each has probability ~1/4 under it), one right
+    and one wrong per group, old_logp = the policy's own."""
+    question, answer = fitted_texts
     model, tokenizer = load_model(tiny_policy), load_tokenizer(tiny_policy)
-    eos = tokenizer.eos_token_id
-    rows = [([5, 6, 7], [30, 31, eos], 1.0), ([5, 6, 7], [40, 41, 42, 43, 44], 0.0),
-            ([9, 10], [50, eos], 0.0), ([9, 10], [60, 61, 62, eos], 1.0)]  # fmt: skip
-    rollouts = [
-        Rollout(prompt_id=f"g{i // 2}", sample_index=i % 2, prompt_token_ids=p, token_ids=r, logprobs=[0.0] * len(r),
-                text="", format="other", answer=None, status="ok", correct=s > 0, truncated=False, reward=s)
-        for i, (p, r, s) in enumerate(rows)
-    ]  # fmt: skip
+    rows = [(question(0), answer(False, "2"), 1.0), (question(0), answer(True, "5"), 0.0),
+            (question(1), answer(False, "2"), 0.0), (question(1), answer(True, "5"), 1.0)]  # fmt: skip
+    rollouts = []
+    for i, (text_of_question, text, reward) in enumerate(rows):
+        prompt = encode_prompt(tokenizer, text_of_question)
+        response = encode_document(tokenizer, text_of_question, text)[len(prompt) :]
+        rollouts.append(
+            Rollout(prompt_id=f"g{i // 2}", sample_index=i % 2, prompt_token_ids=prompt, token_ids=response,
+                    logprobs=[0.0] * len(response), text=text, format="other", answer=None, status="ok",
+                    correct=reward > 0, truncated=False, reward=reward)
+        )  # fmt: skip
     batch, _ = build_batch(rollouts, tokenizer=tokenizer, ref=model, temperature=0.7, truncation="zero", micro_batch_size=4)
-    with torch.no_grad():
-        logp, _ = sequence_logprobs(model, batch.tokens, batch.attention_mask, 0.7)
-    batch.old_logp = logp * batch.response_mask
+    batch.old_logp = _logp(model, batch) * batch.response_mask
     return model, batch, tokenizer
 
 
@@ -172,33 +175,62 @@ def _config(**grpo: object) -> RLConfig:
     return load_config(RLConfig, base={"policy": "p", "out": "o", "grpo": {"lr": 1e-3, **grpo}, "rollout": {"temperature": 0.7}})
 
 
-def _response_logp(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+def _logp(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
     with torch.no_grad():
-        logp, _ = sequence_logprobs(model, batch.tokens, batch.attention_mask, 0.7)
-    return (logp * batch.response_mask).sum(1)
+        return sequence_logprobs(model, batch.tokens, batch.attention_mask, 0.7)[0]
 
 
-def test_update_moves_probability_toward_rewarded_responses(tiny_policy):
-    model, batch, tokenizer = _policy_batch(tiny_policy)
-    before = _response_logp(model, batch)
+def test_update_moves_probability_toward_rewarded_responses(tiny_policy, fitted_texts):
+    model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
+    before = (_logp(model, batch) * batch.response_mask).sum(1)
     grpo = build(model, copy.deepcopy(model), tokenizer, _config(lr=1e-4))
     diagnostics = grpo.update(batch)
-    change = _response_logp(model, batch) - before
+    change = (_logp(model, batch) * batch.response_mask).sum(1) - before
     # Each group is one rewarded and one unrewarded response (advantages +-0.71): the rewarded ones
     # gain log-probability relative to the others.
     assert (change[0] + change[3]) - (change[1] + change[2]) > 0
     second = grpo.update(batch)
     assert second["loss"] < diagnostics["loss"]  # the surrogate improved (same rollout, same old_logp)
     assert diagnostics["zero_variance_groups"] == 0.0
-    assert diagnostics["approx_kl"] == pytest.approx(0.0, abs=1e-7)  # old_logp = the policy's own
-    assert diagnostics["entropy"] > 0 and diagnostics["grad_norm"] > 0 and diagnostics["clip_fraction"] == 0.0
+    assert diagnostics["entropy"] > 0 and diagnostics["grad_norm"] > 0
+
+
+def test_diagnostics_equal_their_closed_form_once_the_ratio_has_moved(tiny_policy, fitted_texts):
+    """On a second pass over the same rollout the policy is no longer the sampler: the ratio, the
+    clipped tokens, approx_kl and the loss all follow from the log-probs in closed form."""
+    model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
+    clip, beta = 0.02, 0.1
+    grpo = build(model, copy.deepcopy(model), tokenizer, _config(lr=1e-3, clip=clip, kl_coef=beta, std_eps=1e-6))
+    grpo.update(batch)  # moves the policy: batch.old_logp is now a different policy's
+    mask = batch.response_mask.bool()
+    logp = _logp(model, batch).double()
+    rewards = batch.rewards.double().view(2, 2)
+    advantages = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)).flatten()
+    ratio = torch.exp(logp - batch.old_logp.double())
+    a = advantages[:, None].expand_as(ratio)
+    clipped = ((a > 0) & (ratio > 1 + clip)) | ((a < 0) & (ratio < 1 - clip))
+    r = batch.ref_logp.double() - logp
+    per_token = torch.maximum(-a * ratio, -a * ratio.clamp(1 - clip, 1 + clip)) + beta * (torch.expm1(r) - r)
+    loss = torch.stack([per_token[i][mask[i]].mean() for i in range(len(batch))]).mean()  # seq_mean
+    assert 0 < clipped[mask].double().mean() < 1, "the planted condition: some tokens clip, some do not"
+
+    second = grpo.update(batch)
+    assert second["clip_fraction"] == pytest.approx(float(clipped[mask].double().mean()))
+    assert second["approx_kl"] == pytest.approx(float(((ratio - 1) - ratio.log())[mask].mean()), rel=1e-3)
+    assert second["approx_kl"] > 1e-6
+    assert second["loss"] == pytest.approx(float(loss), rel=1e-3)
+    assert second["kl_loss"] == pytest.approx(float((torch.expm1(r) - r)[mask].mean()), rel=1e-3)
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "constant"])
-def test_update_does_not_depend_on_the_micro_batch_size(tiny_policy, aggregation):
-    """The gradient of the minibatch (left in .grad after the step) is the same for any micro-batching.
+def test_update_does_not_depend_on_the_micro_batch_size(tiny_policy, fitted_texts, aggregation):
+    """The gradient of the minibatch (left in .grad after the step) and its diagnostics are the same for
+    any micro-batching. The sampler's log-probs are shifted at random (std 0.3, fixed seed) so the ratio
+    is not 1 and some tokens clip: the loss is not ~0 by construction, as it is at ratio 1.
     (Parameters are not compared: Adam's g / sqrt(v) amplifies float noise where g is ~0.)"""
-    model, batch, tokenizer = _policy_batch(tiny_policy)
+    model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
+    shift = 0.3 * torch.randn(batch.old_logp.shape, generator=torch.Generator().manual_seed(0))
+    batch.old_logp = (batch.old_logp + shift) * batch.response_mask
     results = []
     for micro in (1, 3, 4):
         policy = copy.deepcopy(model)
@@ -206,15 +238,18 @@ def test_update_does_not_depend_on_the_micro_batch_size(tiny_policy, aggregation
         config.micro_batch_size = micro
         diagnostics = build(policy, model, tokenizer, config).update(batch)
         results.append(({name: p.grad for name, p in policy.named_parameters()}, diagnostics))
+    assert results[0][1]["approx_kl"] > 1e-3 and 0 < results[0][1]["clip_fraction"] < 1  # the planted condition
+    # Float noise is relative to the largest gradient: some weights' gradients are ~1e-6 of it.
+    scale = max(float(grad.abs().max()) for grad in results[0][0].values())
     for grads, diagnostics in results[1:]:
         for name, grad in results[0][0].items():
-            torch.testing.assert_close(grads[name], grad, atol=1e-4 * float(grad.abs().max()), rtol=1e-4)
-        assert diagnostics["loss"] == pytest.approx(results[0][1]["loss"], abs=1e-5)  # ~0 at ratio 1
-        assert diagnostics["entropy"] == pytest.approx(results[0][1]["entropy"], rel=1e-5)
+            torch.testing.assert_close(grads[name], grad, atol=1e-5 * scale, rtol=1e-4)
+        for key in ("loss", "entropy", "clip_fraction", "approx_kl", "kl_loss"):
+            assert diagnostics[key] == pytest.approx(results[0][1][key], rel=1e-5, abs=1e-8), key
 
 
-def test_optimizer_state_round_trips(tiny_policy):
-    model, batch, tokenizer = _policy_batch(tiny_policy)
+def test_optimizer_state_round_trips(tiny_policy, fitted_texts):
+    model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
     first = build(model, model, tokenizer, _config())
     first.update(batch)
     twin_model = copy.deepcopy(model)
