@@ -12,11 +12,12 @@ Files, in SHARDS/provenance/ (built on first use, staged under a temporary name 
 About 4 + 1 + 4 + S/8 bytes a token (suffix array, rank_source, keys, counts for S sources).
 
 All occurrences of a pattern are one contiguous range of ranks. A search for many patterns at once
-first finds the range of their first K tokens to within 2 ranks with one `np.searchsorted` over the
-keys, then runs binary searches in lockstep over numpy arrays, each step comparing a few tokens per
-pattern and fetching more only for the patterns still equal (`_compare`). Patterns never contain EOS (callers
-cut generations there), and every document of train.bin ends with EOS, so no match can run from one
-document into the next: a match always lies inside one document.
+finds the range of their first K tokens with one `np.searchsorted` over the keys (plus the keys of
+the ranks between two samples), then runs binary searches in lockstep over numpy arrays, each step
+comparing a few tokens per pattern and fetching more only for the patterns still equal
+(`_compare`). Patterns never contain EOS (callers cut generations there), and every document of
+train.bin ends with EOS, so no match can run from one document into the next: a match always lies
+inside one document.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,9 +231,14 @@ def _ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def open_index(
-    shards_dir: Path, manifest: dict[str, Any], doc_map: DocumentMap, *, say: Any = None
+    shards_dir: Path,
+    manifest: dict[str, Any],
+    doc_map: DocumentMap,
+    *,
+    say: Callable[[str], None] | None = None,
 ) -> CorpusIndex:
-    """The index of a shards folder, built (once, a few seconds per million tokens) if missing or stale."""
+    """The index of a shards folder, built if missing or stale (once; about a second per million
+    tokens on 2 cores)."""
     folder = Path(shards_dir) / INDEX_DIR
     expected = _description(manifest)
     if not _current(folder, expected):
@@ -247,15 +254,14 @@ def open_index(
     )
     arrays = {
         name: np.asarray(np.load(folder / f"{name}.npy", mmap_mode="r"))
-        for name in ("suffix_array", "rank_source", "source_counts")
+        for name in ("suffix_array", "rank_source", "source_counts", "keys")
     }
-    keys = np.load(folder / "keys.npy")
     return CorpusIndex(
         tokens=tokens,
         suffixes=arrays["suffix_array"],
         rank_source=arrays["rank_source"],
         source_counts=np.asarray(arrays["source_counts"]),
-        keys=keys,
+        keys=arrays["keys"],
         vocab=manifest["vocab_size"],
     )
 
@@ -351,7 +357,13 @@ def _key_tokens(vocab: int) -> int:
 
 def _sampled_keys(tokens: np.ndarray, suffixes: np.ndarray, vocab: int) -> np.ndarray:
     """The packed keys of every `_KEY_STRIDE`-th sorted suffix: sorted, as the suffixes are."""
-    return _pack(tokens, np.asarray(suffixes[::_KEY_STRIDE], dtype=np.int64), vocab)
+    sampled = suffixes[::_KEY_STRIDE]
+    keys = np.empty(len(sampled), dtype=np.uint64)
+    for start in range(0, len(sampled), _GATHER):  # bounds the temporary arrays
+        keys[start : start + _GATHER] = _pack(
+            tokens, np.asarray(sampled[start : start + _GATHER], dtype=np.int64), vocab
+        )
+    return keys
 
 
 def _pack(tokens: np.ndarray, positions: np.ndarray, vocab: int) -> np.ndarray:

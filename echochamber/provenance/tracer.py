@@ -226,18 +226,18 @@ class Tracer:
         """
         n = self.n
         spans = _Spans.empty(batch.size)
-        breaks = np.flatnonzero(np.diff(hits) != 1) + 1
-        run_first = np.concatenate([[0], breaks]) if len(hits) else np.zeros(0, dtype=np.int64)
-        run_last = np.concatenate([breaks - 1, [len(hits) - 1]]) if len(hits) else run_first
-        bound = hits[np.repeat(run_last, np.diff(np.append(run_first, len(hits))))] - hits + n
-        first = np.zeros(len(hits), dtype=bool)
-        first[run_first] = True
-        for chosen in (first, ~first):
-            if chosen is not first:  # the bound is taken after the run starts are known
-                chosen = chosen & (bound > spans.length[batch.owner[hits]])
+        run_start = np.ones(len(hits), dtype=bool)
+        run_start[1:] = np.diff(hits) != 1
+        run_end = hits[np.flatnonzero(np.append(run_start[1:], len(hits) > 0))]  # each run's last position
+        bound = run_end[np.cumsum(run_start) - 1] - hits + n
+
+        def search(chosen: np.ndarray) -> None:
             at, skip = hits[chosen], np.full(int(chosen.sum()), n, dtype=np.int64)
             found = self.index.longest_prefix(batch.flat, at, batch.width[at], lo[chosen], hi[chosen], skip)
             spans.keep(batch.owner[at], at, *found)
+
+        search(run_start)
+        search(~run_start & (bound > spans.length[batch.owner[hits]]))
         rest = np.flatnonzero(spans.start < 0)
         if rest.size:
             at = np.flatnonzero(np.isin(batch.owner, rest) & (batch.width > 0))
