@@ -316,6 +316,8 @@ def _build(
         )
         del suffixes, tokens
         final = shards_dir / INDEX_DIR
+        if _current(final, description):  # another process (a DDP rank) finished the same index first
+            return
         if final.exists():  # stale (another spec or format): replaced, never mixed
             shutil.rmtree(final)
         os.replace(staging, final)
