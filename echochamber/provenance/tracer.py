@@ -40,7 +40,7 @@ class LongestMatch:
 
     tokens: int
     start: int  # its first token's index in the generation
-    source: str | None  # a source and document holding it (the first in suffix order when several do)
+    source: str | None  # a source and document holding it (when several do: the one the search lands by)
     doc: str | None  # the document's stable id (see echochamber.provenance.docmap)
     doc_offset: int | None  # where the span starts inside that document, in tokens
     text: str | None = None  # the span, decoded (set when tracing text)
