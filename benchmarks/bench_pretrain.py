@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from echochamber.config import load_config
-from echochamber.metrics import read_metrics
 from echochamber.model import build_model, count_parameters, flops_per_token
 from echochamber.pretrain import PretrainConfig, run_pretrain
+from echochamber.runlog import read_metrics
 
 VOCAB = 4096
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from echochamber.errors import UserError
-from echochamber.metrics import read_jsonl
+from echochamber.runlog import read_jsonl
 
 GENERATIONS_FILE = "generations.jsonl"
 RESULTS_FILE = "results.json"
@@ -93,7 +93,7 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
     """(rows, whether a torn last line was skipped); a corrupt or foreign line is a UserError."""
     rows, torn = read_jsonl(path)
     for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict) or row.get("mode") not in MODES or "prompt_id" not in row:
+        if row.get("mode") not in MODES or "prompt_id" not in row:
             raise UserError(f"{path}: row {number} is not a generation row (needs mode and prompt_id)")
     return rows, torn
 

@@ -24,8 +24,8 @@ import yaml
 
 from echochamber.config import load_config, to_dict
 from echochamber.errors import UserError
-from echochamber.metrics import read_metrics
 from echochamber.pretrain import PretrainConfig, WindowSampler, lr_multiplier, main, run_pretrain
+from echochamber.runlog import read_metrics
 
 VOCAB = 320
 

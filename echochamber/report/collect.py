@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Collection, Hashable, Iterator
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,8 @@ from typing import Any
 from echochamber.config import from_dict, read_yaml
 from echochamber.errors import UserError
 from echochamber.formats import FORMATS
-from echochamber.metrics import METRICS_FILE, read_metrics
 from echochamber.metrics_passk import default_ks, maj_at_ks, pass_at_k, vote_key
+from echochamber.runlog import METRICS_FILE, iter_jsonl, read_metrics
 
 OTHER = "other"  # the label of text in no pretraining format (degenerate text included)
 REAL_FORMATS = tuple(name for name in FORMATS if name != OTHER)
@@ -233,7 +233,7 @@ def load_eval(folder: Path, source: str) -> EvalData:
     prompts: dict[str, PromptEval] = {}
     votes: dict[str, list[tuple[Hashable | None, bool]]] = defaultdict(list)
     path = folder / GENERATIONS_FILE
-    rows = _iter_jsonl(path) if path.is_file() else iter(())
+    rows = iter_jsonl(path) if path.is_file() else iter(())
     for row in rows:
         missing = [key for key in _ROW_KEYS if key not in row]
         if missing:
@@ -330,25 +330,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object")
     return data
-
-
-def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a JSON-lines file, streamed; a torn last line (a killed writer) is skipped."""
-    bad_line: int | None = None
-    with path.open() as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            if bad_line is not None:
-                raise UserError(f"{path}: line {bad_line} is not valid JSON")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                bad_line = number
-                continue
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: line {number} is not a JSON object")
-            yield row
 
 
 # ---------------------------------------------------------------------------------------------

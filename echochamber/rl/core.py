@@ -56,7 +56,6 @@ from echochamber.data.tokenizer import load_tokenizer
 from echochamber.errors import UserError
 from echochamber.evaluate import EvalConfig, benchmark_prompts, evaluate, generation_stats
 from echochamber.formats import FORMATS
-from echochamber.metrics import METRICS_FILE, MetricsWriter, read_metrics, truncate_metrics
 from echochamber.model import load_model
 from echochamber.rl.config import ALGORITHMS, RLConfig, load_rl_config
 from echochamber.rl.losses import KL_ESTIMATORS, kl_estimate
@@ -70,6 +69,7 @@ from echochamber.rl.rollout import (
     steps_per_epoch,
     write_rollouts,
 )
+from echochamber.runlog import METRICS_FILE, MetricsWriter, read_metrics, truncate_metrics
 from echochamber.sampler import SamplingParams
 from echochamber.verify.grade import Grader
 

@@ -14,12 +14,12 @@ from echochamber.data.tokenizer import (
     train_bpe,
 )
 from echochamber.data.world import WorldConfig, world_records
-from echochamber.metrics import METRICS_FILE, read_metrics
 from echochamber.model import build_model, load_model
 from echochamber.rl import ei
 from echochamber.rl.config import RLConfig
 from echochamber.rl.core import run_rl
 from echochamber.rl.rollout import Rollout, read_rollouts
+from echochamber.runlog import METRICS_FILE, read_metrics
 
 WORLD = WorldConfig(seed=0, n_pretrain=60, n_rl=12, n_test=4, n_hard=4)
 STYLES = ("tinygsm", "omi1", "omi2")

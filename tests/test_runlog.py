@@ -1,4 +1,5 @@
-"""metrics.jsonl: one line per logged step, and truncation on resume that touches only its stage."""
+"""The run log (metrics.jsonl): one line per logged step, truncation on resume that touches only its
+stage, and the one JSON-lines reader."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 
 from echochamber.errors import UserError
-from echochamber.metrics import MetricsWriter, read_metrics, truncate_metrics
+from echochamber.runlog import MetricsWriter, iter_jsonl, read_jsonl, read_metrics, truncate_metrics
 
 
 def test_writer_logs_stage_and_step_and_survives_non_finite_values(tmp_path):
@@ -45,6 +46,20 @@ def test_a_corrupt_line_in_the_middle_is_an_error_not_skipped(tmp_path):
         read_metrics(path)
     with pytest.raises(UserError, match="line 2 is not valid JSON"):
         truncate_metrics(path, "pretrain", 0)
+
+
+def test_the_reader_skips_only_a_torn_last_line_and_refuses_non_objects(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3, "b"')
+    torn = []
+    assert list(iter_jsonl(path, lambda: torn.append(True))) == [{"a": 1}, {"a": 2}]
+    assert torn == [True]
+    assert read_jsonl(path) == ([{"a": 1}, {"a": 2}], True)
+    path.write_text('{"a": 1}\n{"a": 2}\n')
+    assert read_jsonl(path) == ([{"a": 1}, {"a": 2}], False)
+    path.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(UserError, match="line 2 is not a JSON object"):
+        read_jsonl(path)
 
 
 def test_wandb_requested_without_wandb_installed_is_a_user_error(tmp_path):

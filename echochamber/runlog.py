@@ -1,10 +1,13 @@
-"""The metrics writer every stage logs through: `metrics.jsonl`, TensorBoard, optionally W&B.
+"""The run log every stage writes through: `metrics.jsonl`, TensorBoard, optionally W&B.
 
 `metrics.jsonl` is the source of truth (the report reads only it): one JSON object a line, each with
 `stage` and `step`. Lines are flushed as they are written so a killed process loses at most the line
 it was writing. On resume, `truncate_metrics` drops the lines a stage wrote after its last checkpoint
 (they will be written again) and TensorBoard is opened with `purge_step` for the same reason, so no
-step appears twice in either.
+step appears twice in either. `iter_jsonl` is the one reader of the JSON-lines files the project
+appends to (this log, an evaluation's generations.jsonl): it tolerates exactly what a kill leaves.
+
+(The pass@k / maj@k estimators are another thing: echochamber.eval.passk.)
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +25,38 @@ from echochamber.errors import UserError
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], bool]:
-    """The rows of a jsonl file we append to, and whether a torn last line was skipped.
+def iter_jsonl(path: str | Path, torn: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of a JSON-lines file we append to, streamed (constant memory).
 
-    A kill while writing the last line means that line never happened; a bad line anywhere else is
-    corruption and a one-line UserError.
+    A kill while writing the last line means that line never happened: a last line that is not valid
+    JSON is skipped (and `torn()` called). A bad line followed by another, or a line that is not a
+    JSON object, is corruption and a one-line UserError.
     """
     path = Path(path)
-    rows: list[dict[str, Any]] = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                return rows, True
-            raise UserError(f"{path}: line {number} is not valid JSON") from None
-    return rows, False
+    bad_line: int | None = None
+    with path.open() as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            if bad_line is not None:
+                raise UserError(f"{path}: line {bad_line} is not valid JSON")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad_line = number
+                continue
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {number} is not a JSON object")
+            yield row
+    if bad_line is not None and torn is not None:
+        torn()
+
+
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], bool]:
+    """`iter_jsonl` as a list, and whether a torn last line was skipped."""
+    torn: list[bool] = []
+    rows = list(iter_jsonl(path, lambda: torn.append(True)))
+    return rows, bool(torn)
 
 
 def read_metrics(path: str | Path, stage: str | None = None) -> list[dict[str, Any]]:
