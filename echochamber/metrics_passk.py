@@ -9,14 +9,13 @@ class: answers math-verify holds equal ("0.5", "1/2", "\\frac{1}{2}") are one vo
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 
 import numpy as np
 
-from echochamber.verify.answers import normalize_gold, round_float_noise
+from echochamber.verify.normalize import PLAIN_NUMBER
 
 # Python floats hold C(n, k) up to n ≈ 1029; the exact maj@k below sums such weights.
 MAX_SAMPLES = 1024
@@ -108,31 +107,11 @@ def default_ks(n: int) -> list[int]:
     return ks if ks[-1] == n else [*ks, n]
 
 
-_PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 # math-verify calls two plain numbers equal only if they are exactly equal or both round to the same
 # 6 decimals (see verify/answers.py), so numbers further apart than this are surely different;
 # the margin (10x, plus a relative term for numbers too large for float's digits) costs nothing.
 _SURELY_DIFFERENT = Decimal("1e-5")
 _SURELY_DIFFERENT_RELATIVE = Decimal("1e-12")
-
-
-def vote_key(answer: str | None) -> str | None:
-    """The spelling an extracted answer votes under before any math-verify comparison:
-    `normalize_gold`, float noise rounded away ("18.000000000000004" -> "18", see
-    `round_float_noise`), and numbers in one form ("18.0", "18", "018" -> "18"; "0.50" -> "0.5"),
-    so the same value from a TinyGSM function (often a float) and from a boxed text answer count as
-    one vote without a comparison."""
-    if answer is None:
-        return None
-    text = round_float_noise(normalize_gold(answer))
-    if _PLAIN_NUMBER.fullmatch(text):
-        try:
-            number = Decimal(text)
-        except InvalidOperation:
-            return text
-        if number.is_finite():
-            return format(number.normalize(), "f") if number != 0 else "0"
-    return text
 
 
 SameAnswers = Callable[[Sequence[tuple[str, str]]], list[bool]]
@@ -188,7 +167,7 @@ def _by_frequency(keys: Sequence[str | None]) -> list[str]:
 
 def _surely_different(first: str, second: str) -> bool:
     """True when both keys are plain numbers too far apart for math-verify to call them equal."""
-    if not (_PLAIN_NUMBER.fullmatch(first) and _PLAIN_NUMBER.fullmatch(second)):
+    if not (PLAIN_NUMBER.fullmatch(first) and PLAIN_NUMBER.fullmatch(second)):
         return False
     try:
         a, b = Decimal(first), Decimal(second)

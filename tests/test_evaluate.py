@@ -22,10 +22,11 @@ from echochamber.evaluate import (
     generation_stats,
     run_eval,
 )
-from echochamber.metrics_passk import vote_classes, vote_key
+from echochamber.metrics_passk import vote_classes
 from echochamber.model import build_model
 from echochamber.sampler import Sample, build_sampler
 from echochamber.verify.grade import Grader
+from echochamber.verify.normalize import vote_key
 
 
 @pytest.fixture(scope="module")

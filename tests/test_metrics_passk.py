@@ -11,7 +11,8 @@ from fractions import Fraction
 
 import pytest
 
-from echochamber.metrics_passk import default_ks, maj_at_k, maj_at_ks, pass_at_k, vote_classes, vote_key
+from echochamber.metrics_passk import default_ks, maj_at_k, maj_at_ks, pass_at_k, vote_classes
+from echochamber.verify.normalize import vote_key
 
 
 def _brute_pass(correct: list[bool], k: int) -> Fraction:

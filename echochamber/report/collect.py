@@ -26,8 +26,9 @@ from typing import Any
 from echochamber.config import from_dict, read_yaml
 from echochamber.errors import UserError
 from echochamber.formats import FORMATS
-from echochamber.metrics_passk import default_ks, maj_at_ks, pass_at_k, vote_key
+from echochamber.metrics_passk import default_ks, maj_at_ks, pass_at_k
 from echochamber.runlog import METRICS_FILE, iter_jsonl, read_metrics
+from echochamber.verify.normalize import vote_key
 
 OTHER = "other"  # the label of text in no pretraining format (degenerate text included)
 REAL_FORMATS = tuple(name for name in FORMATS if name != OTHER)

@@ -41,9 +41,8 @@ from decimal import Decimal, InvalidOperation
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-# Thousands separators, also LaTeX's `1,\!000` and `1{,}000`: "1,234.5" -> "1234.5".
-_GROUPED_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_ZERO_PADDED_INTEGER = re.compile(r"-?0\d+")
+from echochamber.verify.normalize import round_float_noise
+
 # GSM8K's explicit final-answer line; read before math-verify, whose "answer ... =" anchors would
 # otherwise pick a number from a sentence that merely mentions "the answer from the previous step".
 _GSM8K_ANSWER_LINE = re.compile(r"^####[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
@@ -56,50 +55,6 @@ _BOOTSTRAP = (
     "from echochamber.verify.answers import _serve; del sys.path[0]; "
     "_serve(Connection(int(sys.argv[2])), float(sys.argv[3]), int(sys.argv[4]))"
 )
-
-
-def normalize_gold(answer: str) -> str:
-    """One canonical spelling of a gold answer, shared by the grader and the dataset adapters.
-
-    Strips whitespace, `$...$` math delimiters and a leading currency sign, thousands separators
-    ("1,000" -> "1000") and integer zero-padding (AIME's "033" -> "33"). Anything else (LaTeX,
-    tuples, intervals) is left for math-verify.
-    """
-    text = answer.strip()
-    if len(text) > 1 and text.startswith("$") and text.endswith("$"):
-        text = text.strip("$").strip()
-    text = re.sub(r"^\\?\$\s*(?=[-\d.])", "", text)
-    ungrouped = text.replace(",\\!", ",").replace("{,}", ",").replace(", ", ",")
-    if _GROUPED_NUMBER.fullmatch(ungrouped):
-        text = ungrouped.replace(",", "")
-    if _ZERO_PADDED_INTEGER.fullmatch(text):
-        text = str(int(text))
-    return text
-
-
-# A float holds 15 significant decimal digits exactly; str() of a computed float can show 17, the
-# last of them binary rounding noise (0.1 * 3 -> 0.30000000000000004).
-FLOAT_DIGITS = 15
-_DECIMAL_LITERAL = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?")
-
-
-def round_float_noise(text: str) -> str:
-    """A decimal number written with more significant digits than a float holds, rounded to
-    FLOAT_DIGITS of them and written positionally: "18.000000000000004" -> "18",
-    "0.30000000000000004" -> "0.3". Anything else is returned as given: integers (no point or
-    exponent: Python ints are exact, and an AIME answer has no noise), shorter decimals, non-numbers.
-    """
-    stripped = text.strip()
-    if not _DECIMAL_LITERAL.fullmatch(stripped):
-        return text
-    try:
-        number = Decimal(stripped).normalize()
-    except InvalidOperation:
-        return text
-    if not number.is_finite() or number.is_zero() or len(number.as_tuple().digits) <= FLOAT_DIGITS:
-        return text
-    rounded = number.quantize(Decimal(1).scaleb(number.adjusted() - FLOAT_DIGITS + 1)).normalize()
-    return format(rounded, "f")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from pathlib import Path
 from echochamber.errors import UserError
 from echochamber.formats import FORMATS
 from echochamber.formats.classify import analyze, paper_format
-from echochamber.verify.answers import Comparison, MathVerifyPool, normalize_gold
+from echochamber.verify.answers import Comparison, MathVerifyPool
+from echochamber.verify.normalize import normalize_gold
 from echochamber.verify.sandbox import ExecJob, ExecResult, SandboxPool
 
 # Lines graded per batch by grade_file: large enough to keep every worker busy, small enough that

@@ -23,7 +23,7 @@ import pytest
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.evaluate import EvalConfig, summarize
 from echochamber.formats import FORMATS
-from echochamber.metrics_passk import vote_key
+from echochamber.verify.normalize import vote_key
 
 WORLD = WorldConfig(seed=0, n_pretrain=200, n_rl=40, n_test=30, n_hard=20)
 RELATIVE_ACCURACY = {"tinygsm": 1.0, "omi1": 0.6, "omi2": 0.45, "other": 0.0}
