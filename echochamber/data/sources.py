@@ -33,6 +33,7 @@ from datasets.exceptions import DatasetsError
 
 from echochamber.data.records import Record
 from echochamber.errors import UserError
+from echochamber.formats.classify import closing_brace
 
 Row = Mapping[str, Any]
 # What converting one row yields: (prompt, solution, gold answer); a None answer means the source
@@ -82,15 +83,8 @@ def last_boxed(text: str) -> str | None:
     if not text.startswith("{", start):
         token = re.match(r"[^\s$]+", text[start:])
         return token.group(0) if token else None
-    depth = 0
-    for position in range(start, len(text)):
-        if text[position] == "{":
-            depth += 1
-        elif text[position] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : position]
-    return None
+    end = closing_brace(text, start)
+    return text[start + 1 : end] if end is not None else None
 
 
 def gsm8k_answer(solution: str) -> str | None:

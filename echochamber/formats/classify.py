@@ -175,20 +175,28 @@ def _find_function(text: str) -> tuple[str, str] | str | None:
     return f"function {match.group(1)} does not parse (truncated or not Python)"
 
 
+def closing_brace(text: str, start: int) -> int | None:
+    """The index of the `}` that closes the `{` at `text[start]` (nested braces counted), or None
+    when it never closes. The one brace matcher for `\\boxed{...}`: the classifier's spans here and
+    the gold answers of the dataset adapters (data.sources.last_boxed)."""
+    depth = 0
+    for index in range(start, len(text)):
+        if text[index] == "{":
+            depth += 1
+        elif text[index] == "}":
+            depth -= 1
+            if depth == 0:
+                return index
+    return None
+
+
 def _boxed_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of every `\\boxed{...}` whose braces close."""
     spans = []
     position = text.find(_BOXED)
     while position != -1:
-        depth, index = 0, position + len(_BOXED) - 1
-        while index < len(text):
-            if text[index] == "{":
-                depth += 1
-            elif text[index] == "}":
-                depth -= 1
-                if depth == 0:
-                    spans.append((position, index + 1))
-                    break
-            index += 1
+        end = closing_brace(text, position + len(_BOXED) - 1)
+        if end is not None:
+            spans.append((position, end + 1))
         position = text.find(_BOXED, position + len(_BOXED))
     return spans

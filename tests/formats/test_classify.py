@@ -8,7 +8,7 @@ import time
 import pytest
 
 from echochamber.formats import FORMATS, PAPER_FORMATS
-from echochamber.formats.classify import analyze, classify, is_degenerate, paper_format
+from echochamber.formats.classify import analyze, classify, closing_brace, is_degenerate, paper_format
 
 TINYGSM = '''def simple_math_problem() -> int:
     """
@@ -170,3 +170,9 @@ def test_classify_is_fast_on_long_inputs():
 @pytest.mark.parametrize("text", ["", "   \n", "((((" * 500, "def f(" + "(" * 2000])
 def test_pathological_text_is_other(text):
     assert classify(text) == "other"
+
+
+def test_closing_brace_counts_nesting_and_says_when_a_brace_never_closes():
+    text = "\\boxed{\\frac{1}{2}} and \\boxed{3"
+    assert text[closing_brace(text, 6)] == "}" and closing_brace(text, 6) == 18
+    assert closing_brace(text, text.rindex("{")) is None
