@@ -24,8 +24,8 @@ from bench_pretrain import VOCAB, bench_echochamber, write_random_shards
 from bench_sampler import time_hf, time_ours
 
 from echochamber.data.tokenizer import train_bpe
-from echochamber.model import build_model, count_parameters, flops_per_token
-from echochamber.sampler import SamplingParams
+from echochamber.model.presets import build_model, count_parameters, flops_per_token
+from echochamber.model.sampler import SamplingParams
 
 
 def plain_loop(preset: str, tokens: np.ndarray, seq_len: int, batch: int, warmup: int, steps: int) -> float:

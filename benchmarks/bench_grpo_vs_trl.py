@@ -34,7 +34,7 @@ import torch
 from echochamber.data.paths import data_dir
 from echochamber.data.sources import load_source
 from echochamber.data.tokenizer import PROMPT_SEPARATOR, load_tokenizer, pad_token_id, train_bpe
-from echochamber.model import build_model, count_parameters, load_model
+from echochamber.model.presets import build_model, count_parameters, load_model
 from echochamber.rl.config import load_rl_config, rl_preset
 from echochamber.rl.core import run_rl
 from echochamber.runlog import METRICS_FILE, read_metrics

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from echochamber.config import load_config
-from echochamber.model import build_model, count_parameters, flops_per_token
+from echochamber.model.presets import build_model, count_parameters, flops_per_token
 from echochamber.pretrain import PretrainConfig, run_pretrain
 from echochamber.runlog import read_metrics
 

@@ -22,8 +22,8 @@ import torch
 
 from echochamber.data.paths import data_dir
 from echochamber.data.tokenizer import train_bpe
-from echochamber.model import build_model, count_parameters
-from echochamber.sampler import SamplingParams, build_sampler
+from echochamber.model.presets import build_model, count_parameters
+from echochamber.model.sampler import SamplingParams, build_sampler
 
 
 def gsm8k_questions() -> list[str]:

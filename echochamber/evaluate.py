@@ -39,8 +39,8 @@ from echochamber.errors import UserError
 from echochamber.eval_store import MODES, RESULTS_FILE, GenerationStore, write_json_atomic
 from echochamber.formats import FORMATS, PAPER_FORMATS
 from echochamber.metrics_passk import MAX_SAMPLES, default_ks, maj_at_ks, pass_at_k, vote_classes
-from echochamber.model import load_model
-from echochamber.sampler import DTYPES, Sampler, SamplingParams, build_sampler, sampler_precision
+from echochamber.model.presets import load_model
+from echochamber.model.sampler import DTYPES, Sampler, SamplingParams, build_sampler, sampler_precision
 from echochamber.verify.grade import Grade, Grader
 from echochamber.verify.normalize import vote_key
 

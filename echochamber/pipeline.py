@@ -129,7 +129,7 @@ def _evaluation(phase: str, checkpoint: str) -> Callable[[StudyConfig, Path, _Co
 
         from echochamber.data.tokenizer import load_tokenizer
         from echochamber.evaluate import benchmark_prompts, evaluate, render_summary
-        from echochamber.model import load_model
+        from echochamber.model.presets import load_model
 
         ckpt = run_dir / checkpoint
         model = load_model(ckpt).to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

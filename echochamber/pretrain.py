@@ -53,7 +53,7 @@ from echochamber.checkpoint import (
 from echochamber.config import load_config, save_config, to_dict
 from echochamber.data.mixture import Shards, open_shards
 from echochamber.errors import UserError
-from echochamber.model import build_model, get_spec, load_model
+from echochamber.model.presets import build_model, get_spec, load_model
 from echochamber.runlog import METRICS_FILE, MetricsWriter, read_metrics
 
 STAGE = "pretrain"

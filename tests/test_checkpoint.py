@@ -19,7 +19,7 @@ from echochamber.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from echochamber.model import build_model
+from echochamber.model.presets import build_model
 
 
 @pytest.fixture

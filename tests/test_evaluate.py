@@ -23,8 +23,8 @@ from echochamber.evaluate import (
     run_eval,
 )
 from echochamber.metrics_passk import vote_classes
-from echochamber.model import build_model
-from echochamber.sampler import Sample, build_sampler
+from echochamber.model.presets import build_model
+from echochamber.model.sampler import Sample, build_sampler
 from echochamber.verify.grade import Grader
 from echochamber.verify.normalize import vote_key
 

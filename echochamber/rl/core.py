@@ -56,7 +56,8 @@ from echochamber.data.tokenizer import load_tokenizer
 from echochamber.errors import UserError
 from echochamber.evaluate import EvalConfig, benchmark_prompts, evaluate, generation_stats
 from echochamber.formats import FORMATS
-from echochamber.model import load_model
+from echochamber.model.presets import load_model
+from echochamber.model.sampler import SamplingParams
 from echochamber.rl.config import ALGORITHMS, RLConfig, load_rl_config
 from echochamber.rl.losses import KL_ESTIMATORS, kl_estimate
 from echochamber.rl.rollout import (
@@ -70,7 +71,6 @@ from echochamber.rl.rollout import (
     write_rollouts,
 )
 from echochamber.runlog import METRICS_FILE, MetricsWriter, read_metrics, truncate_metrics
-from echochamber.sampler import SamplingParams
 from echochamber.verify.grade import Grader
 
 STAGE = "rl"

@@ -35,7 +35,7 @@ from transformers import PreTrainedModel
 from echochamber import dist
 from echochamber.data.tokenizer import encode_documents, pad_token_id
 from echochamber.formats import FORMATS
-from echochamber.model import load_model
+from echochamber.model.presets import load_model
 from echochamber.rl.config import RLConfig
 from echochamber.rl.rollout import Rollout, sequence_logprobs
 

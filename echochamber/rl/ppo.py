@@ -91,7 +91,7 @@ class ValueModel(torch.nn.Module):
     @classmethod
     def load(cls, folder: Path) -> ValueModel:
         """Read a folder written by `save` (on the CPU; move it with `.to`), in float32 like every
-        trained model (see model.load_model)."""
+        trained model (see model.presets.load_model)."""
         try:
             backbone = AutoModel.from_pretrained(folder, dtype=torch.float32)
             weights = load_file(folder / VALUE_HEAD_FILE)

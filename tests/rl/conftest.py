@@ -30,7 +30,7 @@ from echochamber.data.tokenizer import (
     train_bpe,
 )
 from echochamber.data.world import WorldConfig, world_records
-from echochamber.model import build_model
+from echochamber.model.presets import build_model
 from echochamber.verify.grade import Grader
 
 # A small world: generated in milliseconds; its splits serve as world prompts and the eval benchmark.

@@ -23,7 +23,7 @@ from echochamber.data.tokenizer import load_tokenizer
 from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
 from echochamber.formats import FORMATS
-from echochamber.model import load_model
+from echochamber.model.presets import load_model
 from echochamber.rl.config import RLConfig, load_rl_config
 from echochamber.rl.core import rollout_kl, run_rl, sample_seed, step_metrics, total_steps
 from echochamber.rl.rollout import RolloutBatch, read_rollouts

@@ -14,7 +14,7 @@ from echochamber.data.tokenizer import (
     train_bpe,
 )
 from echochamber.data.world import WorldConfig, world_records
-from echochamber.model import build_model, load_model
+from echochamber.model.presets import build_model, load_model
 from echochamber.rl import ei
 from echochamber.rl.config import RLConfig
 from echochamber.rl.core import run_rl

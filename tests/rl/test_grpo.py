@@ -10,7 +10,7 @@ import torch
 
 from echochamber.config import load_config
 from echochamber.data.tokenizer import encode_document, encode_prompt, load_tokenizer
-from echochamber.model import load_model
+from echochamber.model.presets import load_model
 from echochamber.rl.config import GRPOConfig, RLConfig
 from echochamber.rl.grpo import build, group_advantages, grpo_loss, sample_advantages
 from echochamber.rl.losses import aggregate, micro_batch_loss

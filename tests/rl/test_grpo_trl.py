@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from echochamber.data.tokenizer import pad_token_id, train_bpe
-from echochamber.model import build_model
+from echochamber.model.presets import build_model
 from echochamber.rl.config import GRPOConfig
 from echochamber.rl.grpo import group_advantages, grpo_loss
 from echochamber.rl.rollout import sequence_logprobs

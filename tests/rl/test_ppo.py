@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from echochamber.model import build_model, load_model
+from echochamber.model.presets import build_model, load_model
 from echochamber.rl import ppo
 from echochamber.rl.config import RLConfig
 from echochamber.rl.losses import gae, masked_whiten

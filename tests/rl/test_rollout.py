@@ -8,7 +8,8 @@ import torch
 from echochamber.data.records import Record
 from echochamber.data.tokenizer import encode_prompt, load_tokenizer, pad_token_id
 from echochamber.errors import UserError
-from echochamber.model import load_model
+from echochamber.model.presets import load_model
+from echochamber.model.sampler import SamplingParams
 from echochamber.rl.config import PromptConfig
 from echochamber.rl.rollout import (
     Rollout,
@@ -21,7 +22,6 @@ from echochamber.rl.rollout import (
     steps_per_epoch,
     write_rollouts,
 )
-from echochamber.sampler import SamplingParams
 
 
 def records(n: int) -> list[Record]:

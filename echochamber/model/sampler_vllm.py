@@ -12,7 +12,14 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from echochamber.errors import UserError
-from echochamber.sampler import Sample, SamplingParams, check_request, decode_texts, encode_texts, sample_key
+from echochamber.model.sampler import (
+    Sample,
+    SamplingParams,
+    check_request,
+    decode_texts,
+    encode_texts,
+    sample_key,
+)
 
 
 @dataclass

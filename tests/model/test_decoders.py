@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from echochamber import decoders
-from echochamber.decoders import HFDecoder, OlmoDecoder, build_decoder, has_fast_path
-from echochamber.model import build_model
+from echochamber.model import decoders
+from echochamber.model.decoders import HFDecoder, OlmoDecoder, build_decoder, has_fast_path
+from echochamber.model.presets import build_model
 
 VOCAB = 97
 

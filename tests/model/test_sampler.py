@@ -13,11 +13,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from echochamber import decoders as decoders_module
-from echochamber import sampler as sampler_module
 from echochamber.errors import UserError
-from echochamber.model import build_model
-from echochamber.sampler import (
+from echochamber.model import decoders as decoders_module
+from echochamber.model import sampler as sampler_module
+from echochamber.model.presets import build_model
+from echochamber.model.sampler import (
     Sample,
     SamplingParams,
     build_sampler,
@@ -26,7 +26,7 @@ from echochamber.sampler import (
     sampling_logprobs,
     uniforms,
 )
-from echochamber.sampler_vllm import vllm_dtype
+from echochamber.model.sampler_vllm import vllm_dtype
 
 TEXT = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.\n\n",

@@ -12,7 +12,7 @@ Three properties the RL and eval stages rely on:
   to stop; RL must train on that choice) but not in `text`; `truncated` means max_new_tokens (or the
   model's context) ran out first.
 
-The torch backend decodes with `echochamber.decoders` (a lean KV-cache forward over an
+The torch backend decodes with `echochamber.model.decoders` (a lean KV-cache forward over an
 `OlmoForCausalLM`'s own weights; any other HF causal LM through its own forward), prefills each
 distinct prompt once for its n samples, and drops finished rows from the batch. The vLLM backend
 (GPU, sampler_vllm.py) sits behind the same interface and is imported only when chosen.
@@ -30,8 +30,8 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from echochamber.decoders import Decoder, build_decoder
 from echochamber.errors import UserError
+from echochamber.model.decoders import Decoder, build_decoder
 
 
 @dataclass(frozen=True)
@@ -465,7 +465,7 @@ def build_sampler(
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     sampler_precision(model, backend, dtype)  # refuses a dtype the backend cannot honour
     if backend == "vllm":
-        from echochamber.sampler_vllm import build_vllm_sampler
+        from echochamber.model.sampler_vllm import build_vllm_sampler
 
         return build_vllm_sampler(model, tokenizer, progress, dtype=dtype)
     return TorchSampler(model=model, tokenizer=tokenizer, batch_size=batch_size, progress=progress)
@@ -483,7 +483,7 @@ def sampler_precision(model: PreTrainedModel | None, backend: str, dtype: str = 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     if backend == "vllm":
-        from echochamber.sampler_vllm import vllm_dtype
+        from echochamber.model.sampler_vllm import vllm_dtype
 
         resolved = vllm_dtype(model, dtype) if model is not None else None if dtype == "auto" else dtype
         return {"dtype": resolved, "device": "cuda"}

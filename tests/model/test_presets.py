@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from echochamber.errors import UserError
-from echochamber.model import (
+from echochamber.model.presets import (
     MODEL_PRESETS,
     build_model,
     count_parameters,
