@@ -23,7 +23,8 @@ import torch
 from echochamber.data.paths import data_dir
 from echochamber.data.tokenizer import train_bpe
 from echochamber.model.presets import build_model, count_parameters
-from echochamber.model.sampler import SamplingParams, build_sampler
+from echochamber.model.sampler import build_sampler
+from echochamber.model.sampling import SamplingParams
 
 
 def gsm8k_questions() -> list[str]:

@@ -40,7 +40,8 @@ from echochamber.eval_store import MODES, RESULTS_FILE, GenerationStore, write_j
 from echochamber.formats import FORMATS, PAPER_FORMATS
 from echochamber.metrics_passk import MAX_SAMPLES, default_ks, maj_at_ks, pass_at_k, vote_classes
 from echochamber.model.presets import load_model
-from echochamber.model.sampler import DTYPES, Sampler, SamplingParams, build_sampler, sampler_precision
+from echochamber.model.sampler import DTYPES, Sampler, build_sampler, sampler_precision
+from echochamber.model.sampling import SamplingParams
 from echochamber.verify.grade import Grade, Grader
 from echochamber.verify.normalize import vote_key
 

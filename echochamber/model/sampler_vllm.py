@@ -12,14 +12,8 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from echochamber.errors import UserError
-from echochamber.model.sampler import (
-    Sample,
-    SamplingParams,
-    check_request,
-    decode_texts,
-    encode_texts,
-    sample_key,
-)
+from echochamber.model.sampler import Sample, check_request, decode_texts, encode_texts
+from echochamber.model.sampling import SamplingParams, sample_key
 
 
 @dataclass
@@ -27,7 +21,7 @@ class VLLMSampler:
     """vLLM's `LLM.generate` behind the Sampler interface.
 
     Log-probs come from `logprobs_mode="processed_logprobs"` (vLLM >= 0.10.2): the distribution after
-    temperature/top-k/top-p, matching `sampling_logprobs`. Seeds are per prompt (vLLM draws the n
+    temperature/top-k/top-p, as the torch backend's (`sampling.pick`). Seeds are per prompt (vLLM draws the n
     samples of a request from one seeded stream), so samples are reproducible for a fixed request
     but not equal to the torch backend's.
     """

@@ -57,7 +57,7 @@ from echochamber.errors import UserError
 from echochamber.evaluate import EvalConfig, benchmark_prompts, evaluate, generation_stats
 from echochamber.formats import FORMATS
 from echochamber.model.presets import load_model
-from echochamber.model.sampler import SamplingParams
+from echochamber.model.sampling import SamplingParams
 from echochamber.rl.config import ALGORITHMS, RLConfig, load_rl_config
 from echochamber.rl.losses import KL_ESTIMATORS, kl_estimate
 from echochamber.rl.rollout import (

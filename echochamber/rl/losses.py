@@ -1,8 +1,9 @@
-"""The pieces every RL update shares: token log-probs, KL estimators, loss aggregation, GAE.
+"""The pieces every RL update shares: KL estimators, clipped losses, loss aggregation, GAE.
 
 Plain tensor functions, each checked against its closed form in tests/rl/test_losses.py. The
 algorithm files (ppo.py, grpo.py, ei.py) compose them; nothing here knows which algorithm runs.
 
+Log-probs come from one place, `rollout.sequence_logprobs` (a forward at the sampler's temperature).
 Shapes: `[B, T]` over response tokens; `mask` is 1 on tokens the policy actually sampled (never on
 padding, prompt, or tokens after EOS).
 """
@@ -12,31 +13,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 KLEstimator = Literal["k1", "k2", "k3"]
 KL_ESTIMATORS: tuple[KLEstimator, ...] = ("k1", "k2", "k3")
 Aggregation = Literal["token_mean", "seq_mean", "constant"]
-
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(target) under softmax(logits / temperature).
-
-    The temperature must be the sampler's: the ratio in PPO/GRPO compares the policy to the
-    distribution the tokens were actually drawn from (a known trainer/sampler mismatch elsewhere).
-    """
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return torch.gather(F.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
-
-
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = F.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
 
 
 def masked_log_ratio(numerator: torch.Tensor, denominator: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

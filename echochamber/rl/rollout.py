@@ -36,7 +36,8 @@ from echochamber import dist
 from echochamber.data.records import Record
 from echochamber.data.tokenizer import encode_prompt, pad_token_id
 from echochamber.errors import UserError
-from echochamber.model.sampler import SamplingParams, build_sampler
+from echochamber.model.sampler import build_sampler
+from echochamber.model.sampling import SamplingParams
 from echochamber.rl.config import PromptConfig
 from echochamber.verify.grade import Grader
 

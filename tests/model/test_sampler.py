@@ -15,18 +15,10 @@ from transformers import PreTrainedTokenizerFast
 
 from echochamber.errors import UserError
 from echochamber.model import decoders as decoders_module
-from echochamber.model import sampler as sampler_module
 from echochamber.model.presets import build_model
-from echochamber.model.sampler import (
-    Sample,
-    SamplingParams,
-    build_sampler,
-    sample_key,
-    sampler_precision,
-    sampling_logprobs,
-    uniforms,
-)
+from echochamber.model.sampler import Sample, build_sampler, sampler_precision
 from echochamber.model.sampler_vllm import vllm_dtype
+from echochamber.model.sampling import SamplingParams
 
 TEXT = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.\n\n",
@@ -124,7 +116,7 @@ def test_stops_at_eos_keeps_it_in_tokens_but_not_in_text(tokenizer, tiny):
     ],
     ids=["T0.7-p0.95", "T1.3-k20-p0.8", "T1", "greedy"],
 )
-def test_logprobs_equal_a_full_forward_with_the_same_transform(tokenizer, tiny, params):
+def test_logprobs_equal_a_full_forward_with_the_same_transform(tokenizer, tiny, params, filtered_logprobs):
     samples = build_sampler(tiny, tokenizer, batch_size=4).generate(PROMPTS, IDS, 2, params)
     for prompt, row in zip(PROMPTS, samples, strict=True):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -132,7 +124,7 @@ def test_logprobs_equal_a_full_forward_with_the_same_transform(tokenizer, tiny, 
             ids = torch.tensor([prompt_ids + sample.token_ids])
             with torch.no_grad():
                 logits = tiny(ids).logits[0, len(prompt_ids) - 1 : -1]
-            expected = sampling_logprobs(logits, params).gather(-1, torch.tensor(sample.token_ids)[:, None])[:, 0]
+            expected = filtered_logprobs(logits, params).gather(-1, torch.tensor(sample.token_ids)[:, None])[:, 0]
             assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4, rtol=0)
             assert all(math.isfinite(lp) and lp <= 0 for lp in sample.logprobs)
 
@@ -211,89 +203,6 @@ def test_sampler_sees_weight_updates_and_restores_training_mode(tokenizer):
     assert model.training
     assert [r[0].token_ids for r in after] != [r[0].token_ids for r in before]
     assert [r[0].token_ids for r in after] == hf_greedy(model.eval(), tokenizer, PROMPTS, 10, tokenizer.eos_token_id)
-
-
-def test_uniforms_are_splitmix64_and_look_uniform():
-    def splitmix(x: int) -> int:
-        mask = (1 << 64) - 1
-        z = (x + 0x9E3779B97F4A7C15) & mask
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        return z ^ (z >> 31)
-
-    keys = [sample_key(0, "q1", i) for i in range(4)] + [-1, 0, 2**63 - 1]
-    for step in (0, 1, 1000):
-        got = uniforms(torch.tensor(keys), step).tolist()
-        # The torch version adds (step+1)·golden to the key, then applies the standard finaliser.
-        expected = [(splitmix((k + step * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)) >> 11) / 2**53 for k in keys]
-        assert got == expected
-    many = uniforms(torch.arange(20_000), 3)
-    assert many.min() >= 0 and many.max() < 1 and abs(many.mean().item() - 0.5) < 0.01
-    assert sample_key(0, "a:1", 2) != sample_key(0, "a", 12)
-
-
-@pytest.mark.parametrize(
-    "params",
-    [
-        SamplingParams(temperature=0.8, top_p=0.9),  # rejection from the tempered distribution
-        SamplingParams(temperature=1.5, top_p=0.3),  # small nucleus: masked sampling
-        SamplingParams(temperature=1.0, top_k=3),
-    ],
-    ids=["top-p 0.9", "top-p 0.3", "top-k 3"],
-)
-def test_sampled_frequencies_follow_the_filtered_distribution(params):
-    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
-    probs = sampling_logprobs(logits, params).exp()[0]
-    n = 40_000
-    tokens, logprobs = sampler_module._pick(logits.expand(n, -1), torch.arange(n), 0, params)
-    counts = torch.bincount(tokens, minlength=6).double() / n
-    assert counts[probs == 0].sum() == 0  # filtered tokens never drawn
-    assert torch.allclose(counts, probs.double(), atol=0.01)
-    assert torch.allclose(logprobs, probs.log()[tokens], atol=1e-5)
-
-
-def brute_force_top_p(x: torch.Tensor, top_p: float) -> torch.Tensor:
-    probs = x.double().softmax(-1)
-    keep = torch.zeros_like(x, dtype=torch.bool)
-    for r in range(x.shape[0]):
-        for i in range(x.shape[1]):
-            keep[r, i] = probs[r, i] > 0 and probs[r][probs[r] > probs[r, i]].sum() < top_p
-    return keep
-
-
-@pytest.mark.parametrize("scale", [0.01, 0.5, 3.0, 30.0])
-def test_top_p_mask_matches_the_definition_including_ties(scale):
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(10, 60, generator=generator) * scale
-    x[:, :4] = x[:, 4:5]  # a tie group in every row
-    x[0] = 0.25  # a row of identical logits
-    for top_p in (0.05, 0.5, 0.9, 0.95):
-        for top_k in (0, 7):
-            tempered = sampler_module._temper(x, SamplingParams(1.0, top_p=top_p, top_k=top_k))
-            expected = brute_force_top_p(tempered.logits, top_p)
-            nucleus = sampler_module._nucleus(tempered, top_p)
-            assert torch.equal(nucleus.mask(tempered.logits), expected)
-            kept = torch.where(expected, tempered.weights, 0).sum(-1, keepdim=True)
-            assert torch.allclose(nucleus.kept_weight, kept, rtol=1e-5)
-            rows, tokens = torch.meshgrid(torch.arange(10), torch.arange(60), indexing="ij")
-            keeps = nucleus.keeps(rows.flatten(), tokens.flatten(), tempered.logits).view(10, 60)
-            drawable = tempered.weights > 0  # keeps() is only asked about tokens that can be drawn
-            assert torch.equal(keeps[drawable], expected[drawable])
-            sorted_mask = sampler_module._nucleus_mask_sorted(tempered.logits, tempered.weights, top_p)
-            assert torch.equal(sorted_mask, expected)
-
-
-def test_top_p_matches_hf_warpers_on_distinct_logits():
-    from transformers.generation.logits_process import (
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    x = torch.randn(8, 500, generator=torch.Generator().manual_seed(1)) * 2
-    params = SamplingParams(temperature=0.7, top_k=50, top_p=0.9)
-    hf = TopPLogitsWarper(0.9)(None, TopKLogitsWarper(50)(None, TemperatureLogitsWarper(0.7)(None, x.clone())))
-    assert torch.allclose(sampling_logprobs(x, params), torch.log_softmax(hf, -1))
 
 
 def test_bad_requests_are_user_errors(tokenizer, tiny):

@@ -8,25 +8,11 @@ from echochamber.rl.losses import (
     approx_kl,
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     explained_variance,
     gae,
     kl_estimate,
     masked_whiten,
-    token_logprobs,
 )
-
-
-def test_token_logprobs_apply_temperature():
-    logits = torch.tensor([[[2.0, 0.0, -1.0]]])
-    got = token_logprobs(logits, torch.tensor([[0]]), temperature=0.5)
-    z = [4.0, 0.0, -2.0]
-    expected = 4.0 - math.log(sum(math.exp(v) for v in z))
-    assert got.item() == pytest.approx(expected, abs=1e-6)
-
-
-def test_entropy_of_uniform_is_log_vocab():
-    assert entropy_from_logits(torch.zeros(1, 1, 7)).item() == pytest.approx(math.log(7), abs=1e-6)
 
 
 def test_kl_estimators_match_their_formulas():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from echochamber.data.records import Record
 from echochamber.data.tokenizer import encode_prompt, load_tokenizer, pad_token_id
 from echochamber.errors import UserError
 from echochamber.model.presets import load_model
-from echochamber.model.sampler import SamplingParams
+from echochamber.model.sampling import SamplingParams
 from echochamber.rl.config import PromptConfig
 from echochamber.rl.rollout import (
     Rollout,
@@ -47,6 +49,30 @@ def test_world_prompt_set_is_the_rl_split_with_gold_answers(test_world):
     assert len(load_prompts(PromptConfig(world=test_world))) == test_world.n_rl
     with pytest.raises(UserError, match="unknown source"):
         PromptConfig(dataset="nope").validate()
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token logits are given: position s predicts from `logits[:, s]`."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, **inputs):  # input_ids, attention_mask, use_cache: unused
+        return type("Output", (), {"logits": self.logits})
+
+
+def test_sequence_logprobs_apply_the_temperature_and_shift_by_one():
+    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 0.0, 0.0], [9.0, 9.0, 9.0]]])
+    tokens = torch.tensor([[1, 0, 2]])
+    logp, entropy = sequence_logprobs(FixedLogits(logits), tokens, torch.ones_like(tokens), 0.5)
+    z = [4.0, 0.0, -2.0]  # position 0's logits / 0.5 predict tokens[:, 1] = 0
+    assert logp[0, 0].item() == 0.0  # nothing predicts the first token
+    assert logp[0, 1].item() == pytest.approx(4.0 - math.log(sum(math.exp(v) for v in z)), abs=1e-6)
+    assert logp[0, 2].item() == pytest.approx(-math.log(3), abs=1e-6)  # uniform at any temperature
+    assert entropy[0, 2].item() == pytest.approx(math.log(3), abs=1e-6)
+    no_entropy = sequence_logprobs(FixedLogits(logits), tokens, torch.ones_like(tokens), 0.5, entropy=False)
+    assert no_entropy[1] is None and torch.equal(no_entropy[0], logp)
 
 
 def test_sampler_logprobs_equal_a_forward_pass_at_the_same_temperature(tiny_policy, test_world, grader):
