@@ -86,7 +86,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from echochamber.config import load_config
-    from echochamber.evaluate import EvalConfig, render_summary, run_eval
+    from echochamber.eval.suite import EvalConfig, render_summary, run_eval
 
     flags = {
         "benchmark": args.benchmark,

@@ -128,7 +128,7 @@ def _evaluation(phase: str, checkpoint: str) -> Callable[[StudyConfig, Path, _Co
         import torch
 
         from echochamber.data.tokenizer import load_tokenizer
-        from echochamber.evaluate import benchmark_prompts, evaluate, render_summary
+        from echochamber.eval.suite import benchmark_prompts, evaluate, render_summary
         from echochamber.model.presets import load_model
 
         ckpt = run_dir / checkpoint

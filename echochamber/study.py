@@ -88,7 +88,7 @@ class StudyConfig:
 
 def eval_config(study: StudyConfig, benchmark: str) -> Any:
     """The EvalConfig of one benchmark (built through from_dict: a key EvalConfig lacks fails loudly)."""
-    from echochamber.evaluate import EvalConfig
+    from echochamber.eval.suite import EvalConfig
 
     settings = {k: v for k, v in to_dict(study.eval).items() if k != "benchmarks"}
     return from_dict(

@@ -25,8 +25,8 @@ from typing import Any
 
 from echochamber.config import from_dict, read_yaml
 from echochamber.errors import UserError
+from echochamber.eval.passk import default_ks, maj_at_ks, pass_at_k
 from echochamber.formats import FORMATS
-from echochamber.metrics_passk import default_ks, maj_at_ks, pass_at_k
 from echochamber.runlog import METRICS_FILE, iter_jsonl, read_metrics
 from echochamber.verify.normalize import vote_key
 

@@ -54,7 +54,7 @@ from echochamber.checkpoint import (
 from echochamber.config import save_config, to_dict
 from echochamber.data.tokenizer import load_tokenizer
 from echochamber.errors import UserError
-from echochamber.evaluate import EvalConfig, benchmark_prompts, evaluate, generation_stats
+from echochamber.eval.suite import EvalConfig, benchmark_prompts, evaluate, generation_stats
 from echochamber.formats import FORMATS
 from echochamber.model.presets import load_model
 from echochamber.model.sampling import SamplingParams

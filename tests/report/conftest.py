@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from echochamber.data.world import WorldConfig, world_records
-from echochamber.evaluate import EvalConfig, summarize
+from echochamber.eval.suite import EvalConfig, summarize
 from echochamber.formats import FORMATS
 from echochamber.verify.normalize import vote_key
 

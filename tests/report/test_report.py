@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from echochamber.errors import UserError
-from echochamber.metrics_passk import maj_at_k
+from echochamber.eval.passk import maj_at_k
 from echochamber.report.collect import collect
 from echochamber.report.findings import compute_findings
 from echochamber.report.page import BROWSER_MAX_PROMPTS, browser_entries, build_report
@@ -129,7 +129,7 @@ def test_per_prompt_scores_reproduce_results_json(run_dir: Path) -> None:
 
 
 def test_rows_without_vote_vote_by_the_answers_spelling_key(tmp_path: Path) -> None:
-    """Rows written before `vote` existed: "25" and "25.0" are one vote (metrics_passk.vote_key), so
+    """Rows written before `vote` existed: "25" and "25.0" are one vote (verify.normalize.vote_key), so
     3 correct votes beat 2 wrong ones; a truncated row abstains."""
     answers = [("25", True, False), ("25.0", True, False), ("25.0", True, False), ("3", False, False),
                ("3", False, False), ("3", False, True)]  # fmt: skip

@@ -14,15 +14,15 @@ from echochamber.data.records import Record
 from echochamber.data.sources import benchmark_records
 from echochamber.data.tokenizer import encode_prompt, train_bpe
 from echochamber.errors import UserError
-from echochamber.eval_store import GENERATIONS_FILE, RESULTS_FILE, SETTINGS_FILE
-from echochamber.evaluate import (
+from echochamber.eval.passk import vote_classes
+from echochamber.eval.store import GENERATIONS_FILE, RESULTS_FILE, SETTINGS_FILE
+from echochamber.eval.suite import (
     EvalConfig,
     benchmark_prompts,
     evaluate,
     generation_stats,
     run_eval,
 )
-from echochamber.metrics_passk import vote_classes
 from echochamber.model.presets import build_model
 from echochamber.model.sampler import Sample, build_sampler
 from echochamber.verify.grade import Grader

@@ -2,14 +2,14 @@
 
 `evaluate` takes an in-memory model + tokenizer (RL's periodic evaluation calls it directly);
 `run_eval` loads a checkpoint folder and a benchmark for `echochamber eval`. Every generation is
-appended to `generations.jsonl` one prompt chunk at a time (echochamber.eval_store), so a killed
+appended to `generations.jsonl` one prompt chunk at a time (store.py), so a killed
 evaluation resumes where it stopped: prompts already complete in the file are skipped and the
 results are recomputed from the file. Because the sampler derives each sample's randomness from (seed, prompt id, sample index), a
 resumed run produces exactly the generations an uninterrupted one would have.
 
 Each generation row also records the paper's format rule (`paper_format`) and the sample's `vote`:
 the representative of its answer's math-verify equivalence class among its prompt's samples (None
-when it abstains), formed when the prompt's samples are graded (`metrics_passk.vote_classes`), so
+when it abstains), formed when the prompt's samples are graded (`passk.vote_classes`), so
 results.json's maj@k and any later reader of generations.jsonl count the same votes. Rows written
 before these fields existed are graded again from their stored text and gold when a folder is
 resumed (also with the current verifier), so one folder never mixes two grading rules.
@@ -36,9 +36,9 @@ from echochamber.data.sources import benchmark_records
 from echochamber.data.tokenizer import encode_prompt, load_tokenizer
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.errors import UserError
-from echochamber.eval_store import MODES, RESULTS_FILE, GenerationStore, write_json_atomic
+from echochamber.eval.passk import MAX_SAMPLES, default_ks, maj_at_ks, pass_at_k, vote_classes
+from echochamber.eval.store import MODES, RESULTS_FILE, GenerationStore, write_json_atomic
 from echochamber.formats import FORMATS, PAPER_FORMATS
-from echochamber.metrics_passk import MAX_SAMPLES, default_ks, maj_at_ks, pass_at_k, vote_classes
 from echochamber.model.presets import load_model
 from echochamber.model.sampler import DTYPES, Sampler, build_sampler, sampler_precision
 from echochamber.model.sampling import SamplingParams

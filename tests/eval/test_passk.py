@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import pytest
 
-from echochamber.metrics_passk import default_ks, maj_at_k, maj_at_ks, pass_at_k, vote_classes
+from echochamber.eval.passk import default_ks, maj_at_k, maj_at_ks, pass_at_k, vote_classes
 from echochamber.verify.normalize import vote_key
 
 
