@@ -129,7 +129,7 @@ def time_ours(policy: Path, gsm8k: Path, grader: Grader, args: argparse.Namespac
     config.betas, config.grad_clip, config.weight_decay = [0.9, 0.95], 1.0, 0.0
     config.micro_batch_size = args.micro_batch
     config.max_steps, config.checkpoint_every = args.steps + 1, args.steps + 1
-    config.eval.every, config.tensorboard, config.progress = 0, False, False
+    config.eval_every, config.tensorboard, config.progress = 0, False, False
     started = time.perf_counter()
     run_rl(config, algo="grpo", grader=grader)
     wall = time.perf_counter() - started

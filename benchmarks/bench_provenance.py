@@ -119,8 +119,8 @@ def calibrate(shards_dir: Path, rng: np.random.Generator) -> None:
 
 
 def _foreign_texts() -> list[str]:
+    from echochamber.data.benchmarks import benchmark_records
     from echochamber.data.paths import data_dir
-    from echochamber.data.sources import benchmark_records
 
     folder = data_dir()
     return [r.solution for r in benchmark_records("gsm8k", folder)] if folder is not None else []

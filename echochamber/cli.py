@@ -86,10 +86,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from echochamber.config import load_config
-    from echochamber.eval.suite import EvalConfig, render_summary, run_eval
+    from echochamber.eval.config import EvalConfig
+    from echochamber.eval.suite import render_summary, run_eval
 
     flags = {
-        "benchmark": args.benchmark,
         "n": args.n,
         "temperature": args.temperature,
         "top_p": args.top_p,
@@ -103,10 +103,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.no_greedy:
         overrides.append("greedy=false")
     config = load_config(EvalConfig, args.config, overrides + list(args.set))
+    if args.benchmark is not None:
+        config.benchmarks = [args.benchmark]
     if args.data is not None:
         config.data = args.data  # a path verbatim, not parsed as YAML
-    results = run_eval(Path(args.ckpt), config, Path(args.out) if args.out else None)
-    print(render_summary(results))
+    if args.out is not None and len(config.benchmarks) > 1:
+        raise UserError("--out is one evaluation's folder: name one --benchmark (or leave --out out: CKPT/eval/NAME)")
+    evaluations = [config.evaluation(benchmark) for benchmark in config.benchmarks]  # all checked first
+    for evaluation in evaluations:
+        results = run_eval(Path(args.ckpt), evaluation, Path(args.out) if args.out else None)
+        print(render_summary(results))
     return 0
 
 
@@ -183,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a Hugging Face causal-LM folder on a benchmark")
     ev.add_argument("ckpt", help="model folder (config, weights, tokenizer)")
-    ev.add_argument("--benchmark", help="world-test, world-hard, gsm8k, math500 or aime")
+    ev.add_argument("--benchmark", help="world-test, world-hard, gsm8k, math500 or aime (default: the config's benchmarks)")
     ev.add_argument("--n", type=int, help="samples per prompt for pass@k / maj@k")
     ev.add_argument("--temperature", type=float)
     ev.add_argument("--top-p", type=float)

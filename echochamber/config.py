@@ -198,7 +198,9 @@ def config_hash(obj: Any) -> str:
 
 
 def save_config(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    """A config (dataclass or plain mapping) as YAML, keys in their declared order."""
+    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,11 +37,11 @@ from typing import Any
 import yaml
 
 from echochamber import dist
-from echochamber.config import config_hash, save_config, to_dict
+from echochamber.config import config_hash, to_dict
 from echochamber.data.mixture import describe_manifest, spec_hash
 from echochamber.errors import UserError
 from echochamber.rl.config import ALGORITHMS
-from echochamber.study import DEFAULT_PRESET, StudyConfig, eval_config
+from echochamber.study import DEFAULT_PRESET, StudyConfig
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -128,21 +128,18 @@ def _evaluation(phase: str, checkpoint: str) -> Callable[[StudyConfig, Path, _Co
         import torch
 
         from echochamber.data.tokenizer import load_tokenizer
-        from echochamber.eval.suite import benchmark_prompts, evaluate, render_summary
+        from echochamber.eval.suite import evaluate_benchmark, render_summary
         from echochamber.model.presets import load_model
 
         ckpt = run_dir / checkpoint
         model = load_model(ckpt).to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         tokenizer = load_tokenizer(ckpt)
         for benchmark in study.eval.benchmarks:
-            config = eval_config(study, benchmark)
-            out = run_dir / "eval" / phase / benchmark
-            # evaluate() continues from the generations already in `out` (a resumed stage).
-            results = evaluate(
-                model, tokenizer, benchmark_prompts(config), config, grader=ctx.grader(), out_dir=out,
-                progress=ctx.progress, meta={"checkpoint": str(ckpt)},
+            # The suite continues from the generations already in the folder (a resumed stage).
+            results = evaluate_benchmark(
+                model, tokenizer, study.evaluation(benchmark), run_dir / "eval" / phase / benchmark,
+                grader=ctx.grader(), progress=ctx.progress, meta={"checkpoint": str(ckpt)},
             )  # fmt: skip
-            save_config(config, out / "config.yaml")
             ctx.say(render_summary(results))
 
     return run
@@ -172,7 +169,7 @@ def stage_hashes(study: StudyConfig) -> dict[str, str]:
     for algo in ALGORITHMS:  # only the chosen algorithm's section matters
         if algo != study.algo:
             rl_settings.pop(algo)
-    for section, key in (("rollout", "grader_workers"), ("rollout", "batch_size"), ("eval", "batch_size")):
+    for section, key in (("rollout", "grader_workers"), ("rollout", "batch_size"), ("eval", "batch_size"), ("eval", "workers")):
         rl_settings[section].pop(key)
     rl = config_hash({"after": pretrain, "algo": study.algo, "rl": rl_settings})
     evaluation = _without(to_dict(study.eval), ("workers", "batch_size"))

@@ -21,6 +21,7 @@ from echochamber.config import (
 from echochamber.data.mixture import MixtureConfig, mixture_preset
 from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
+from echochamber.eval.config import EvalConfig, Evaluation
 from echochamber.pretrain import PretrainConfig
 from echochamber.rl.config import RLConfig, rl_preset
 
@@ -37,27 +38,6 @@ PLACED = {
 
 
 @dataclass
-class StudyEvalConfig:
-    """The eval suite, run on the pretrained model (eval/base) and on the RL policy (eval/final)."""
-
-    benchmarks: list[str] = field(default_factory=lambda: ["world-test", "world-hard"])
-    n: int = 64  # sampled generations per prompt for pass@k / maj@k (0 = greedy only)
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 2048
-    greedy: bool = True  # also one greedy generation per prompt (pass@1)
-    limit: int | None = None  # first this many prompts of each benchmark
-    seed: int = 0
-    data: str | None = None  # real-data folder for gsm8k/math500/aime (default: data_dir())
-    batch_size: int = 256
-    workers: int = 2  # grader processes, shared by both evaluations and RL (not hashed)
-
-    def validate(self) -> None:
-        if not self.benchmarks:
-            raise UserError("eval.benchmarks must name at least one benchmark")
-
-
-@dataclass
 class StudyConfig:
     """A whole study: one world that the mixture, RL prompts and world benchmarks all read, the
     pretraining mixture, pretraining, RL with `algo`, and the eval suite."""
@@ -67,7 +47,7 @@ class StudyConfig:
     rl: RLConfig  # in YAML also a preset name (cpu) or {preset: NAME, key: value}
     algo: Literal["ppo", "grpo", "ei"] = "ppo"
     world: WorldConfig = field(default_factory=WorldConfig)
-    eval: StudyEvalConfig = field(default_factory=StudyEvalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # run on the pretrained model (eval/base) and the RL policy (eval/final)
 
     def validate(self) -> None:
         for dotted, value in PLACED.items():
@@ -82,18 +62,13 @@ class StudyConfig:
         ):
             if to_dict(world) != to_dict(self.world):
                 raise UserError(f"{where} differs from 'world': set the world once, under 'world'")
+        self.eval.check_world(self.world, "world")
         for benchmark in self.eval.benchmarks:
-            eval_config(self, benchmark)  # validates each benchmark's settings
+            self.evaluation(benchmark)  # each benchmark checked now, before any stage runs
 
-
-def eval_config(study: StudyConfig, benchmark: str) -> Any:
-    """The EvalConfig of one benchmark (built through from_dict: a key EvalConfig lacks fails loudly)."""
-    from echochamber.eval.suite import EvalConfig
-
-    settings = {k: v for k, v in to_dict(study.eval).items() if k != "benchmarks"}
-    return from_dict(
-        EvalConfig, {**settings, "benchmark": benchmark, "world": to_dict(study.world)}, prefix="eval."
-    )
+    def evaluation(self, benchmark: str) -> Evaluation:
+        """The study's evaluation of one benchmark (base and final alike): its world, seed 0 unless set."""
+        return self.eval.evaluation(benchmark, self.world)
 
 
 # ---------------------------------------------------------------------------------------------

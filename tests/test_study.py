@@ -3,7 +3,7 @@
 import pytest
 
 from echochamber.errors import UserError
-from echochamber.study import StudyConfig, eval_config, load_study
+from echochamber.study import StudyConfig, load_study
 
 
 def smoke(*overrides: str) -> StudyConfig:
@@ -16,7 +16,10 @@ def test_overrides_reach_nested_keys_and_presets_expand_in_order() -> None:
     assert study.mixture.seed == 3 and study.rl.grpo.kl_coef == 0.01
     # One world, placed everywhere it is read.
     assert study.mixture.world.n_test == study.rl.prompts.world.n_test == 20
-    assert eval_config(study, "world-hard").world.n_test == 20
+    assert study.evaluation("world-hard").world.n_test == study.rl.evaluation("world-hard").world.n_test == 20
+    # The study's evaluations sample with seed 0, RL's periodic ones with the RL run's seed.
+    assert study.evaluation("world-test").config.seed == 0
+    assert smoke("rl.seed=3").rl.evaluation("world-test").config.seed == 3
     assert load_study().algo in ("ppo", "grpo", "ei")  # no argument: the quickstart
     # A preset with some of its keys changed.
     tweaked = smoke("rl={preset: cpu, max_steps: 7}", "rl.seed=2")
@@ -29,6 +32,7 @@ def test_overrides_reach_nested_keys_and_presets_expand_in_order() -> None:
         ("pretrain.out=/elsewhere", "set by the pipeline"),
         ("rl.reference=/some/model", "rl.reference"),
         ("mixture.world.n_test=3", "set the world once"),
+        ("eval.world.n_test=3", "set the world once"),
         ("rl.ppo.kl_coeff=0.1", "rl.ppo.kl_coeff"),
         ("algo=dpo", "algo"),
         ("eval.benchmarks=[world-easy]", "world-easy"),

@@ -204,7 +204,7 @@ def test_emit_torchrun_writes_one_command_per_cell(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_real_sweep_runs_cells_in_parallel_processes_and_reports(tmp_path: Path) -> None:
     path = write_sweep(
-        tmp_path, axes={"algo": ["grpo"]}, seeds=[0, 1], set=["rl.max_steps=1", "rl.eval.every=0"]
+        tmp_path, axes={"algo": ["grpo"]}, seeds=[0, 1], set=["rl.max_steps=1", "rl.eval_every=0"]
     )
     index = run_sweep(str(path), tmp_path / "sweep", jobs=2)
     assert index == tmp_path / "sweep" / "report" / "index.html" and index.is_file()

@@ -204,14 +204,6 @@ SOURCES: dict[str, SourceSpec] = {
     )
 }
 
-# Eval benchmarks inside a folder laid out like shared/data (see echochamber.data.paths.data_dir).
-BENCHMARK_FILES: dict[str, str] = {
-    "gsm8k": "gsm8k/test.jsonl",
-    "math500": "math500/test.jsonl",
-    "aime": "aime/aime_22_23_24.jsonl",
-}
-
-
 def get_spec(name: str) -> SourceSpec:
     if name not in SOURCES:
         raise UserError(f"unknown source {name!r}; known sources: {', '.join(SOURCES)}")
@@ -488,15 +480,3 @@ def records_dataset(name: str, rows: datasets.Dataset, num_proc: int | None = No
     if spec.keep is not None:
         records = records.filter(lambda keep: keep, input_columns="_keep", num_proc=num_proc)
     return records.remove_columns("_keep")
-
-
-def benchmark_records(name: str, data_dir: Path) -> list[Record]:
-    """An eval benchmark (gsm8k, math500, aime) from a folder laid out like shared/data."""
-    if name not in BENCHMARK_FILES:
-        raise UserError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARK_FILES)}")
-    file = Path(data_dir) / BENCHMARK_FILES[name]
-    if not file.is_file():
-        raise UserError(
-            f"benchmark {name}: {file} not found (expected a data folder laid out like shared/data)"
-        )
-    return load_source(name, path=file)

@@ -1,6 +1,14 @@
-"""The output folder of one evaluation: generations.jsonl appended one prompt chunk at a time, and
-the settings that decide its content (eval_settings.json), so a killed evaluation resumes where it
-stopped and a folder never mixes generations made under different settings or grading rules."""
+"""The output folder of one evaluation, and the one place its file names are written down:
+
+    prompts.jsonl        the prompts evaluated: {"id", "prompt", "gold"} a line (the report shows
+                         their texts from here; it never rebuilds a benchmark)
+    generations.jsonl    one graded generation a line, appended one prompt chunk at a time
+    eval_settings.json   the settings that decide the generations (a resumed run must match them)
+    results.json         the scores, written at the end
+    config.yaml          the evaluation's settings as the suite ran them (eval.config.Evaluation.record)
+
+A killed evaluation resumes where it stopped, and a folder never mixes generations made under
+different settings or grading rules."""
 
 from __future__ import annotations
 
@@ -12,12 +20,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from echochamber.data.records import Record
 from echochamber.errors import UserError
-from echochamber.runlog import read_jsonl
+from echochamber.runlog import iter_jsonl, read_jsonl
 
+PROMPTS_FILE = "prompts.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
-RESULTS_FILE = "results.json"
 SETTINGS_FILE = "eval_settings.json"
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.yaml"
 MODES = ("greedy", "sampled")
 # Fields every current generation row has; a row without one was written by an older version.
 ROW_FIELDS = frozenset({"vote", "paper_format"})
@@ -121,3 +132,17 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def write_prompts(folder: Path, records: Sequence[Record]) -> None:
+    """prompts.jsonl: the evaluated prompts' ids, texts and golds (rewritten whole, atomically)."""
+    tmp = folder / f".{PROMPTS_FILE}.tmp"
+    rows = ({"id": r.id, "prompt": r.prompt, "gold": r.answer} for r in records)
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    os.replace(tmp, folder / PROMPTS_FILE)
+
+
+def read_prompts(folder: Path) -> list[dict[str, Any]] | None:
+    """The rows of a folder's prompts.jsonl; None for a folder written before it existed."""
+    path = folder / PROMPTS_FILE
+    return list(iter_jsonl(path)) if path.is_file() else None

@@ -1,7 +1,8 @@
 """The evaluation suite: greedy pass@1, sampled pass@k / maj@k, and the format mix of generations.
 
-`evaluate` takes an in-memory model + tokenizer (RL's periodic evaluation calls it directly);
-`run_eval` loads a checkpoint folder and a benchmark for `echochamber eval`. Every generation is
+`evaluate` takes an in-memory model + tokenizer and an `Evaluation` (config.py: one benchmark under
+the eval settings); `evaluate_benchmark` loads the benchmark's problems first (a study's and RL's
+evaluations call it), and `run_eval` also loads a checkpoint folder (`echochamber eval`). Every generation is
 appended to `generations.jsonl` one prompt chunk at a time (store.py), so a killed
 evaluation resumes where it stopped: prompts already complete in the file are skipped and the
 results are recomputed from the file. Because the sampler derives each sample's randomness from (seed, prompt id, sample index), a
@@ -20,121 +21,35 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from echochamber.config import save_config
-from echochamber.data.paths import ENV_VAR, data_dir
+from echochamber.data.benchmarks import load_benchmark
 from echochamber.data.records import Record
-from echochamber.data.sources import benchmark_records
 from echochamber.data.tokenizer import encode_prompt, load_tokenizer
-from echochamber.data.world import WorldConfig, world_records
 from echochamber.errors import UserError
-from echochamber.eval.passk import MAX_SAMPLES, default_ks, maj_at_ks, pass_at_k, vote_classes
-from echochamber.eval.store import MODES, RESULTS_FILE, GenerationStore, write_json_atomic
+from echochamber.eval.config import Evaluation
+from echochamber.eval.passk import maj_at_ks, pass_at_k, vote_classes
+from echochamber.eval.store import (
+    CONFIG_FILE,
+    MODES,
+    RESULTS_FILE,
+    GenerationStore,
+    write_json_atomic,
+    write_prompts,
+)
 from echochamber.formats import FORMATS, PAPER_FORMATS
 from echochamber.model.presets import load_model
-from echochamber.model.sampler import DTYPES, Sampler, build_sampler, sampler_precision
+from echochamber.model.sampler import Sampler, build_sampler, sampler_precision
 from echochamber.model.sampling import SamplingParams
 from echochamber.verify.grade import Grade, Grader
 from echochamber.verify.normalize import vote_key
-
-BENCHMARKS = ("world-test", "world-hard", "gsm8k", "math500", "aime")
-
-
-# ---------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass
-class EvalConfig:
-    """One evaluation: which prompts, how many generations per prompt, and how they are drawn."""
-
-    benchmark: str  # one of BENCHMARKS
-    n: int = 64  # sampled generations per prompt for pass@k / maj@k (0 = greedy only)
-    temperature: float = 0.7  # of the sampled generations (the paper: T=0.7, top-p 0.95)
-    top_p: float = 0.95
-    top_k: int = 0  # 0 = off
-    max_new_tokens: int = 2048  # the paper's evaluation limit
-    greedy: bool = True  # also one greedy generation per prompt, for pass@1
-    ks: list[int] | None = None  # pass@k / maj@k sizes; default 1, 2, 4, ... and n
-    limit: int | None = None  # evaluate only the first `limit` prompts of the benchmark
-    seed: int = 0  # sample i of prompt p draws its randomness from (seed, p, i)
-    truncated_is_wrong: bool = True  # a generation cut off by max_new_tokens scores 0 and casts no vote
-    data: str | None = None  # real-data folder (default: $ECHOCHAMBER_DATA, then shared/data)
-    world: WorldConfig = field(default_factory=WorldConfig)  # the world behind world-test/world-hard
-    batch_size: int = 256  # sequences per sampler batch
-    backend: Literal["torch", "vllm"] = "torch"  # sampler backend (vllm: GPU only)
-    # Precision of the generations: auto = the weights' own dtype (the checkpoint's for
-    # `echochamber eval`, the in-memory model's for RL); run_eval casts the checkpoint to an explicit
-    # one, the vLLM backend is told it (see sampler.sampler_precision).
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"  # where run_eval puts the model: auto (cuda when available), cpu, cuda, ...
-    workers: int = 2  # grader processes (code sandbox and math-verify)
-
-    def validate(self) -> None:
-        if self.benchmark not in BENCHMARKS:
-            raise UserError(f"unknown benchmark {self.benchmark!r}; known benchmarks: {', '.join(BENCHMARKS)}")
-        if not 0 <= self.n <= MAX_SAMPLES:
-            raise UserError(f"n must be between 0 and {MAX_SAMPLES}, got {self.n}")
-        if self.n == 0 and not self.greedy:
-            raise UserError("nothing to evaluate: n is 0 and greedy is off")
-        for k in self.ks or []:
-            if not 1 <= k <= self.n:
-                raise UserError(f"every k in ks must be between 1 and n={self.n}, got {k}")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"limit must be at least 1, got {self.limit}")
-        if self.batch_size < 1 or self.workers < 1:
-            raise UserError("batch_size and workers must be at least 1")
-        if self.dtype not in DTYPES:
-            raise UserError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
-        self.sampling_params()  # SamplingParams checks temperature, top_p, top_k, max_new_tokens
-
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            max_new_tokens=self.max_new_tokens,
-            seed=self.seed,
-        )
-
-    def passes(self) -> list[tuple[str, int, SamplingParams]]:
-        """(mode, generations per prompt, sampling params) for each kind of generation asked for."""
-        passes = []
-        if self.greedy:
-            passes.append(("greedy", 1, SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens, seed=self.seed)))
-        if self.n > 0:
-            passes.append(("sampled", self.n, self.sampling_params()))
-        return passes
-
-    def resolved_ks(self) -> list[int]:
-        return sorted(set(self.ks)) if self.ks else default_ks(self.n)
-
-    def generation_settings(self) -> dict[str, Any]:
-        """Everything that decides the content of generations.jsonl: a resumed run must match it."""
-        settings = {
-            "benchmark": self.benchmark,
-            "n": self.n,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "max_new_tokens": self.max_new_tokens,
-            "seed": self.seed,
-            "truncated_is_wrong": self.truncated_is_wrong,
-            "backend": self.backend,
-            "dtype": self.dtype,
-        }
-        if self.benchmark.startswith("world-"):
-            settings["world"] = asdict(self.world)
-        return settings
-
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
@@ -144,7 +59,7 @@ def evaluate(
     model: Any,
     tokenizer: Any,
     records: Sequence[Record],
-    config: EvalConfig,
+    evaluation: Evaluation,
     *,
     grader: Grader | None = None,
     sampler: Sampler | None = None,
@@ -154,19 +69,22 @@ def evaluate(
 ) -> dict[str, Any]:
     """Generate, grade and score `records` (the first `config.limit` of them) with an in-memory model.
 
-    With `out_dir`, every graded generation is appended to generations.jsonl one prompt chunk at a
-    time and results.json is written at the end; prompts already complete in that file are not
+    With `out_dir`, the prompts (id, text, gold) go to prompts.jsonl, every graded generation is
+    appended to generations.jsonl one prompt chunk at a time, and results.json and the settings
+    (config.yaml) are written at the end; prompts already complete in that file are not
     generated again, and the results are recomputed from the file. `grader` and `sampler` let a
     caller (RL) reuse its own; otherwise a Grader is started and closed here and a sampler is built
     over `model` (then unused when `sampler` is given, except to record its dtype and device).
     `meta` (e.g. checkpoint, RL step) is copied into the results.
     """
+    config = evaluation.config
     records = _select(records, config.limit)
     precision = sampler_precision(model, config.backend, config.dtype)
     store = None
     if out_dir is not None:
         expected = {mode: n for mode, n, _ in config.passes()}
-        store = GenerationStore(Path(out_dir), expected, config.generation_settings())
+        store = GenerationStore(Path(out_dir), expected, evaluation.generation_settings())
+        write_prompts(store.folder, records)
     if sampler is None:
         sampler = build_sampler(
             model, tokenizer, backend=config.backend, batch_size=config.batch_size, dtype=config.dtype
@@ -185,24 +103,25 @@ def evaluate(
             with tqdm(
                 total=len(records),
                 initial=len(records) - len(todo),
-                desc=f"{config.benchmark} {mode}",
+                desc=f"{evaluation.benchmark} {mode}",
                 unit="prompt",
                 disable=not progress,
             ) as bar:
                 for start in range(0, len(todo), per_chunk):
                     chunk = todo[start : start + per_chunk]
-                    new_rows = _generate_rows(sampler, tokenizer, active_grader, chunk, mode, n, params, config)
+                    new_rows = _generate_rows(sampler, tokenizer, active_grader, chunk, mode, n, params, config.truncated_is_wrong)
                     if store is not None:
                         store.append(new_rows)
                     rows.extend(new_rows)
                     bar.update(len(chunk))
         if store is not None:
             rows = store.load(regrade)  # the results are a function of the file alone
-    results = summarize(rows, records, config)
+    results = summarize(rows, records, evaluation)
     results.update(precision)
     results.update(meta or {})
     if store is not None:
         write_json_atomic(store.folder / RESULTS_FILE, results)
+        save_config(evaluation.record(), store.folder / CONFIG_FILE)
     return results
 
 
@@ -226,7 +145,7 @@ def _generate_rows(
     mode: str,
     n: int,
     params: SamplingParams,
-    config: EvalConfig,
+    truncated_is_wrong: bool,
 ) -> list[dict[str, Any]]:
     """Generate and grade `n` completions for each record of `chunk`: one generations.jsonl row each."""
     # encode_prompt is the pretraining documents' own prefix (question + "\n\n", no BOS), so the
@@ -246,7 +165,7 @@ def _generate_rows(
         for record, row in zip(chunk, samples, strict=True)
         for sample in row
     ]
-    return _graded_rows(grader, generated, config.truncated_is_wrong)
+    return _graded_rows(grader, generated, truncated_is_wrong)
 
 
 def _graded_rows(
@@ -300,7 +219,7 @@ def _vote_key(row: Mapping[str, Any], truncated_is_wrong: bool) -> str | None:
 # Scoring
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], records: Sequence[Record], config: EvalConfig) -> dict[str, Any]:
+def summarize(rows: Sequence[Mapping[str, Any]], records: Sequence[Record], evaluation: Evaluation) -> dict[str, Any]:
     """results.json from generation rows: greedy pass@1, sampled pass@k/maj@k, per-format statistics.
 
     Only rows of `records` count (the file may hold more, e.g. from a run with a larger limit).
@@ -308,10 +227,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], records: Sequence[Record], conf
     by_prompt: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         by_prompt[(row["mode"], row["prompt_id"])].append(row)
+    config = evaluation.config
     results: dict[str, Any] = {
-        "benchmark": config.benchmark,
+        "benchmark": evaluation.benchmark,
         "n_prompts": len(records),
-        "config": asdict(config),
+        "config": evaluation.record(),
     }
     for mode, n, _ in config.passes():
         groups = []
@@ -401,44 +321,36 @@ def paper_format_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 # `echochamber eval CKPT`
 
 
-def benchmark_prompts(config: EvalConfig) -> list[Record]:
-    """The records of `config.benchmark`: the controlled world's test/hard split, or a real
-    benchmark from the data folder."""
-    if config.benchmark.startswith("world-"):
-        split = config.benchmark.removeprefix("world-")
-        # Any style will do: the prompt is the question text, whatever the solution's format.
-        return world_records(config.world, split, "gsm8k")
-    if config.data is not None and not Path(config.data).is_dir():
-        raise UserError(f"data folder {config.data} does not exist")
-    folder = data_dir(config.data)
-    if folder is None:
-        raise UserError(f"benchmark {config.benchmark} reads the real data: pass --data DIR or set ${ENV_VAR}")
-    return benchmark_records(config.benchmark, folder)
+def evaluate_benchmark(
+    model: Any,
+    tokenizer: Any,
+    evaluation: Evaluation,
+    out_dir: Path,
+    *,
+    grader: Grader | None = None,
+    progress: bool = True,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`evaluate` on the problems of the evaluation's benchmark (data.benchmarks), into `out_dir`."""
+    records = load_benchmark(evaluation.benchmark, evaluation.world, evaluation.config.data)
+    return evaluate(model, tokenizer, records, evaluation, grader=grader, out_dir=out_dir, progress=progress, meta=meta)
 
 
-def default_out_dir(ckpt: Path, config: EvalConfig) -> Path:
-    return Path(ckpt) / "eval" / config.benchmark
-
-
-def run_eval(ckpt: Path, config: EvalConfig, out_dir: Path | None = None, *, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a Hugging Face causal-LM folder (config, weights, tokenizer) on `config.benchmark`,
-    in the checkpoint's own dtype or the one `config.dtype` names (results.json records which).
-
-    Writes config.yaml, generations.jsonl and results.json into `out_dir` (default CKPT/eval/NAME);
-    rerunning into the same folder resumes.
-    """
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(ckpt, config)
-    records = benchmark_prompts(config)
+def run_eval(
+    ckpt: Path, evaluation: Evaluation, out_dir: Path | None = None, *, progress: bool = True
+) -> dict[str, Any]:
+    """`echochamber eval`: evaluate a Hugging Face causal-LM folder (config, weights, tokenizer) on
+    one benchmark, in the checkpoint's own dtype or the one `config.dtype` names (results.json
+    records which), into `out_dir` (default CKPT/eval/BENCHMARK); rerunning into it resumes."""
+    config = evaluation.config
+    out_dir = Path(out_dir) if out_dir is not None else Path(ckpt) / "eval" / evaluation.benchmark
+    records = load_benchmark(evaluation.benchmark, evaluation.world, config.data)  # fails before the model loads
     model = load_model(ckpt)
     tokenizer = load_tokenizer(ckpt)
     model.to(_device(config.device))
     if config.dtype != "auto":
         model.to(getattr(torch, config.dtype))
-    results = evaluate(
-        model, tokenizer, records, config, out_dir=out_dir, progress=progress, meta={"checkpoint": str(ckpt)}
-    )
-    save_config(config, out_dir / "config.yaml")
-    return results
+    return evaluate(model, tokenizer, records, evaluation, out_dir=out_dir, progress=progress, meta={"checkpoint": str(ckpt)})
 
 
 def _device(name: str) -> torch.device:

@@ -1,8 +1,8 @@
-"""Run and sweep folders -> plain data for the report (`collect`), and the study's findings (`compute_findings`).
+"""Run and sweep folders -> plain data for the report (`collect`); the findings are findings.py's.
 
 A run folder holds `run.json`, `config.yaml`, `pretrain/metrics.jsonl`, `rl/metrics.jsonl` ("rl" lines
 per step, "eval" lines per periodic evaluation), `rl/config.yaml`, and the eval suite's folders
-`eval/{base,final}/<benchmark>/{results.json,generations.jsonl}`. A sweep folder holds `sweep.json`
+`eval/{base,final}/<benchmark>/` (results.json, generations.jsonl, prompts.jsonl: eval/store.py). A sweep folder holds `sweep.json`
 and one run folder per cell. Anything missing is left empty here and reported as "not run" on the
 page; only malformed files are errors.
 
@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echochamber.config import from_dict, read_yaml
+from echochamber.config import read_yaml
 from echochamber.errors import UserError
 from echochamber.eval.passk import default_ks, maj_at_ks, pass_at_k
+from echochamber.eval.store import GENERATIONS_FILE, PROMPTS_FILE, RESULTS_FILE, SETTINGS_FILE, read_prompts
 from echochamber.formats import FORMATS
 from echochamber.runlog import METRICS_FILE, iter_jsonl, read_metrics
 from echochamber.verify.normalize import vote_key
@@ -33,8 +34,6 @@ from echochamber.verify.normalize import vote_key
 OTHER = "other"  # the label of text in no pretraining format (degenerate text included)
 REAL_FORMATS = tuple(name for name in FORMATS if name != OTHER)
 PHASES = ("base", "final")  # eval/base = before RL, eval/final = after RL
-RESULTS_FILE = "results.json"
-GENERATIONS_FILE = "generations.jsonl"
 _ROW_KEYS = ("prompt_id", "mode", "correct", "format", "truncated")
 
 
@@ -84,7 +83,7 @@ class EvalData:
     results: dict[str, Any] | None
     prompts: dict[str, PromptEval]
     prompt_texts: dict[str, str]
-    note: str | None = None  # why something is missing (e.g. no prompt texts without the data folder)
+    note: str | None = None  # why something is missing (e.g. prompt texts in a folder older than prompts.jsonl)
 
     def rule_table(self) -> dict[tuple[str, str], int] | None:
         """(our format, the paper rule's format) -> generations, over the prompts' counted
@@ -229,7 +228,7 @@ def _phase_folders(run_dir: Path, phase: str) -> list[tuple[str, Path]]:
 def load_eval(folder: Path, source: str) -> EvalData:
     """results.json and generations.jsonl of one evaluation folder (either may be missing)."""
     results = _read_json(folder / RESULTS_FILE)
-    settings = (results or {}).get("config") or _read_json(folder / "eval_settings.json") or {}
+    settings = (results or {}).get("config") or _read_json(folder / SETTINGS_FILE) or {}
     benchmark = str((results or {}).get("benchmark") or settings.get("benchmark") or folder.name)
     prompts: dict[str, PromptEval] = {}
     votes: dict[str, list[tuple[Hashable | None, bool]]] = defaultdict(list)
@@ -256,7 +255,7 @@ def load_eval(folder: Path, source: str) -> EvalData:
             prompt.count(prompt.greedy)
     if votes:
         _score_samples(prompts, votes, results)
-    texts, note = _prompt_texts(benchmark, settings, prompts)
+    texts, note = _prompt_texts(folder, prompts)
     return EvalData(benchmark, folder, source, results, prompts, texts, note)
 
 
@@ -289,36 +288,16 @@ def _score_samples(
         prompt.maj_at = maj_at_ks([vote for vote, _ in pairs], correct, ks)
 
 
-def _prompt_texts(
-    benchmark: str, settings: dict[str, Any], prompts: dict[str, PromptEval]
-) -> tuple[dict[str, str], str | None]:
-    """Prompt id -> question text. generations.jsonl stores ids only, so the benchmark is rebuilt:
-    the controlled world from the settings the evaluation ran with, real benchmarks from the data
-    folder. Texts are dropped (with a note) if the rebuilt golds disagree: ids would then lie."""
-    try:
-        if benchmark.startswith("world-"):
-            from echochamber.data.world import WorldConfig, world_records
-
-            if "world" not in settings:
-                return {}, "prompt texts unavailable: the evaluation's world settings are not recorded"
-            world = from_dict(WorldConfig, settings["world"])
-            records = world_records(world, benchmark.removeprefix("world-"), "gsm8k")
-        else:
-            from echochamber.data.paths import ENV_VAR, data_dir
-            from echochamber.data.sources import benchmark_records
-
-            folder = data_dir(settings.get("data"))
-            if folder is None:
-                return {}, f"prompt texts unavailable: no real-data folder (set ${ENV_VAR})"
-            records = benchmark_records(benchmark, folder)
-    except UserError as error:
-        return {}, f"prompt texts unavailable: {error}"
-    golds = {record.id: record.answer for record in records}
-    if any(
-        prompt.prompt_id in golds and golds[prompt.prompt_id] != prompt.gold for prompt in prompts.values()
-    ):
-        return {}, "prompt texts unavailable: the rebuilt benchmark's answers differ from the evaluation's"
-    return {record.id: record.prompt for record in records}, None
+def _prompt_texts(folder: Path, prompts: dict[str, PromptEval]) -> tuple[dict[str, str], str | None]:
+    """Prompt id -> question text, from the prompts.jsonl the eval suite wrote beside its generations.
+    Texts are dropped (with a note) if its golds disagree with the generations': ids would then lie."""
+    rows = read_prompts(folder)
+    if rows is None:
+        return {}, "prompt texts unavailable: the evaluation predates prompts.jsonl (evaluate again into its folder)"
+    golds = {str(row.get("id")): str(row.get("gold")) for row in rows}
+    if any(prompt.prompt_id in golds and golds[prompt.prompt_id] != prompt.gold for prompt in prompts.values()):
+        return {}, f"prompt texts unavailable: {folder / PROMPTS_FILE} does not match the generations' answers"
+    return {str(row.get("id")): str(row.get("prompt", "")) for row in rows}, None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

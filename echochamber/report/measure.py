@@ -37,10 +37,10 @@ Measure = Callable[[RunData], Values | None]  # a run -> per-prompt values
 
 
 def default_kl() -> float:
-    """The RL config's default KL coefficient (PPO's; GRPO's is the same, the paper's)."""
-    from echochamber.rl.config import PPOConfig  # here, not at the top: the RL package imports torch
+    """The RL config's default KL coefficient (PPO's and GRPO's: the paper's)."""
+    from echochamber.rl.config import DEFAULT_KL_COEF  # here, not at the top: the RL package imports torch
 
-    return float(PPOConfig.kl_coef)
+    return DEFAULT_KL_COEF
 
 
 # ---------------------------------------------------------------------------------------------

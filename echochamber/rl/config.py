@@ -17,10 +17,13 @@ from typing import Any, Literal
 from echochamber.config import load_config, preset_names, read_preset
 from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
+from echochamber.eval.config import EvalConfig, Evaluation
 from echochamber.rl.losses import Aggregation, KLEstimator
 
 ALGORITHMS = ("ppo", "grpo", "ei")
 KLPlacement = Literal["reward", "loss"]
+# The paper's KL coefficient, for PPO and GRPO alike (the report judges "at the default KL" by it).
+DEFAULT_KL_COEF = 1e-3
 
 
 def _positive(section: str, **values: float | int | None) -> None:
@@ -80,34 +83,12 @@ class RolloutConfig:
 
 
 @dataclass
-class RLEvalConfig:
-    """Periodic evaluation through the eval suite: at step 0 (the base model), every `every` steps, at the end."""
-
-    every: int = 50  # steps between evaluations; 0 = never
-    benchmarks: list[str] = field(default_factory=lambda: ["world-test", "world-hard"])  # the harder split = transfer check
-    limit: int | None = None  # first this many problems of each benchmark (None = all)
-    n: int = 64  # samples per problem for pass@k / maj@k (0 = greedy pass@1 only)
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 2048
-    batch_size: int = 256
-    data: str | None = None  # real-data folder for gsm8k/math500/aime (default: data.paths.data_dir())
-
-    def validate(self) -> None:
-        if self.every < 0 or self.n < 0:
-            raise UserError("eval.every and eval.n must be >= 0")
-        _positive("eval.", limit=self.limit, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"eval.top_p must be in (0, 1], got {self.top_p}")
-
-
-@dataclass
 class GRPOConfig:
     """Group-relative policy optimisation (no critic): advantage = normalised reward within a prompt's group."""
 
     lr: float = 1e-6
     clip: float = 0.2  # PPO ratio clip epsilon (TRL: epsilon)
-    kl_coef: float = 1e-3  # beta
+    kl_coef: float = DEFAULT_KL_COEF  # beta
     kl_estimator: KLEstimator = "k3"  # the paper's GRPO: k3 ...
     kl_placement: KLPlacement = "loss"  # ... added to the per-token loss ("reward": subtracted after the normalisation)
     normalization: Literal["zscore", "center"] = "zscore"  # (r - mean) / (max(std, std_floor) + std_eps), or r - mean
@@ -136,7 +117,7 @@ class PPOConfig:
     value_clip: float = 0.2
     gamma: float = 1.0
     lam: float = 0.95  # GAE lambda
-    kl_coef: float = 1e-3
+    kl_coef: float = DEFAULT_KL_COEF
     kl_estimator: KLEstimator = "k1"  # the paper's PPO: k1 per token ...
     kl_placement: KLPlacement = "reward"  # ... subtracted from the reward
     whiten_advantages: bool = True
@@ -187,7 +168,8 @@ class RLConfig:
     reference: str | None = None  # KL reference model folder (default: `policy`)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the eval suite (world and seed: the run's)
+    eval_every: int = 50  # steps between evaluations (and at step 0 and the end); 0 = never
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     ei: EIConfig = field(default_factory=EIConfig)
@@ -209,11 +191,21 @@ class RLConfig:
             "", epochs=self.epochs, max_steps=self.max_steps, micro_batch_size=self.micro_batch_size,
             checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints,
         )  # fmt: skip
+        if self.eval_every < 0:
+            raise UserError(f"eval_every must be >= 0 (0 = never), got {self.eval_every}")
+        self.eval.check_world(self.prompts.world, "prompts.world")
+        for benchmark in self.eval.benchmarks:
+            self.evaluation(benchmark)  # each benchmark checked now, not at the first evaluation
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise UserError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.weight_decay < 0:
             raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
         _positive("", grad_clip=self.grad_clip)
+
+
+    def evaluation(self, benchmark: str) -> Evaluation:
+        """The periodic evaluation of one benchmark: the world of the prompts, the run's seed."""
+        return self.eval.evaluation(benchmark, self.prompts.world, self.seed)
 
 
 RL_PRESETS: tuple[str, ...] = preset_names("rl")

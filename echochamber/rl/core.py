@@ -54,7 +54,7 @@ from echochamber.checkpoint import (
 from echochamber.config import save_config, to_dict
 from echochamber.data.tokenizer import load_tokenizer
 from echochamber.errors import UserError
-from echochamber.eval.suite import EvalConfig, benchmark_prompts, evaluate, generation_stats
+from echochamber.eval.suite import evaluate_benchmark, generation_stats
 from echochamber.formats import FORMATS
 from echochamber.model.presets import load_model
 from echochamber.model.sampling import SamplingParams
@@ -340,29 +340,18 @@ class _Run:
         dist.wait_for_rank0()
 
     def _maybe_eval(self, done: int, writers: dict[str, MetricsWriter]) -> None:
-        every = self.config.eval.every
+        every = self.config.eval_every
         if every == 0 or not (done % every == 0 or done == self.total):
             return
         if self.rank0:
             for benchmark in self.config.eval.benchmarks:
-                eval_config = self._eval_config(benchmark)
-                results = evaluate(
-                    self.policy, self.tokenizer, benchmark_prompts(eval_config), eval_config, grader=self.grader,
-                    out_dir=self.out / "eval" / f"step_{done:06d}" / benchmark, progress=False,
+                results = evaluate_benchmark(
+                    self.policy, self.tokenizer, self.config.evaluation(benchmark),
+                    self.out / "eval" / f"step_{done:06d}" / benchmark, grader=self.grader, progress=False,
                 )  # fmt: skip
                 writers[EVAL_STAGE].log(done, {k: v for k, v in results.items() if k != "config"})
         # Longer than any collective timeout at paper scale: the other ranks wait on the gloo group.
         dist.wait_for_rank0()
-
-    def _eval_config(self, benchmark: str) -> EvalConfig:
-        settings = self.config.eval
-        config = EvalConfig(
-            benchmark=benchmark, n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
-            max_new_tokens=settings.max_new_tokens, limit=settings.limit, seed=self.config.seed,
-            data=settings.data, world=self.config.prompts.world, batch_size=settings.batch_size,
-        )  # fmt: skip
-        config.validate()
-        return config
 
     def _writers(self) -> dict[str, MetricsWriter]:
         if not self.rank0:

@@ -12,7 +12,6 @@ import pytest
 
 from echochamber.data.sources import (
     SOURCES,
-    benchmark_records,
     gsm8k_answer,
     iter_records,
     last_boxed,
@@ -73,18 +72,6 @@ def test_math500_ids_and_boxed_extraction_agree_with_the_answer_field(shared_dat
     assert records[0].answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
     # The fallback extractor must reproduce the curated answer wherever a source lacks one.
     assert all(last_boxed(r.solution) == r.answer for r in records)
-
-
-def test_benchmark_records(shared_data: Path, tmp_path: Path) -> None:
-    assert [len(benchmark_records(name, shared_data)) for name in ("gsm8k", "math500", "aime")] == [
-        1319,
-        500,
-        90,
-    ]
-    with pytest.raises(UserError, match="unknown benchmark 'mmlu'"):
-        benchmark_records("mmlu", shared_data)
-    with pytest.raises(UserError, match="gsm8k/test.jsonl not found"):
-        benchmark_records("gsm8k", tmp_path)
 
 
 def test_limit_keeps_ids_and_streams(shared_data: Path) -> None:

@@ -10,19 +10,14 @@ from pathlib import Path
 import pytest
 
 from echochamber.config import load_config
+from echochamber.data.benchmarks import benchmark_records, load_benchmark
 from echochamber.data.records import Record
-from echochamber.data.sources import benchmark_records
 from echochamber.data.tokenizer import encode_prompt, train_bpe
 from echochamber.errors import UserError
+from echochamber.eval.config import EvalConfig, Evaluation
 from echochamber.eval.passk import vote_classes
-from echochamber.eval.store import GENERATIONS_FILE, RESULTS_FILE, SETTINGS_FILE
-from echochamber.eval.suite import (
-    EvalConfig,
-    benchmark_prompts,
-    evaluate,
-    generation_stats,
-    run_eval,
-)
+from echochamber.eval.store import GENERATIONS_FILE, PROMPTS_FILE, RESULTS_FILE, SETTINGS_FILE
+from echochamber.eval.suite import evaluate, generation_stats, run_eval
 from echochamber.model.presets import build_model
 from echochamber.model.sampler import Sample, build_sampler
 from echochamber.verify.grade import Grader
@@ -50,15 +45,19 @@ def checkpoint(tmp_path_factory, shared_data: Path) -> Path:
     return folder
 
 
-def _config(**overrides) -> EvalConfig:
-    """Built the way the CLI builds it: load_config with `key=value` overrides."""
-    return load_config(EvalConfig, None, [f"{key}={value}" for key, value in overrides.items()])
+def _evaluation(benchmark: str, **overrides) -> Evaluation:
+    """Built the way the CLI builds it: load_config with `key=value` overrides, then one benchmark."""
+    return load_config(EvalConfig, None, [f"{key}={value}" for key, value in overrides.items()]).evaluation(benchmark)
+
+
+def _problems(evaluation: Evaluation):
+    return load_benchmark(evaluation.benchmark, evaluation.world, evaluation.config.data)
 
 
 @pytest.mark.parametrize("benchmark", ["gsm8k", "math500", "aime"])
 def test_run_eval_on_real_benchmarks(benchmark, checkpoint, shared_data, tmp_path):
-    config = _config(benchmark=benchmark, data=str(shared_data), limit=2, n=2, max_new_tokens=6, workers=1)
-    results = run_eval(checkpoint, config, tmp_path, progress=False)
+    evaluation = _evaluation(benchmark, data=str(shared_data), limit=2, n=2, max_new_tokens=6, workers=1)
+    results = run_eval(checkpoint, evaluation, tmp_path, progress=False)
 
     rows = [json.loads(line) for line in (tmp_path / GENERATIONS_FILE).read_text().splitlines()]
     assert len(rows) == 2 * (1 + 2)  # one greedy + two sampled per prompt
@@ -80,6 +79,10 @@ def test_run_eval_on_real_benchmarks(benchmark, checkpoint, shared_data, tmp_pat
         name: sum(row["format"] == name for row in sampled) for name in formats
     }
     assert (tmp_path / "config.yaml").is_file()
+    # The prompts' texts are kept beside the generations: the report reads them, not the benchmark.
+    prompts = [json.loads(line) for line in (tmp_path / PROMPTS_FILE).read_text().splitlines()]
+    records = benchmark_records(benchmark, shared_data)[:2]
+    assert prompts == [{"id": r.id, "prompt": r.prompt, "gold": r.answer} for r in records]
     # The precision it ran in, and the paper's rule beside ours on every row and in the shares.
     assert (results["dtype"], results["device"]) == ("float32", "cpu")
     assert all(row["paper_format"] in ("tinygsm", "omi1", "omi2") for row in rows)
@@ -124,8 +127,8 @@ def test_grading_pairs_completions_with_their_golds(checkpoint, shared_data, gra
         texts[record.id] = [right] if index % 2 == 0 else [right, wrong_gsm, wrong_gsm]
     truncated = {records[2].id}
     sampler = _ScriptedSampler(texts, truncated)
-    config = EvalConfig(benchmark="gsm8k", n=3, batch_size=4)
-    results = evaluate(None, tokenizer, records, config, grader=grader, sampler=sampler, progress=False)
+    evaluation = EvalConfig(n=3, batch_size=4).evaluation("gsm8k")
+    results = evaluate(None, tokenizer, records, evaluation, grader=grader, sampler=sampler, progress=False)
 
     odd, even = len(records) // 2, len(records) - len(records) // 2
     # Greedy (sample 0) is right everywhere except the truncated record, which scores 0.
@@ -149,15 +152,15 @@ def test_resume_skips_complete_prompts_and_matches_an_uninterrupted_run(checkpoi
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    config = EvalConfig(benchmark="world-test", n=2, max_new_tokens=4, limit=4, batch_size=4)
-    records = benchmark_prompts(config)
-    full = evaluate(model, tokenizer, records, config, grader=grader, out_dir=tmp_path / "full", progress=False)
+    evaluation = EvalConfig(n=2, max_new_tokens=4, limit=4, batch_size=4).evaluation("world-test")
+    records = _problems(evaluation)
+    full = evaluate(model, tokenizer, records, evaluation, grader=grader, out_dir=tmp_path / "full", progress=False)
 
     # A run killed midway: greedy done for prompts 0-3, sampled complete for prompts 0-1 (the first
     # chunk), prompt 2 cut short after one sample, and a torn last line.
     lines = (tmp_path / "full" / GENERATIONS_FILE).read_text().splitlines()
     rows = [json.loads(line) for line in lines]
-    sampled_ids = [r.id for r in records[: config.limit]]
+    sampled_ids = [r.id for r in records[: evaluation.config.limit]]
     keep = [
         line for line, row in zip(lines, rows, strict=True)
         if row["mode"] == "greedy" or row["prompt_id"] in sampled_ids[:2]
@@ -169,7 +172,7 @@ def test_resume_skips_complete_prompts_and_matches_an_uninterrupted_run(checkpoi
     (partial / GENERATIONS_FILE).write_text("\n".join(keep) + "\n" + lines[-1][:25])
 
     asked: list[tuple[str, list[str]]] = []
-    sampler = build_sampler(model, tokenizer, batch_size=config.batch_size)
+    sampler = build_sampler(model, tokenizer, batch_size=evaluation.config.batch_size)
     real_generate = sampler.generate_tokens
 
     def spying_generate(prompt_token_ids, prompt_ids, n, params):
@@ -177,7 +180,7 @@ def test_resume_skips_complete_prompts_and_matches_an_uninterrupted_run(checkpoi
         return real_generate(prompt_token_ids, prompt_ids, n, params)
 
     sampler.generate_tokens = spying_generate
-    resumed = evaluate(model, tokenizer, records, config, grader=grader, sampler=sampler, out_dir=partial, progress=False)
+    resumed = evaluate(model, tokenizer, records, evaluation, grader=grader, sampler=sampler, out_dir=partial, progress=False)
 
     assert [pid for mode, ids in asked for pid in ids] == sampled_ids[2:]  # nothing complete is redone
     assert all(mode == "sampled" for mode, _ in asked)
@@ -187,8 +190,8 @@ def test_resume_skips_complete_prompts_and_matches_an_uninterrupted_run(checkpoi
 
     # Same folder, different sampling settings: refused instead of mixing generations.
     with pytest.raises(UserError, match="temperature"):
-        evaluate(model, tokenizer, records, EvalConfig(benchmark="world-test", n=2, max_new_tokens=4, limit=4,
-                 temperature=1.0), grader=grader, out_dir=partial, progress=False)
+        evaluate(model, tokenizer, records, EvalConfig(n=2, max_new_tokens=4, limit=4,
+                 temperature=1.0).evaluation("world-test"), grader=grader, out_dir=partial, progress=False)
 
 
 class _PlantedSampler:
@@ -237,16 +240,16 @@ def test_maj_at_k_votes_by_math_verify_class(checkpoint, grader, tmp_path):
     eighteen += [("We get \\boxed{20}.", False), ("We get \\boxed{18}.", False), ("I do not know.", False)]
     records = [Record("half", "Halve one.", "", "\\frac{1}{2}", "test", "omi2"), Record("t18", "Eighteen?", "", "18", "test", "omi2")]
     labels = {"half": ["two"] * 3 + ["half"] * 3 + [None], "t18": ["18", "18", "19", "19", "20", "18", None]}
-    config = EvalConfig(benchmark="gsm8k", n=7, greedy=False, ks=[1, 2, 3, 4, 5, 6, 7])
+    evaluation = EvalConfig(n=7, greedy=False, ks=[1, 2, 3, 4, 5, 6, 7]).evaluation("gsm8k")
     sampler = _PlantedSampler({"half": half, "t18": eighteen})
-    results = evaluate(None, tokenizer, records, config, grader=grader, sampler=sampler, progress=False, out_dir=tmp_path)
+    results = evaluate(None, tokenizer, records, evaluation, grader=grader, sampler=sampler, progress=False, out_dir=tmp_path)
 
-    expected = {k: 0.0 for k in config.ks}
+    expected = {k: 0.0 for k in evaluation.config.ks}
     for record in records:
         correct = [label in ("half", "18") for label in labels[record.id]]
-        for k in config.ks:
+        for k in evaluation.config.ks:
             expected[k] += _brute_maj(labels[record.id], correct, k) / len(records)
-    assert {k: results["sampled"][f"maj@{k}"] for k in config.ks} == pytest.approx(expected, abs=1e-12)
+    assert {k: results["sampled"][f"maj@{k}"] for k in evaluation.config.ks} == pytest.approx(expected, abs=1e-12)
     # The full vote: 1/2 ties 2 at 3 votes (a coin flip; without the classes "2" would win 3 to 1 to
     # 1 to 1), and 18 wins 3 to 2 to 1 with the TinyGSM float among its votes.
     assert results["sampled"]["maj@7"] == pytest.approx((0.5 + 1.0) / 2)
@@ -317,8 +320,8 @@ def test_resume_grades_rows_of_an_older_version_again(checkpoint, grader, tmp_pa
     records = [Record("t18", "Eighteen?", "", "18", "test", "omi2"), Record("t2", "Two?", "", "2", "test", "omi2")]
     texts = {"t18": [(NOISY_TINYGSM, False), ("\\boxed{18}", False), ("We get \\boxed{19}.", False)],
              "t2": [("We get \\boxed{2}.", False), ("We get \\boxed{2.0}.", False), ("no idea", True)]}  # fmt: skip
-    config = EvalConfig(benchmark="gsm8k", n=3, greedy=False)
-    fresh = evaluate(None, tokenizer, records, config, grader=grader, sampler=_PlantedSampler(texts),
+    evaluation = EvalConfig(n=3, greedy=False).evaluation("gsm8k")
+    fresh = evaluate(None, tokenizer, records, evaluation, grader=grader, sampler=_PlantedSampler(texts),
                      out_dir=tmp_path / "fresh", progress=False)  # fmt: skip
     old = tmp_path / "old"
     old.mkdir()
@@ -332,7 +335,7 @@ def test_resume_grades_rows_of_an_older_version_again(checkpoint, grader, tmp_pa
     rows[0]["correct"] = False  # how the older verifier graded 18.000000000000004
     (old / GENERATIONS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-    resumed = evaluate(None, tokenizer, records, config, grader=grader, sampler=_PlantedSampler({}),
+    resumed = evaluate(None, tokenizer, records, evaluation, grader=grader, sampler=_PlantedSampler({}),
                        out_dir=old, progress=False)  # fmt: skip
     assert resumed == fresh
     assert (old / GENERATIONS_FILE).read_text().splitlines() == lines
@@ -341,26 +344,26 @@ def test_resume_grades_rows_of_an_older_version_again(checkpoint, grader, tmp_pa
 def test_dtype_is_chosen_recorded_and_part_of_the_settings(checkpoint, grader, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = _config(benchmark="world-test", limit=1, n=1, max_new_tokens=3, workers=1, dtype="bfloat16")
-    results = run_eval(checkpoint, config, tmp_path / "bf16", progress=False)
+    evaluation = _evaluation("world-test", limit=1, n=1, max_new_tokens=3, workers=1, dtype="bfloat16")
+    results = run_eval(checkpoint, evaluation, tmp_path / "bf16", progress=False)
     assert (results["dtype"], results["device"], results["config"]["dtype"]) == ("bfloat16", "cpu", "bfloat16")
     # Resuming that folder in another precision is refused rather than mixing the two.
     with pytest.raises(UserError, match="different dtype"):
-        run_eval(checkpoint, _config(benchmark="world-test", limit=1, n=1, max_new_tokens=3), tmp_path / "bf16")
+        run_eval(checkpoint, _evaluation("world-test", limit=1, n=1, max_new_tokens=3), tmp_path / "bf16")
     # The torch backend samples an in-memory model as it is: another dtype is refused before any work.
     model, tokenizer = AutoModelForCausalLM.from_pretrained(checkpoint), AutoTokenizer.from_pretrained(checkpoint)
-    records = benchmark_prompts(config)
+    records = _problems(evaluation)
     with pytest.raises(UserError, match="own dtype \\(float32\\), not bfloat16"):
-        evaluate(model, tokenizer, records, config, grader=grader, progress=False)
+        evaluate(model, tokenizer, records, evaluation, grader=grader, progress=False)
     with pytest.raises(UserError, match="'dtype': must be one of 'auto', 'float32'"):
-        _config(benchmark="world-test", dtype="fp8")
+        _evaluation("world-test", dtype="fp8")
     with pytest.raises(UserError, match="unknown dtype 'fp8'"):
-        EvalConfig(benchmark="world-test", dtype="fp8").validate()  # type: ignore[arg-type]
+        EvalConfig(dtype="fp8").validate()  # type: ignore[arg-type]
     # A folder from before dtypes were recorded resumes under the torch backend (which then sampled
     # the checkpoint's own dtype, i.e. "auto"), not under vLLM (which ran float32 weights in float16).
     sampler = _PlantedSampler({record.id: [("\\boxed{1}", False)] for record in records})
     for backend in ("torch", "vllm"):
-        legacy = EvalConfig(benchmark="world-test", limit=1, n=1, max_new_tokens=3, greedy=False, backend=backend)
+        legacy = EvalConfig(limit=1, n=1, max_new_tokens=3, greedy=False, backend=backend).evaluation("world-test")
         folder = tmp_path / f"legacy-{backend}"
         folder.mkdir()
         settings = {key: value for key, value in legacy.generation_settings().items() if key != "dtype"}
@@ -371,24 +374,26 @@ def test_dtype_is_chosen_recorded_and_part_of_the_settings(checkpoint, grader, t
             assert results["sampled"]["n_generations"] == 1
 
 
-def test_vote_key_merges_spellings_of_one_number():
-    assert vote_key("18.0") == vote_key("18") == vote_key("018") == vote_key("$18") == "18"
-    assert vote_key("0.50") == "0.5"
-    assert vote_key("1,000") == "1000"
-    assert vote_key("-0.0") == "0"
-    assert vote_key("18.000000000000004") == "18"  # a TinyGSM function's float noise
-    assert vote_key("\\frac{1}{2}") == "\\frac{1}{2}"
-    assert vote_key(None) is None
-
-
 def test_config_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown benchmark"):
-        _config(benchmark="mmlu")
+        _evaluation("mmlu")
     with pytest.raises(UserError, match="between 1 and n"):
-        _config(benchmark="gsm8k", n=4, ks=[8])
+        _evaluation("gsm8k", n=4, ks=[8])
     with pytest.raises(UserError, match="nothing to evaluate"):
-        _config(benchmark="gsm8k", n=0, greedy=False)
+        _evaluation("gsm8k", n=0, greedy=False)
     with pytest.raises(UserError, match="top_p"):
-        _config(benchmark="gsm8k", top_p=0)
+        _evaluation("gsm8k", top_p=0)
     with pytest.raises(UserError, match="does not exist"):
-        benchmark_prompts(_config(benchmark="aime", data=str(tmp_path / "nowhere")))
+        _problems(_evaluation("aime", data=str(tmp_path / "nowhere")))
+
+
+def test_the_eval_command_runs_one_benchmark_per_folder(checkpoint, tmp_path, capsys):
+    from echochamber.cli import main
+
+    args = ["eval", str(checkpoint), "--limit", "1", "--n", "1", "--max-new-tokens", "3", "--set", "workers=1"]
+    assert main([*args, "--benchmark", "world-test", "--out", str(tmp_path / "one")]) == 0
+    assert "world-test: 1 prompts" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "one").iterdir()} >= {GENERATIONS_FILE, PROMPTS_FILE, RESULTS_FILE, "config.yaml"}
+    # Two benchmarks (the config's default) cannot share one --out folder: refused in one line.
+    assert main([*args, "--out", str(tmp_path / "two")]) == 2
+    assert "name one --benchmark" in capsys.readouterr().err and not (tmp_path / "two").exists()

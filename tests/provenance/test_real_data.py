@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from echochamber.config import from_dict
+from echochamber.data.benchmarks import benchmark_records
 from echochamber.data.mixture import MixtureConfig, build_shards, open_shards
-from echochamber.data.sources import benchmark_records, load_source
+from echochamber.data.sources import load_source
 from echochamber.provenance.tracer import Tracer, summarise
 
 

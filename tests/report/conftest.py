@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 from echochamber.data.world import WorldConfig, world_records
-from echochamber.eval.suite import EvalConfig, summarize
+from echochamber.eval.config import EvalConfig
+from echochamber.eval.store import write_prompts
+from echochamber.eval.suite import summarize
 from echochamber.formats import FORMATS
 from echochamber.verify.normalize import vote_key
 
@@ -123,9 +125,10 @@ def _generations(spec: RunSpec, split: str, t: float) -> tuple[list[dict[str, An
 
 def _write_eval(folder: Path, spec: RunSpec, split: str, t: float) -> dict[str, Any]:
     rows, records = _generations(spec, split, t)
-    config = EvalConfig(benchmark=f"world-{split}", n=spec.samples, world=WORLD)
-    results = summarize(rows, records, config)
+    evaluation = EvalConfig(n=spec.samples).evaluation(f"world-{split}", WORLD)
+    results = summarize(rows, records, evaluation)
     folder.mkdir(parents=True, exist_ok=True)
+    write_prompts(folder, records)
     (folder / "generations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (folder / "results.json").write_text(json.dumps(results, indent=2))
     return results

@@ -123,9 +123,7 @@ def test_per_prompt_scores_reproduce_results_json(run_dir: Path) -> None:
                 assert np.mean([p.maj_at[k] for p in prompts]) == pytest.approx(sampled[f"maj@{k}"])
             for name, stats in sampled["formats"].items():
                 assert np.mean([p.share(name) for p in prompts]) == pytest.approx(stats["share"])
-            assert all(
-                data.prompt_texts[p.prompt_id] for p in prompts
-            )  # the world was rebuilt from its settings
+            assert all(data.prompt_texts[p.prompt_id] for p in prompts)  # from the folder's prompts.jsonl
 
 
 def test_rows_without_vote_vote_by_the_answers_spelling_key(tmp_path: Path) -> None:
@@ -235,3 +233,18 @@ def test_browser_is_bounded_and_keeps_rare_cases(sweep_dir: Path) -> None:
         every = {(base.prompts[i].pass1, final.prompts[i].pass1) for i in final.prompts}
         shown = {(float(e["before"]["correct"]), float(e["after"]["correct"])) for e in mine}
         assert shown == every  # ... yet each (correct before, correct after) case is represented
+
+
+def test_prompt_texts_come_from_the_folder_and_an_older_folder_says_why_it_has_none(tmp_path: Path, synthetic) -> None:
+    run = synthetic.write_run(tmp_path / "run", synthetic.RunSpec(rl=False, pretrain=False, samples=1))
+    folder = run / "eval" / "final" / "world-test"
+    rows = [json.loads(line) for line in (folder / "prompts.jsonl").read_text().splitlines()]
+    data = collect(run).runs[0].evals["final"]["world-test"]
+    assert data.prompt_texts == {row["id"]: row["prompt"] for row in rows} and data.note is None
+    (folder / "prompts.jsonl").unlink()  # written before the suite kept its prompts
+    data = collect(run).runs[0].evals["final"]["world-test"]
+    assert data.prompt_texts == {} and "predates prompts.jsonl" in data.note
+    rows[0]["gold"] = "not the generations' gold"
+    (folder / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = collect(run).runs[0].evals["final"]["world-test"]
+    assert data.prompt_texts == {} and "does not match" in data.note

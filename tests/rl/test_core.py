@@ -46,7 +46,8 @@ def tiny_config(policy: Path, out: Path, world: WorldConfig, **overrides: Any) -
         "out": str(out),
         "prompts": {"dataset": "world", "world": dataclasses.asdict(world)},
         "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 32, "grader_workers": 1},
-        "eval": {"every": 2, "benchmarks": ["world-test"], "limit": 3, "n": 2, "max_new_tokens": 32},
+        "eval_every": 2,
+        "eval": {"benchmarks": ["world-test"], "limit": 3, "n": 2, "max_new_tokens": 32},
         # Gentle: one step moves the fixture's p(answer) by ~0.04, so its built-in 50/50 (and the
         # reward variance it gives) holds over a test's few steps (1e-3 moved it to 0.8 in one).
         "grpo": {"lr": 1e-4},
@@ -120,7 +121,7 @@ def test_a_bf16_checkpoint_is_trained_in_float32(tiny_policy, two_answer_prompts
     load_model(tiny_policy).to(torch.bfloat16).save_pretrained(bf16)
     load_tokenizer(tiny_policy).save_pretrained(bf16)
     prompts = {"dataset": "gsm8k", "path": str(two_answer_prompts)}
-    config = tiny_config(bf16, tmp_path / "run", test_world, prompts=prompts, max_steps=1, eval={"every": 0}, grpo={"lr": 1e-6})
+    config = tiny_config(bf16, tmp_path / "run", test_world, prompts=prompts, max_steps=1, eval_every=0, grpo={"lr": 1e-6})
     final = run_rl(config, algo="grpo", grader=grader)
     before, after = load_file(bf16 / "model.safetensors"), load_file(final / "model.safetensors")
     assert {value.dtype for value in before.values()} == {torch.bfloat16}
@@ -140,7 +141,7 @@ def test_bad_input_is_one_line_user_error(tiny_policy, test_world, grader, tmp_p
         load_rl_config("cpu", ["out=x"])
 
     out = tmp_path / "d"
-    run_rl(tiny_config(tiny_policy, out, test_world, max_steps=1, eval={"every": 0}), algo="grpo", grader=grader)
+    run_rl(tiny_config(tiny_policy, out, test_world, max_steps=1, eval_every=0), algo="grpo", grader=grader)
     with pytest.raises(UserError, match="already holds an RL run"):
         run_rl(tiny_config(tiny_policy, out, test_world, max_steps=1), algo="grpo", grader=grader)
     with pytest.raises(UserError, match="written by --algo grpo"):
@@ -154,7 +155,7 @@ def test_resume_before_the_first_checkpoint_starts_over_without_duplicates(tiny_
     out.mkdir()
     # What a run killed during step 1 leaves: the base model's evaluation and a torn line, no checkpoint.
     (out / "metrics.jsonl").write_text('{"stage": "eval", "step": 0, "benchmark": "world-test"}\n{"stage": "rl", "st')
-    config = tiny_config(tiny_policy, out, test_world, max_steps=1, eval={"every": 1, "n": 0})
+    config = tiny_config(tiny_policy, out, test_world, max_steps=1, eval_every=1, eval={"n": 0})
     run_rl(config, algo="grpo", resume=True, grader=grader)
     rows = read_metrics(out / "metrics.jsonl")
     assert [(row["stage"], row["step"]) for row in rows] == [("eval", 0), ("rl", 1), ("eval", 1)]
@@ -221,7 +222,7 @@ def test_rollout_kl_ignores_extreme_fillers_on_padding():
 def resume_config(policy: Path, out: Path, prompts: Path, world: WorldConfig, **overrides: Any) -> RLConfig:
     settings: dict[str, Any] = {
         "prompts": {"dataset": "gsm8k", "path": str(prompts)}, "max_steps": 6, "checkpoint_every": 2,
-        "eval": {"every": 3, "limit": 2}, "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4},
+        "eval_every": 3, "eval": {"limit": 2}, "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4},
     }  # fmt: skip
     return tiny_config(policy, out, world, **{**settings, **overrides})
 
@@ -270,7 +271,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_policy, two_
 def test_torchrun_two_processes_match_one_process(tiny_policy, two_answer_prompts, test_world, grader, tmp_path):
     """Each rank samples and grades half of a step's prompts; the summed update equals one process's."""
     prompts = two_answer_prompts
-    settings = {"max_steps": 2, "checkpoint_every": 2, "eval": {"every": 0}}
+    settings = {"max_steps": 2, "checkpoint_every": 2, "eval_every": 0}
     single = tmp_path / "single"
     run_rl(resume_config(tiny_policy, single, prompts, test_world, **settings), algo="grpo", grader=grader)
     two = tmp_path / "two"
@@ -306,7 +307,7 @@ timeout, pause, log = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 dist.init_process_group("gloo", timeout=timedelta(seconds=timeout))
 from echochamber.rl import core
 
-evaluate = core.evaluate
+evaluate = core.evaluate_benchmark
 
 def slow_evaluate(*args, **kwargs):
     time.sleep(pause)
@@ -314,7 +315,7 @@ def slow_evaluate(*args, **kwargs):
         out.write(f"rank {dist.get_rank()} evaluated\\n")
     return evaluate(*args, **kwargs)
 
-core.evaluate = slow_evaluate
+core.evaluate_benchmark = slow_evaluate
 code = core.main(sys.argv[4:])
 dist.destroy_process_group()
 sys.exit(code)
@@ -329,7 +330,7 @@ def test_torchrun_ranks_outwait_an_evaluation_longer_than_the_collective_timeout
     rank must wait for it rather than time out in a collective."""
     prompts = two_answer_prompts
     out = tmp_path / "run"
-    settings = {"max_steps": 2, "checkpoint_every": 2, "eval": {"every": 2, "limit": 2}}
+    settings = {"max_steps": 2, "checkpoint_every": 2, "eval_every": 2, "eval": {"limit": 2}}
     save_config(resume_config(tiny_policy, out, prompts, test_world, **settings), tmp_path / "run.yaml")
     (tmp_path / "launch.py").write_text(SLOW_EVAL_LAUNCHER)
     log = tmp_path / "evaluations.log"

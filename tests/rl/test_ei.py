@@ -222,7 +222,7 @@ def test_nothing_correct_leaves_the_starting_model_unchanged(base, tokenizer, tm
 def test_two_round_smoke_through_core(base, tmp_path):
     config = _config(base, tmp_path, rounds=2, samples_per_prompt=2, max_new_tokens=12)
     config.prompts.world, config.prompts.limit = WORLD, 4
-    config.eval.every, config.tensorboard, config.progress = 0, False, False
+    config.eval_every, config.tensorboard, config.progress = 0, False, False
     config.rollout.grader_workers, config.checkpoint_every = 1, 1
     final = run_rl(config, algo="ei")
 
@@ -243,7 +243,7 @@ def test_two_rounds_on_real_samples_then_a_resumed_round_repeats_exactly(tiny_po
     config = _config(tiny_policy, tmp_path, rounds=2, samples_per_prompt=16, max_new_tokens=48, temperature=0.7)
     # Half the samples are right by construction (see conftest.py): every round keeps some.
     config.prompts.dataset, config.prompts.path, config.prompts.limit = "gsm8k", str(two_answer_prompts), 32
-    config.eval.every, config.tensorboard, config.progress = 0, False, False
+    config.eval_every, config.tensorboard, config.progress = 0, False, False
     config.checkpoint_every = 1
     final = run_rl(config, algo="ei")
     out = Path(config.out)
