@@ -31,7 +31,8 @@ import torch
 
 from echochamber.config import load_config
 from echochamber.model.presets import build_model, count_parameters, flops_per_token
-from echochamber.pretrain import PretrainConfig, run_pretrain
+from echochamber.pretrain.config import PretrainConfig
+from echochamber.pretrain.loop import run_pretrain
 from echochamber.runlog import read_metrics
 
 VOCAB = 4096

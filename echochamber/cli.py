@@ -59,7 +59,8 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from echochamber.config import load_config
-    from echochamber.pretrain import PretrainConfig, run_pretrain
+    from echochamber.pretrain.config import PretrainConfig
+    from echochamber.pretrain.loop import run_pretrain
 
     final = run_pretrain(load_config(PretrainConfig, args.config, list(args.set)), resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks

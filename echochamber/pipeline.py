@@ -103,7 +103,7 @@ def _run_data(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) ->
 
 
 def _run_pretrain(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
-    from echochamber.pretrain import run_pretrain
+    from echochamber.pretrain.loop import run_pretrain
 
     config = replace(
         study.pretrain, shards=str(run_dir / "shards"), out=str(run_dir / "pretrain"),

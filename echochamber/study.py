@@ -22,7 +22,7 @@ from echochamber.data.mixture import MixtureConfig, mixture_preset
 from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
 from echochamber.eval.config import EvalConfig, Evaluation
-from echochamber.pretrain import PretrainConfig
+from echochamber.pretrain.config import PretrainConfig
 from echochamber.rl.config import RLConfig, rl_preset
 
 STUDY_PRESETS: tuple[str, ...] = preset_names("study")

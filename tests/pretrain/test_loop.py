@@ -22,9 +22,11 @@ import pytest
 import torch
 import yaml
 
+from echochamber.cli import main
 from echochamber.config import load_config, to_dict
 from echochamber.errors import UserError
-from echochamber.pretrain import PretrainConfig, WindowSampler, lr_multiplier, main, run_pretrain
+from echochamber.pretrain.config import PretrainConfig
+from echochamber.pretrain.loop import run_pretrain
 from echochamber.runlog import read_metrics
 
 VOCAB = 320
@@ -92,43 +94,6 @@ def losses(out: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in read_metrics(out / "metrics.jsonl", "pretrain")}
 
 
-# --- schedule and data order -------------------------------------------------------------------
-
-
-def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    factors = [lr_multiplier(s, warmup_steps=10, total_steps=100, min_lr_ratio=0.1) for s in range(100)]
-    assert factors[0] == pytest.approx(0.1)
-    assert factors[9] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(factors[:10], factors[1:10], strict=False))
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
-    assert factors[-1] == pytest.approx(0.1, abs=1e-3)
-    assert lr_multiplier(100, warmup_steps=10, total_steps=100, min_lr_ratio=0.1) == pytest.approx(0.1)
-
-
-def test_window_sampler_is_a_pure_function_of_the_sample_index():
-    tokens = np.arange(1001, dtype=np.uint16)
-    sampler = WindowSampler(tokens, seq_len=10, seed=3)
-    assert sampler.n_windows == 100
-    whole = sampler.windows(95, 10)  # crosses the epoch boundary at sample 100
-    split = torch.cat([WindowSampler(tokens, 10, 3).windows(95, 4), WindowSampler(tokens, 10, 3).windows(99, 6)])
-    assert torch.equal(whole, split)
-    epoch0 = sampler.windows(0, 100)
-    assert sorted(epoch0[:, 0].tolist()) == list(range(0, 1000, 10))  # every window once per epoch
-    assert torch.equal(epoch0[:, 1:] - epoch0[:, :-1], torch.ones(100, 10, dtype=torch.int64))  # contiguous
-    assert not torch.equal(epoch0, sampler.windows(100, 100))  # a new permutation each epoch
-    assert not torch.equal(epoch0, WindowSampler(tokens, 10, seed=4).windows(0, 100))
-
-
-def test_config_validation(shards, tmp_path):
-    with pytest.raises(UserError, match="unknown model preset 'huge'"):
-        tiny_config(shards, tmp_path, model="huge")
-    with pytest.raises(UserError, match="exactly one of max_steps and max_tokens"):
-        tiny_config(shards, tmp_path, max_tokens=1000)
-    with pytest.raises(UserError, match="not a multiple of micro_batch_size"):
-        tiny_config(shards, tmp_path, micro_batch_size=3)
-    assert tiny_config(shards, tmp_path, max_steps=None, max_tokens=1000).total_steps() == 4  # ceil(1000/256)
-
-
 # --- end to end --------------------------------------------------------------------------------
 
 
@@ -181,7 +146,7 @@ def test_resume_after_losing_steps_reproduces_the_uninterrupted_run(shards, tmp_
 
 def _run_module(args: list[str], **kwargs: object) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "echochamber.pretrain", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "echochamber.cli", "pretrain", *args], env=env,
                             stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
 
 
@@ -220,7 +185,7 @@ def test_torchrun_two_processes_match_one_process_and_resume_in_one(shards, tmp_
     config_file.write_text(yaml.safe_dump(to_dict(tiny_config(shards, out, parallel=parallel, **settings))))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "echochamber.pretrain", str(config_file)]  # fmt: skip
+               "-m", "echochamber.cli", "pretrain", str(config_file)]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert losses(out) == pytest.approx(losses(single), rel=1e-4)
@@ -269,7 +234,7 @@ def test_resume_with_a_tokenizer_of_another_vocabulary_is_refused(shards, tmp_pa
 def test_command_line_error_is_one_line_and_exit_code_2(shards, tmp_path, capsys):
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump({"shards": str(shards), "out": str(tmp_path / "o"), "max_steps": 1}))
-    assert main([str(config_file), "--set", "model=gigantic"]) == 2
+    assert main(["pretrain", str(config_file), "--set", "model=gigantic"]) == 2
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and "unknown model preset 'gigantic'" in stderr
     assert not (tmp_path / "o").exists()
