@@ -18,6 +18,8 @@ import random
 import re
 import shutil
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from echochamber import dist
 from echochamber.errors import UserError
+from echochamber.runlog import METRICS_FILE, read_metrics
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -90,6 +93,21 @@ def remove_partial_checkpoints(out_dir: str | Path) -> None:
                 shutil.rmtree(child)
 
 
+def resume_point(
+    out_dir: Path, resume: bool, stage: str, what: str
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """(checkpoint, its trainer state) to continue from, (None, None) to start afresh. Without
+    `resume`, a folder that already holds `what` (checkpoints, or `stage` lines in its metrics) is
+    refused rather than overwritten; temp folders of a killed write are removed either way."""
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if not resume and (list_checkpoints(out_dir) or read_metrics(Path(out_dir) / METRICS_FILE, stage)):
+        raise UserError(f"{out_dir} already holds {what}; pass --resume to continue it or choose another out")
+    remove_partial_checkpoints(out_dir)
+    if checkpoint is None:
+        return None, None
+    return checkpoint, load_trainer_state(checkpoint)
+
+
 def ensure_writable(out: Path, rank: int) -> None:
     """Fail early, on every rank, with one line if the run folder cannot be written."""
     probe = out / f".write-probe-{rank}"
@@ -123,19 +141,37 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def write_folder(dest: Path, write: Callable[[Path], None], trainer_state: dict[str, Any] | None = None) -> None:
+    """Rank 0: write `dest` atomically. `write` fills a fresh hidden folder, `trainer_state` goes in
+    last as trainer_state.pt (a folder is a checkpoint only once it exists: see list_checkpoints),
+    then the folder is renamed into place. Every checkpoint and final model is written this way."""
+    tmp = atomic_dir(dest)
+    tmp.mkdir()
+    write(tmp)
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / STATE_FILE)
+    replace_dir(tmp, dest)
+
+
+def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
+    """Rank 0: delete all but the newest `keep` checkpoints, each renamed away first so that a kill
+    never leaves a half-deleted `step_N` that still looks complete."""
+    for _, stale in list_checkpoints(out_dir)[:-keep]:
+        doomed = stale.parent / f"{_TMP_PREFIX}del-{stale.name}"
+        stale.rename(doomed)
+        shutil.rmtree(doomed)
+
+
 def save_hf_folder(
     hf_model: Any, model_state: dict[str, torch.Tensor], tokenizer_dir: Path, dest: Path
 ) -> None:
     """Atomically write `dest` as an HF folder (model + tokenizer); rank 0 only."""
-    tmp = atomic_dir(dest)
-    _write_hf(hf_model, model_state, tokenizer_dir, tmp)
-    replace_dir(tmp, dest)
+    write_folder(dest, partial(_write_hf, hf_model, model_state, tokenizer_dir))
 
 
 def _write_hf(hf_model: Any, model_state: dict[str, torch.Tensor], tokenizer_dir: Path, folder: Path) -> None:
     from transformers.utils import logging as hf_logging
 
-    folder.mkdir()
     # save_pretrained draws its own progress bar, which would break the training loop's bar.
     bars_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -172,15 +208,9 @@ def save_checkpoint(
     rng_states = gather_rng_states()
     final = Path(out_dir) / CHECKPOINTS_DIR / f"step_{step}"
     if dist.rank() == 0:
-        tmp = atomic_dir(final)
-        _write_hf(hf_model, model_state, tokenizer_dir, tmp)
-        # trainer_state.pt last: a folder is a checkpoint only once it exists (see list_checkpoints).
-        torch.save({**trainer_state, "optimizer": optim_state, "rng": rng_states}, tmp / STATE_FILE)
-        replace_dir(tmp, final)
-        for _, stale in list_checkpoints(out_dir)[:-keep]:
-            doomed = stale.parent / f"{_TMP_PREFIX}del-{stale.name}"
-            stale.rename(doomed)
-            shutil.rmtree(doomed)
+        state = {**trainer_state, "optimizer": optim_state, "rng": rng_states}
+        write_folder(final, partial(_write_hf, hf_model, model_state, tokenizer_dir), state)
+        prune_checkpoints(out_dir, keep)
     dist.wait_for_rank0()  # rank 0 alone writes: a 1B model and its optimizer state can take minutes
     return final
 

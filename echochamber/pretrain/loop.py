@@ -37,12 +37,9 @@ from echochamber import dist
 from echochamber.checkpoint import (
     ensure_writable,
     full_model_state,
-    latest_checkpoint,
-    list_checkpoints,
-    load_trainer_state,
-    remove_partial_checkpoints,
     restore_optimizer,
     restore_rank_rng,
+    resume_point,
     save_checkpoint,
     save_hf_folder,
 )
@@ -52,7 +49,7 @@ from echochamber.errors import UserError
 from echochamber.model.presets import build_model, get_spec, load_model
 from echochamber.pretrain.config import RUN_DEFINING_KEYS, PretrainConfig, lr_multiplier
 from echochamber.pretrain.windows import WindowSampler, token_loss, validation_loss
-from echochamber.runlog import METRICS_FILE, MetricsWriter, read_metrics
+from echochamber.runlog import MetricsWriter
 
 STAGE = "pretrain"
 
@@ -73,7 +70,9 @@ def _train(config: PretrainConfig, resume: bool, env: dist.Process) -> Path:
     out = Path(config.out)
     ensure_writable(out, env.rank)
     per_rank = _per_rank_batch(config, env)
-    checkpoint, state = _checkpoint_to_resume(config, out, resume, shards.manifest)
+    checkpoint, state = resume_point(out, resume, STAGE, "a pretraining run")
+    if checkpoint is not None:
+        _check_resumable(config, state, shards.manifest, checkpoint)
     hf_model = _initial_model(config, shards.manifest, checkpoint, env)
     model = _wrap(hf_model, config, env)
     optimizer, scheduler, start_step = _optimizer(model, config, env, state)
@@ -213,22 +212,6 @@ def _per_rank_batch(config: PretrainConfig, env: dist.Process) -> int:
             f"batch_size {config.batch_size} does not split into {env.world} process(es) × micro_batch_size {config.micro_batch_size}"
         )
     return per_rank
-
-
-def _checkpoint_to_resume(
-    config: PretrainConfig, out: Path, resume: bool, manifest: dict[str, Any]
-) -> tuple[Path | None, dict[str, Any] | None]:
-    """(checkpoint, its trainer state) to continue from, or (None, None) for a fresh run; refuses to
-    start over a run without `resume`, or to resume one that computed something else."""
-    checkpoint = latest_checkpoint(out) if resume else None
-    if not resume and (list_checkpoints(out) or read_metrics(out / METRICS_FILE, STAGE)):
-        raise UserError(f"{out} already holds a pretraining run; pass --resume to continue it or choose another out")
-    remove_partial_checkpoints(out)
-    if checkpoint is None:
-        return None, None
-    state = load_trainer_state(checkpoint)
-    _check_resumable(config, state, manifest, checkpoint)
-    return checkpoint, state
 
 
 def _initial_model(config: PretrainConfig, manifest: dict[str, Any], checkpoint: Path | None, env: dist.Process) -> Any:

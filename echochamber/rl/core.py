@@ -1,8 +1,7 @@
 """The RL stage: rollout -> reward -> reference -> update, with logging, checkpoints and periodic eval.
 
-`run_rl(config, algo=...)` is the whole stage for PPO, GRPO (one update per step through the
-`Algorithm` protocol) and Expert Iteration (one `ei.run_round` per round, same sampling, grading and
-logging). Under `torchrun --nproc_per_node N` each rank samples and grades its share of a step's
+`run_rl(config, algo=...)` is the whole stage for PPO, GRPO and Expert Iteration: one loop samples,
+grades, updates (what differs per algorithm is steps.py's), logs, checkpoints and evaluates. Under `torchrun --nproc_per_node N` each rank samples and grades its share of a step's
 prompts and the update is data-parallel (see rollout.py); rank 0 writes the run folder and evaluates
 while the other ranks wait on the long-timeout group (`dist.wait_for_rank0`: an evaluation can
 outlast the default group's collective timeout):
@@ -12,7 +11,7 @@ outlast the default group's collective timeout):
                              truncation, timing split, the algorithm's diagnostics) + "eval" lines
     tb/                      TensorBoard (W&B when asked for)
     rollouts/step_N.jsonl.gz every graded sample of step N (prompt id, sample index, text, reward, ...)
-    eval/step_N/<benchmark>/ the eval suite's generations.jsonl and results.json
+    eval/step_N/<benchmark>/ the eval suite's folder (prompts, generations, results: eval/store.py)
     checkpoints/step_N/      HF policy folder (+ tokenizer, PPO critic) and trainer_state.pt
     final/                   the last policy as an HF folder
 
@@ -23,16 +22,11 @@ optimizer state come from the checkpoint, and metrics/rollouts written after it 
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import math
-import shutil
-import sys
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -40,16 +34,11 @@ from tqdm import tqdm
 from echochamber import dist
 from echochamber.checkpoint import (
     CHECKPOINTS_DIR,
-    STATE_FILE,
-    atomic_dir,
     ensure_writable,
     gather_rng_states,
-    latest_checkpoint,
-    list_checkpoints,
-    load_trainer_state,
-    remove_partial_checkpoints,
-    replace_dir,
-    restore_rank_rng,
+    prune_checkpoints,
+    resume_point,
+    write_folder,
 )
 from echochamber.config import save_config, to_dict
 from echochamber.data.tokenizer import load_tokenizer
@@ -57,20 +46,16 @@ from echochamber.errors import UserError
 from echochamber.eval.suite import evaluate_benchmark, generation_stats
 from echochamber.formats import FORMATS
 from echochamber.model.presets import load_model
-from echochamber.model.sampling import SamplingParams
-from echochamber.rl.config import ALGORITHMS, RLConfig, load_rl_config
-from echochamber.rl.losses import KL_ESTIMATORS, kl_estimate
+from echochamber.rl.config import ALGORITHMS, RLConfig
+from echochamber.rl.losses import KL_ESTIMATORS
 from echochamber.rl.rollout import (
-    RolloutBatch,
-    build_batch,
     generate_rollouts,
     load_prompts,
-    rank_share,
-    step_prompts,
     steps_per_epoch,
     write_rollouts,
 )
-from echochamber.runlog import METRICS_FILE, MetricsWriter, read_metrics, truncate_metrics
+from echochamber.rl.steps import build_steps
+from echochamber.runlog import METRICS_FILE, MetricsWriter, truncate_metrics
 from echochamber.verify.grade import Grader
 
 STAGE = "rl"
@@ -78,18 +63,6 @@ EVAL_STAGE = "eval"
 # What a run computes; resuming with any of these changed would splice two different runs. The run
 # length (epochs, max_steps), evaluation, logging and memory knobs may change.
 RUN_DEFINING_KEYS = ("policy", "reference", "prompts", "rollout", "betas", "weight_decay", "grad_clip", "seed")
-
-
-class Algorithm(Protocol):
-    name: str
-
-    def update(self, batch: RolloutBatch) -> dict[str, float]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def save_models(self, folder: Path) -> None: ...
 
 
 def run_rl(config: RLConfig, *, algo: str, resume: bool = False, grader: Grader | None = None) -> Path:
@@ -108,24 +81,12 @@ def run_rl(config: RLConfig, *, algo: str, resume: bool = False, grader: Grader 
         dist.leave(process)
 
 
-def sample_seed(seed: int, step: int) -> int:
-    """The sampler seed of step (or EI round) `step`: fresh samples when a prompt comes back next epoch."""
-    return int.from_bytes(hashlib.blake2b(f"rl:{seed}:{step}".encode(), digest_size=4).digest(), "little")
-
-
 def total_steps(config: RLConfig, algo: str, n_prompts: int) -> int:
     if algo == "ei":
         return config.ei.rounds
     if config.max_steps is not None:
         return config.max_steps
     return max(1, math.ceil(config.epochs * steps_per_epoch(n_prompts, config.rollout.prompts_per_step)))
-
-
-def rollout_kl(batch: RolloutBatch) -> torch.Tensor:
-    """[sum of k1, k2, k3 over response tokens, token count] of the sampling policy vs the reference."""
-    mask = batch.response_mask
-    sums = [kl_estimate(batch.old_logp, batch.ref_logp, mask, name).sum() for name in KL_ESTIMATORS]
-    return torch.stack([*sums, mask.sum()]).double()
 
 
 def step_metrics(
@@ -176,13 +137,8 @@ class _Run:
         self.out = Path(config.out)
         self.rank0 = dist.rank() == 0
         ensure_writable(self.out, dist.rank())
-        self.checkpoint = latest_checkpoint(self.out) if resume else None
-        if not resume and (list_checkpoints(self.out) or read_metrics(self.out / METRICS_FILE, STAGE)):
-            raise UserError(f"{self.out} already holds an RL run; pass --resume to continue it or choose another out")
-        if self.rank0:
-            remove_partial_checkpoints(self.out)
-        self.state = load_trainer_state(self.checkpoint) if self.checkpoint is not None else None
-        if self.state is not None:
+        self.checkpoint, self.state = resume_point(self.out, resume, STAGE, "an RL run")
+        if self.checkpoint is not None:
             _check_resumable(config, algo, self.state, self.checkpoint)
         self.start = self.state["step"] if self.state is not None else 0
         self.resume = resume
@@ -204,81 +160,30 @@ class _Run:
             with scope as self.grader:
                 if self.start == 0:
                     self._maybe_eval(0, writers)
-                if self.algo == "ei":
-                    self._run_ei(writers)
-                else:
-                    self._run_steps(writers)
+                self.steps = build_steps(
+                    self.algo, self.config, self.policy, self.ref, self.tokenizer, self.records, self.state
+                )
+                self._run_steps(writers)
         finally:
             for writer in writers.values():
                 writer.close()
         final = self.out / "final"
-        self._save_folder(final, self._save_policy)
+        self._save_folder(final, self.steps.save_models)
         return final
 
-    # --- PPO / GRPO -----------------------------------------------------------------------------
-
     def _run_steps(self, writers: dict[str, MetricsWriter]) -> None:
-        config = self.config
-        algorithm = _build_algorithm(self.algo, self.policy, self.ref, self.tokenizer, config)
-        if self.state is not None:
-            algorithm.load_state_dict(self.state["algorithm"])
-            restore_rank_rng(self.state["rng"])
-        self._save_policy = algorithm.save_models
+        """Every step (EI: round) the same way: sample and grade, update, log, then checkpoint and
+        evaluate when due."""
         bar = self._bar()
         for step in range(self.start, self.total):
-            done = step + 1
-            prompts = rank_share(step_prompts(self.records, step, config.rollout.prompts_per_step, config.seed))
-            params = SamplingParams(
-                temperature=config.rollout.temperature, max_new_tokens=config.rollout.max_new_tokens,
-                seed=sample_seed(config.seed, step),
-            )  # fmt: skip
+            records, n, params = self.steps.sampling(step)
             rollouts, seconds = generate_rollouts(
-                self.policy, self.tokenizer, prompts, config.rollout.samples_per_prompt, params, self.grader,
-                batch_size=config.rollout.batch_size,
-            )  # fmt: skip
-            batch, seconds["time_reference"] = build_batch(
-                rollouts, tokenizer=self.tokenizer, ref=self.ref, temperature=config.rollout.temperature,
-                truncation=config.rollout.truncation, micro_batch_size=config.micro_batch_size,
-            )  # fmt: skip
-            kl = dist.global_sum(rollout_kl(batch)).tolist()
-            started = time.perf_counter()
-            diagnostics = algorithm.update(batch)
-            seconds["time_update"] = time.perf_counter() - started
-            self._log_step(done, [r.row() for r in rollouts], kl, seconds, diagnostics, writers, bar)
-            self._after_step(done, writers, algorithm.state_dict, algorithm.save_models)
-        bar.close()
-
-    # --- Expert Iteration ---------------------------------------------------------------------
-
-    def _run_ei(self, writers: dict[str, MetricsWriter]) -> None:
-        from echochamber.rl import ei
-
-        config = self.config
-        if self.state is not None:
-            restore_rank_rng(self.state["rng"])
-        self._save_policy = self.policy.save_pretrained
-        world = dist.world_size()
-        # Whole prompts per rank; the few left over when the set does not split evenly sit out.
-        records = rank_share(self.records[: len(self.records) - len(self.records) % world])
-        bar = self._bar()
-        for round_index in range(self.start, self.total):
-            done = round_index + 1
-            params = SamplingParams(
-                temperature=config.ei.temperature, top_p=config.ei.top_p,
-                max_new_tokens=config.ei.max_new_tokens or config.rollout.max_new_tokens,
-                seed=sample_seed(config.seed, round_index),
-            )  # fmt: skip
-            rollouts, seconds = generate_rollouts(
-                self.policy, self.tokenizer, records, config.ei.samples_per_prompt, params, self.grader,
-                batch_size=config.rollout.batch_size,
-            )  # fmt: skip
-            seconds["time_reference"] = 0.0  # EI has no reference pass
-            started = time.perf_counter()
-            self.policy, diagnostics = ei.run_round(round_index, self.policy, rollouts, self.tokenizer, config)
-            seconds["time_update"] = time.perf_counter() - started
-            self._save_policy = self.policy.save_pretrained
-            self._log_step(done, [r.row() for r in rollouts], None, seconds, diagnostics, writers, bar)
-            self._after_step(done, writers, lambda: {}, self.policy.save_pretrained)
+                self.policy, self.tokenizer, records, n, params, self.grader, batch_size=self.config.rollout.batch_size
+            )
+            kl, diagnostics = self.steps.update(step, rollouts, seconds)
+            self.policy = self.steps.policy
+            self._log_step(step + 1, [r.row() for r in rollouts], kl, seconds, diagnostics, writers, bar)
+            self._after_step(step + 1, writers)
         bar.close()
 
     # --- shared --------------------------------------------------------------------------------
@@ -305,38 +210,28 @@ class _Run:
         bar.set_postfix(reward=f"{line['reward_mean']:.3f}", other=f"{line['format_share']['other']:.2f}", refresh=False)
         bar.update(1)
 
-    def _after_step(
-        self,
-        done: int,
-        writers: dict[str, MetricsWriter],
-        algorithm_state: Callable[[], dict[str, Any]],
-        save_models: Callable[[Path], None],
-    ) -> None:
+    def _after_step(self, done: int, writers: dict[str, MetricsWriter]) -> None:
         self._maybe_eval(done, writers)
         # An EI round is minutes of sampling and SFT: checkpoint every round, not every N steps.
         if self.algo == "ei" or done % self.config.checkpoint_every == 0 or done == self.total:
             state = {
                 "step": done, "algo": self.algo, "config": to_dict(self.config),
-                "algorithm": algorithm_state(), "rng": gather_rng_states(),
+                "algorithm": self.steps.state_dict(), "rng": gather_rng_states(),
             }  # fmt: skip
-            self._save_folder(self.out / CHECKPOINTS_DIR / f"step_{done}", save_models, state)
+            self._save_folder(self.out / CHECKPOINTS_DIR / f"step_{done}", self.steps.save_models, state)
             if self.rank0:
-                for _, stale in list_checkpoints(self.out)[: -self.config.keep_checkpoints]:
-                    doomed = stale.with_name(f".tmp-del-{stale.name}")  # renamed first: never half-deleted
-                    stale.rename(doomed)
-                    shutil.rmtree(doomed)
+                prune_checkpoints(self.out, self.config.keep_checkpoints)
             dist.wait_for_rank0()
 
     def _save_folder(self, dest: Path, save_models: Callable[[Path], None], state: dict[str, Any] | None = None) -> None:
         """Atomically write an HF folder (policy + tokenizer [+ trainer_state.pt, written last])."""
         if self.rank0:
-            tmp = atomic_dir(dest)
-            tmp.mkdir()
-            save_models(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            if state is not None:
-                torch.save(state, tmp / STATE_FILE)
-            replace_dir(tmp, dest)
+
+            def write(folder: Path) -> None:
+                save_models(folder)
+                self.tokenizer.save_pretrained(folder)
+
+            write_folder(dest, write, state)
         dist.wait_for_rank0()
 
     def _maybe_eval(self, done: int, writers: dict[str, MetricsWriter]) -> None:
@@ -382,16 +277,6 @@ class _Run:
         )  # fmt: skip
 
 
-def _build_algorithm(algo: str, policy: Any, ref: Any, tokenizer: Any, config: RLConfig) -> Algorithm:
-    if algo == "grpo":
-        from echochamber.rl import grpo
-
-        return grpo.build(policy, ref, tokenizer, config)
-    from echochamber.rl import ppo
-
-    return ppo.build(policy, ref, tokenizer, config)
-
-
 def _drop_rollouts_after(folder: Path, step: int) -> None:
     """Rollout files a killed run wrote past its checkpoint: they are written again (or, if the
     resumed run stops earlier, they never happened)."""
@@ -407,24 +292,3 @@ def _check_resumable(config: RLConfig, algo: str, state: dict[str, Any], checkpo
     for key in (*RUN_DEFINING_KEYS, algo):
         if state["config"].get(key) != now[key]:
             raise UserError(f"cannot resume from {checkpoint}: config key '{key}' changed since it was written")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m echochamber.rl.core CONFIG --algo ALGO [--set k=v] [--resume]` (what torchrun launches)."""
-    parser = argparse.ArgumentParser(prog="echochamber rl")
-    parser.add_argument("config", help="YAML RLConfig or a preset name (cpu)")
-    parser.add_argument("--algo", required=True, choices=ALGORITHMS)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out/")
-    args = parser.parse_args(argv)
-    try:
-        final = run_rl(load_rl_config(args.config, args.set), algo=args.algo, resume=args.resume)
-    except UserError as error:
-        print(f"echochamber: error: {error}", file=sys.stderr)
-        return 2
-    print(f"RL policy written to {final}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

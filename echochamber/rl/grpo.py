@@ -105,7 +105,7 @@ def grpo_loss(
 
 
 class GRPO:
-    """The GRPO update over one RolloutBatch (implements core's Algorithm protocol)."""
+    """The GRPO update over one RolloutBatch (implements steps.Algorithm)."""
 
     name = "grpo"
 

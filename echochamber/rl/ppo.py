@@ -142,7 +142,7 @@ def global_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
 
 
 class PPO:
-    """The PPO update over one RolloutBatch (implements core's Algorithm protocol)."""
+    """The PPO update over one RolloutBatch (implements steps.Algorithm)."""
 
     name = "ppo"
 

@@ -25,8 +25,9 @@ from echochamber.errors import UserError
 from echochamber.formats import FORMATS
 from echochamber.model.presets import load_model
 from echochamber.rl.config import RLConfig, load_rl_config
-from echochamber.rl.core import rollout_kl, run_rl, sample_seed, step_metrics, total_steps
+from echochamber.rl.core import run_rl, step_metrics, total_steps
 from echochamber.rl.rollout import RolloutBatch, read_rollouts
+from echochamber.rl.steps import rollout_kl, sample_seed
 from echochamber.runlog import read_metrics
 
 REQUIRED_KEYS = (
@@ -242,7 +243,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_policy, two_
     # reduction order, and the comparison below is exact.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.Popen(
-        [sys.executable, "-m", "echochamber.rl.core", str(tmp_path / "killed.yaml"), "--algo", "grpo"],
+        [sys.executable, "-m", "echochamber.cli", "rl", str(tmp_path / "killed.yaml"), "--algo", "grpo"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 600
@@ -277,7 +278,7 @@ def test_torchrun_two_processes_match_one_process(tiny_policy, two_answer_prompt
     two = tmp_path / "two"
     save_config(resume_config(tiny_policy, two, prompts, test_world, **settings), tmp_path / "two.yaml")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "echochamber.rl.core", str(tmp_path / "two.yaml"), "--algo", "grpo"]  # fmt: skip
+               "-m", "echochamber.cli", "rl", str(tmp_path / "two.yaml"), "--algo", "grpo"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -305,6 +306,7 @@ import torch.distributed as dist
 
 timeout, pause, log = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 dist.init_process_group("gloo", timeout=timedelta(seconds=timeout))
+from echochamber import cli
 from echochamber.rl import core
 
 evaluate = core.evaluate_benchmark
@@ -316,7 +318,7 @@ def slow_evaluate(*args, **kwargs):
     return evaluate(*args, **kwargs)
 
 core.evaluate_benchmark = slow_evaluate
-code = core.main(sys.argv[4:])
+code = cli.main(["rl", *sys.argv[4:]])
 dist.destroy_process_group()
 sys.exit(code)
 """
