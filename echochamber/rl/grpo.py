@@ -27,17 +27,23 @@ Samples left out of the loss (truncation "mask") are left out of their group's m
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from echochamber import dist
 from echochamber.dist import Sums
 from echochamber.rl.config import GRPOConfig, RLConfig
 from echochamber.rl.losses import approx_kl, clipped_policy_loss, kl_estimate, micro_batch_loss
 from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
+from echochamber.rl.update import (
+    global_counts,
+    micro_batches,
+    minibatch_indices,
+    optimizer_step,
+    step_counts,
+    update_diagnostics,
+)
 
 
 def group_advantages(
@@ -131,43 +137,32 @@ class GRPO:
             zero_variance_groups=zero_variance.sum(), groups=len(zero_variance),
             advantage_tokens=(advantages * lengths).sum(), response_tokens=lengths.sum(),
         )  # fmt: skip
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.updates)
-        for _ in range(grpo.epochs):
-            order = torch.randperm(len(batch), generator=generator) if grpo.minibatches > 1 else torch.arange(len(batch))
-            for indices in order.chunk(grpo.minibatches):
-                sums.add(self._minibatch(batch, advantages, indices.to(mask.device)))
+        for indices in minibatch_indices(
+            len(batch), epochs=grpo.epochs, minibatches=grpo.minibatches, seed=self.config.seed,
+            updates=self.updates, device=mask.device,
+        ):  # fmt: skip
+            sums.add(self._minibatch(batch, advantages, indices))
         self.updates += 1
-        total = sums.global_totals(mask.device)
-        tokens, steps = max(total["tokens"], 1.0), max(total["steps"], 1.0)
+        line, total = update_diagnostics(sums, mask.device)
         return {
-            "loss": total["loss"] / steps,
-            "entropy": total["entropy"] / tokens,
-            "clip_fraction": total["clipped"] / tokens,
-            "approx_kl": total["approx_kl"] / tokens,
-            "kl_loss": total["kl_to_ref"] / tokens,  # the estimator vs the reference during the update
-            "grad_norm": total["grad_norm"] / steps,
+            **line,
             "zero_variance_groups": total["zero_variance_groups"] / total["groups"],
             # Token-weighted: negative means long responses are pushed down (the short-format trap).
             "advantage_token_mean": total["advantage_tokens"] / max(total["response_tokens"], 1.0),
         }
 
     def _minibatch(self, batch: RolloutBatch, advantages: torch.Tensor, indices: torch.Tensor) -> Sums:
+        """One optimizer step on the samples `indices`; returns its diagnostics (this rank's sums)."""
         grpo = self.config.grpo
-        temperature = self.config.rollout.temperature
-        total_tokens = dist.global_sum(batch.response_mask[indices].sum().double())
-        total_sequences = dist.global_sum(torch.tensor(float(len(indices)), dtype=torch.float64, device=indices.device))
+        total_tokens, total_sequences = global_counts(batch, indices)
         sums = Sums()
         self.optimizer.zero_grad(set_to_none=True)
-        for micro in indices.split(self.config.micro_batch_size):
-            # Trim to the longest row in this micro-batch: padding columns cost a full forward each.
-            cols = int(batch.attention_mask[micro].sum(1).max())
-            tokens, attention = batch.tokens[micro, :cols], batch.attention_mask[micro, :cols]
-            mask = batch.response_mask[micro, :cols]
-            logp, entropy = sequence_logprobs(self.policy, tokens, attention, temperature)
+        for micro in micro_batches(batch, indices, self.config.micro_batch_size):
+            mask = micro.response_mask
+            logp, entropy = sequence_logprobs(self.policy, micro.tokens, micro.attention_mask, self.config.rollout.temperature)
             assert entropy is not None
-            old_logp = batch.old_logp[micro, :cols]
             loss, clipped, kl_to_ref = grpo_loss(
-                logp, old_logp, batch.ref_logp[micro, :cols], advantages[micro], mask, grpo,
+                logp, micro.old_logp, micro.ref_logp, advantages[micro.rows], mask, grpo,
                 total_tokens=total_tokens, total_sequences=total_sequences,
                 max_new_tokens=self.config.rollout.max_new_tokens,
             )  # fmt: skip
@@ -176,16 +171,11 @@ class GRPO:
                 sums.add(
                     Sums(
                         entropy=(entropy * mask).sum(), clipped=(clipped * mask).sum(),
-                        approx_kl=approx_kl(logp, old_logp, mask).sum(),
+                        approx_kl=approx_kl(logp, micro.old_logp, mask).sum(),
                         kl_to_ref=(kl_to_ref * mask).sum(), tokens=mask.sum(), loss=loss,
                     )
                 )  # fmt: skip
-        dist.sum_gradients(self.policy)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip or math.inf)
-        self.optimizer.step()
-        # Every rank holds the same (global) norm and step: count each once after the global sum.
-        share = 1.0 / dist.world_size()
-        sums.add(Sums(grad_norm=float(grad_norm) * share, steps=share))
+        sums.add(step_counts(grad_norm=optimizer_step(self.policy, self.optimizer, self.config.grad_clip)))
         return sums
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,7 +19,6 @@ micro-batch's share is normalised by the minibatch's global token or sequence co
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,14 @@ from echochamber.rl.losses import (
     micro_batch_loss,
 )
 from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
+from echochamber.rl.update import (
+    global_counts,
+    micro_batches,
+    minibatch_indices,
+    optimizer_step,
+    step_counts,
+    update_diagnostics,
+)
 
 CRITIC_DIR = "critic"
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -175,29 +182,18 @@ class PPO:
             value_sum=(old_values * mask).sum(), returns_sum=(returns * mask).sum(),
             penalty_sum=penalty.sum(), response_tokens=mask.sum(),
         )  # fmt: skip
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.updates)
-        for _ in range(ppo.epochs):
-            order = (
-                torch.randperm(len(batch), generator=generator)
-                if ppo.minibatches > 1
-                else torch.arange(len(batch))
-            )
-            for indices in order.chunk(ppo.minibatches):
-                sums.add(self._minibatch(batch, advantages, returns, old_values, indices.to(mask.device)))
+        for indices in minibatch_indices(
+            len(batch), epochs=ppo.epochs, minibatches=ppo.minibatches, seed=self.config.seed,
+            updates=self.updates, device=mask.device,
+        ):  # fmt: skip
+            sums.add(self._minibatch(batch, advantages, returns, old_values, indices))
         self.updates += 1
-        total = sums.global_totals(mask.device)
-        tokens, steps = max(total["tokens"], 1.0), max(total["steps"], 1.0)
-        response_tokens = max(total["response_tokens"], 1.0)
+        line, total = update_diagnostics(sums, mask.device)
+        steps, response_tokens = max(total["steps"], 1.0), max(total["response_tokens"], 1.0)
         return {
-            # The actor's objective: the clipped surrogate (+ the KL term when kl_placement is "loss").
-            "loss": total["loss"] / steps,
+            **line,  # its loss is the actor's objective: the clipped surrogate (+ the KL term if "loss")
             "policy_loss": total["policy_loss"] / steps,
             "value_loss": total["value_loss"] / steps,
-            "entropy": total["entropy"] / tokens,
-            "approx_kl": total["approx_kl"] / tokens,
-            "clip_fraction": total["clipped"] / tokens,
-            "kl_loss": total["kl_to_ref"] / tokens,  # the estimator vs the reference during the update
-            "grad_norm": total["grad_norm"] / steps,
             "critic_grad_norm": total["critic_grad_norm"] / steps,
             # Of the critic's values before this update; this rank's tokens only under torchrun.
             "explained_variance": explained_variance(old_values, returns, mask),
@@ -225,38 +221,30 @@ class PPO:
         old_values: torch.Tensor,
         indices: torch.Tensor,
     ) -> Sums:
+        """One actor step and one critic step on the samples `indices`; returns this rank's sums."""
         ppo = self.config.ppo
+        total_tokens, total_sequences = global_counts(batch, indices)
         shares = {
-            "total_tokens": dist.global_sum(batch.response_mask[indices].sum().double()),
-            "total_sequences": dist.global_sum(
-                torch.tensor(float(len(indices)), dtype=torch.float64, device=indices.device)
-            ),
+            "total_tokens": total_tokens, "total_sequences": total_sequences,
             "max_new_tokens": self.config.rollout.max_new_tokens,
-        }
+        }  # fmt: skip
         sums = Sums()
         self.actor_optimizer.zero_grad(set_to_none=True)
         self.critic_optimizer.zero_grad(set_to_none=True)
-        for micro in indices.split(self.config.micro_batch_size):
-            # Trim to the longest row in this micro-batch: padding columns cost a full forward each.
-            cols = int(batch.attention_mask[micro].sum(1).max())
-            tokens, attention = batch.tokens[micro, :cols], batch.attention_mask[micro, :cols]
-            mask = batch.response_mask[micro, :cols]
-            old_logp, ref_logp = batch.old_logp[micro, :cols], batch.ref_logp[micro, :cols]
-
-            logp, entropy = sequence_logprobs(self.policy, tokens, attention, self.config.rollout.temperature)
+        for micro in micro_batches(batch, indices, self.config.micro_batch_size):
+            rows, cols, mask = micro.rows, micro.cols, micro.response_mask
+            logp, entropy = sequence_logprobs(self.policy, micro.tokens, micro.attention_mask, self.config.rollout.temperature)
             assert entropy is not None
-            per_token, clipped = clipped_policy_loss(logp, old_logp, advantages[micro, :cols], mask, ppo.clip)
+            per_token, clipped = clipped_policy_loss(logp, micro.old_logp, advantages[rows, :cols], mask, ppo.clip)
             policy_loss = micro_batch_loss(per_token, mask, ppo.aggregation, **shares)
-            kl_to_ref = kl_estimate(logp, ref_logp, mask, ppo.kl_estimator)
+            kl_to_ref = kl_estimate(logp, micro.ref_logp, mask, ppo.kl_estimator)
             loss = policy_loss
             if ppo.kl_placement == "loss" and ppo.kl_coef > 0:
                 loss = loss + micro_batch_loss(ppo.kl_coef * kl_to_ref, mask, ppo.aggregation, **shares)
             loss.backward()
 
-            values = self.critic(tokens, attention)
-            per_token_value = clipped_value_loss(
-                values, old_values[micro, :cols], returns[micro, :cols], ppo.value_clip
-            )
+            values = self.critic(micro.tokens, micro.attention_mask)
+            per_token_value = clipped_value_loss(values, old_values[rows, :cols], returns[rows, :cols], ppo.value_clip)
             value_loss = micro_batch_loss(per_token_value, mask, ppo.aggregation, **shares)
             value_loss.backward()
 
@@ -265,26 +253,13 @@ class PPO:
                     Sums(
                         loss=loss, policy_loss=policy_loss, value_loss=value_loss, tokens=mask.sum(),
                         entropy=(entropy * mask).sum(), clipped=(clipped * mask).sum(),
-                        approx_kl=approx_kl(logp, old_logp, mask).sum(),
+                        approx_kl=approx_kl(logp, micro.old_logp, mask).sum(),
                         kl_to_ref=(kl_to_ref * mask).sum(),
                     )
                 )  # fmt: skip
-        max_norm = self.config.grad_clip or math.inf
-        dist.sum_gradients(self.policy)
-        dist.sum_gradients(self.critic)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
-        critic_grad_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), max_norm)
-        self.actor_optimizer.step()
-        self.critic_optimizer.step()
-        # Every rank holds the same (global) norms and step: count each once after the global sum.
-        share = 1.0 / dist.world_size()
-        sums.add(
-            Sums(
-                grad_norm=float(grad_norm) * share,
-                critic_grad_norm=float(critic_grad_norm) * share,
-                steps=share,
-            )
-        )
+        grad_norm = optimizer_step(self.policy, self.actor_optimizer, self.config.grad_clip)
+        critic_grad_norm = optimizer_step(self.critic, self.critic_optimizer, self.config.grad_clip)
+        sums.add(step_counts(grad_norm=grad_norm, critic_grad_norm=critic_grad_norm))
         return sums
 
     def state_dict(self) -> dict[str, Any]:

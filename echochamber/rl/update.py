@@ -1,0 +1,101 @@
+"""The update skeleton PPO and GRPO share, as plain functions (cleanrl's loop, written once).
+
+One update consumes one RolloutBatch: `epochs` passes over it, each cut into `minibatches`
+optimizer steps (`minibatch_indices`). An optimizer step runs its samples in micro-batches
+(`micro_batches`, each trimmed to its longest row), every micro-batch's loss normalised by the
+minibatch's global token and sequence counts (`global_counts`, see losses.micro_batch_loss) so that
+the shares of all micro-batches on all ranks sum to the minibatch's loss; then the gradients are
+summed over ranks, clipped and applied (`optimizer_step`). Diagnostics are summed once over ranks at
+the end (`dist.Sums`; `step_counts` for the numbers every rank holds alike; `update_diagnostics`). What is an algorithm's
+own (advantages, losses, what it logs) stays in grpo.py and ppo.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from echochamber import dist
+from echochamber.dist import Sums
+from echochamber.rl.rollout import RolloutBatch
+
+
+def minibatch_indices(
+    n: int, *, epochs: int, minibatches: int, seed: int, updates: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """The sample indices of each optimizer step of one update: `epochs` passes over the n samples,
+    each cut into `minibatches` parts, shuffled when there is more than one. The shuffle is seeded by
+    (seed, updates so far), so every rank and a resumed run draw the same order."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + updates)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator) if minibatches > 1 else torch.arange(n)
+        for indices in order.chunk(minibatches):
+            yield indices.to(device)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Rows `rows` of a RolloutBatch, every tensor cut to the longest of them ([m, cols])."""
+
+    rows: torch.Tensor
+    cols: int
+    tokens: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor
+
+
+def micro_batches(batch: RolloutBatch, indices: torch.Tensor, size: int) -> Iterator[MicroBatch]:
+    """`indices` in micro-batches of `size` rows, each trimmed to its longest row: a padding column
+    costs a full forward."""
+    for rows in indices.split(size):
+        cols = int(batch.attention_mask[rows].sum(1).max())
+        yield MicroBatch(
+            rows, cols, batch.tokens[rows, :cols], batch.attention_mask[rows, :cols],
+            batch.response_mask[rows, :cols], batch.old_logp[rows, :cols], batch.ref_logp[rows, :cols],
+        )  # fmt: skip
+
+
+def global_counts(batch: RolloutBatch, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(response tokens, sequences) of the minibatch `indices` over all ranks, as float64 scalars."""
+    tokens = dist.global_sum(batch.response_mask[indices].sum().double())
+    sequences = dist.global_sum(torch.tensor(float(len(indices)), dtype=torch.float64, device=indices.device))
+    return tokens, sequences
+
+
+def optimizer_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> float:
+    """Sum the gradients over ranks, clip them to `grad_clip` (None: only measure), step; returns the
+    global gradient norm before clipping."""
+    dist.sum_gradients(module)
+    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip or math.inf)
+    optimizer.step()
+    return float(grad_norm)
+
+
+def step_counts(**norms: float) -> Sums:
+    """One optimizer step's gradient norms and the step itself, for Sums: every rank holds the same
+    (global) values, so each rank adds its 1/world share and the global sum counts them once."""
+    share = 1.0 / dist.world_size()
+    return Sums(**{name: norm * share for name, norm in norms.items()}, steps=share)
+
+
+def update_diagnostics(sums: Sums, device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
+    """(what every PPO/GRPO update reports, the global totals of `sums` for the rest). Per optimizer
+    step: the loss and the gradient norm; per response token of the update's forwards: the entropy,
+    the clipped fraction, approx_kl (vs the sampling policy) and kl_loss (the estimator vs the
+    reference)."""
+    total = sums.global_totals(device)
+    tokens, steps = max(total["tokens"], 1.0), max(total["steps"], 1.0)
+    line = {
+        "loss": total["loss"] / steps,
+        "entropy": total["entropy"] / tokens,
+        "clip_fraction": total["clipped"] / tokens,
+        "approx_kl": total["approx_kl"] / tokens,
+        "kl_loss": total["kl_to_ref"] / tokens,
+        "grad_norm": total["grad_norm"] / steps,
+    }
+    return line, total
