@@ -37,7 +37,7 @@ from echochamber.data.mixture import build_shards, open_shards
 from echochamber.provenance.docmap import DOC_MAP_DIR, encode_ids, write_document_map
 from echochamber.provenance.index import index_bytes
 from echochamber.provenance.tracer import Tracer
-from echochamber.study import load_study
+from echochamber.study.config import load_study
 
 MAX_TOKENS = 192
 BATCH = 128  # the quickstart's rollouts per RL step

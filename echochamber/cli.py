@@ -118,8 +118,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from echochamber.pipeline import default_run_dir, run_study
-    from echochamber.study import DEFAULT_PRESET, load_study
+    from echochamber.study.config import DEFAULT_PRESET, load_study
+    from echochamber.study.pipeline import default_run_dir, run_study
 
     study = load_study(args.config, args.preset, list(args.set))
     out = Path(args.out) if args.out else default_run_dir(args.config, args.preset)
@@ -129,7 +129,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from echochamber import sweep
+    from echochamber.study import sweep
 
     out = Path(args.out) if args.out else None
     if args.emit:

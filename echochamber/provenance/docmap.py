@@ -139,7 +139,7 @@ def ensure_document_map(
     from echochamber.data.mixture import build_shards, spec_hash
 
     if isinstance(spec, Path):
-        from echochamber.study import load_study  # imports torch: only on this rare path
+        from echochamber.study.config import load_study  # imports torch: only on this rare path
 
         spec = load_study(str(spec), None, []).mixture
     if spec is None or spec_hash(spec) != manifest.get("spec_hash"):

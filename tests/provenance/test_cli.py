@@ -15,7 +15,7 @@ from echochamber.cli import main
 from echochamber.config import save_config
 from echochamber.data.mixture import build_shards, open_shards
 from echochamber.provenance.docmap import DOC_MAP_DIR, load_document_map
-from echochamber.study import load_study
+from echochamber.study.config import load_study
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,8 @@ import yaml
 
 from echochamber.config import load_config, preset_names, preset_path, read_yaml
 from echochamber.errors import UserError
-from echochamber.pipeline import is_finished, run_study, share_stages, stage_hashes
-from echochamber.study import STUDY_PRESETS, StudyConfig, load_study
+from echochamber.study.config import STUDY_PRESETS, StudyConfig, load_study
+from echochamber.study.pipeline import is_finished, run_study, share_stages, stage_hashes
 
 SWEEP_PRESETS: tuple[str, ...] = preset_names("sweeps")
 SEED_AXIS = "seed"

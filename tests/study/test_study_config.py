@@ -3,7 +3,7 @@
 import pytest
 
 from echochamber.errors import UserError
-from echochamber.study import StudyConfig, load_study
+from echochamber.study.config import StudyConfig, load_study
 
 
 def smoke(*overrides: str) -> StudyConfig:

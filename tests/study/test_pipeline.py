@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from echochamber import pipeline
 from echochamber.errors import UserError
-from echochamber.pipeline import RUN_FILE, STAGES, read_run, run_study, stage_hashes
-from echochamber.study import StudyConfig, load_study
+from echochamber.study import pipeline
+from echochamber.study.config import StudyConfig, load_study
+from echochamber.study.pipeline import RUN_FILE, STAGES, read_run, run_study, stage_hashes
 
 ALL = [stage.name for stage in STAGES]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from echochamber import pipeline
 from echochamber.errors import UserError
-from echochamber.pipeline import STAGES, read_run, stage_hashes
-from echochamber.study import StudyConfig, load_study
-from echochamber.sweep import (
+from echochamber.study import pipeline
+from echochamber.study.config import StudyConfig, load_study
+from echochamber.study.pipeline import STAGES, read_run, stage_hashes
+from echochamber.study.sweep import (
     SEED_KEYS,
     cell_name,
     emit,

@@ -41,7 +41,7 @@ from echochamber.config import config_hash, to_dict
 from echochamber.data.mixture import describe_manifest, spec_hash
 from echochamber.errors import UserError
 from echochamber.rl.config import ALGORITHMS
-from echochamber.study import DEFAULT_PRESET, StudyConfig
+from echochamber.study.config import DEFAULT_PRESET, StudyConfig
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
