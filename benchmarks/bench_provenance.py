@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from echochamber.data.mixture import build_shards, open_shards
-from echochamber.provenance.docmap import DOC_MAP_DIR, encode_ids, write_document_map
+from echochamber.data.docmap import DOC_MAP_DIR, encode_ids, write_document_map
+from echochamber.data.mixture import build_shards
+from echochamber.data.shards import open_shards
 from echochamber.provenance.index import index_bytes
 from echochamber.provenance.tracer import Tracer
 from echochamber.study.config import load_study

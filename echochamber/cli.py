@@ -33,7 +33,8 @@ def _cmd_data_world(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_mixture(args: argparse.Namespace) -> int:
-    from echochamber.data.mixture import build_from_spec, describe_manifest
+    from echochamber.data.mixture import build_from_spec
+    from echochamber.data.shards import describe_manifest
 
     manifest = build_from_spec(args.spec, Path(args.out), list(args.set))
     print(f"wrote mixture to {args.out}\n{describe_manifest(manifest)}")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from echochamber.data.paths import ENV_VAR, data_dir
 from echochamber.data.records import Record
-from echochamber.data.sources import load_source
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.errors import UserError
 
@@ -63,4 +62,6 @@ def benchmark_records(name: str, folder: Path) -> list[Record]:
         raise UserError(
             f"benchmark {name}: {file} not found (expected a data folder laid out like shared/data)"
         )
+    from echochamber.data.sources import load_source  # `datasets` takes a second to import: only here
+
     return load_source(name, path=file)

@@ -2,14 +2,7 @@
 
 A mixture names its sources (world formats or real-dataset adapters), how much of each to use (a
 repeat factor — the paper's k× passes, fractions allowed — or a token budget) and a seed. Building
-it writes, into one folder:
-
-    tokenizer/            HF tokenizer files (AutoTokenizer.from_pretrained loads them)
-    train.bin             flat token stream: every training document, shuffled, each ending in EOS
-    val/<source>.bin      held-out documents of one source (never in train.bin), for per-source loss
-    doc_map/              where each train.bin document starts, its source and its stable id
-                          (echochamber.provenance.docmap; provenance traces generations back with it)
-    manifest.json         exact documents and tokens per source, tokenizer hash, spec hash, seed
+it writes one shards folder (its layout and reader: shards.py; its document map: docmap.py).
 
 The folder is built under a temporary name, manifest last, then renamed: a crash never leaves a
 folder that looks complete. The same spec gives byte-identical files whatever the worker count.
@@ -22,14 +15,12 @@ dataset sources and the multi-process path (its import alone takes over a second
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +29,18 @@ import numpy as np
 
 from echochamber import __version__
 from echochamber.config import config_hash, load_config, preset_names, read_preset, to_dict
+from echochamber.data.docmap import DOC_MAP_DIR, write_document_map
+from echochamber.data.documents import (
+    Rendered,
+    SourceDocuments,
+    copy_counts,
+    document_ids,
+    document_texts,
+    load_sources,
+    progress_bars,
+    source_rng,
+)
+from echochamber.data.shards import open_shards, read_manifest, write_stream
 from echochamber.data.tokenizer import (
     PROMPT_SEPARATOR,
     DocumentEncoder,
@@ -50,18 +53,16 @@ from echochamber.data.tokenizer import (
     tokenizer_hash,
     train_bpe,
 )
-from echochamber.data.world import WorldConfig, generate_world
+from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
-from echochamber.formats.render import RENDER_STYLES, solution_text
-from echochamber.provenance.docmap import DOC_MAP_DIR, encode_ids, write_document_map
+from echochamber.formats.render import RENDER_STYLES
 
 if TYPE_CHECKING:
-    import datasets
+    pass
 
 MIXTURE_PRESETS: tuple[str, ...] = preset_names("mixtures")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # a source name is also a file name (val/<name>.bin)
 _ROUND_TRIP_CHECKS = 8  # documents per source decoded back to text before building
-_GATHER_DOCS = 16384  # documents copied per vectorised gather (bounds the index arrays' memory)
 _ENCODE_DOCS = 8192  # documents per DocumentEncoder call (bounds the batch's memory)
 # Up to this many distinct documents are tokenized in this process: the encoder's cache then serves
 # every source, and starting worker processes would cost more than it saves (a default-world mixture
@@ -74,7 +75,7 @@ class SourceConfig:
     """One source of documents: a world format or a real-dataset adapter, and how much of it."""
 
     world: str | None = None  # a world format (tinygsm, omi1, omi2, gsm8k), drawn from the pretrain pool
-    dataset: str | None = None  # or an adapter of echochamber.data.sources (tinygsm, omi1, omi2, gsm8k, ...)
+    dataset: str | None = None  # or an adapter of echochamber.data.adapters (tinygsm, omi1, omi2, gsm8k, ...)
     path: str | None = None  # local file/folder for `dataset`
     hub: str | None = None  # hub id for `dataset` (needs a network)
     split: str | None = None  # dataset split to read (default: the adapter's usual one)
@@ -139,16 +140,6 @@ class MixtureConfig:
         return self.workers or os.cpu_count() or 1
 
 
-@dataclass
-class Shards:
-    """A built mixture, memory-mapped read-only."""
-
-    train: np.memmap
-    val: dict[str, np.memmap]
-    manifest: dict[str, Any]
-    tokenizer_path: Path
-
-
 def mixture_preset(name: str) -> dict[str, Any]:
     """The raw YAML mapping of a packaged preset (see MIXTURE_PRESETS)."""
     return read_preset("mixtures", name, "mixture")
@@ -177,19 +168,6 @@ def build_from_spec(
     return build_shards(config, out_dir, progress=progress)
 
 
-def describe_manifest(manifest: dict[str, Any]) -> str:
-    """A few lines for the terminal: per-source documents, tokens and share of the training stream."""
-    lines = [
-        f"{manifest['train_tokens']:,} training tokens ({manifest['dtype']}, vocab {manifest['vocab_size']})"
-    ]
-    for name, s in manifest["sources"].items():
-        lines.append(
-            f"  {name}: {s['documents']:,} docs ({s['unique_documents']:,} unique, {s['repeat']:g} passes), "
-            f"{s['tokens']:,} tokens ({s['token_share']:.1%}), val {s['val_documents']} docs / {s['val_tokens']:,} tokens"
-        )
-    return "\n".join(lines)
-
-
 def build_shards(config: MixtureConfig, out_dir: Path, *, progress: bool = True) -> dict:
     """Build the mixture into `out_dir` and return its manifest.
 
@@ -199,7 +177,7 @@ def build_shards(config: MixtureConfig, out_dir: Path, *, progress: bool = True)
     out_dir = Path(out_dir)
     expected_hash = spec_hash(config)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        existing = _read_manifest(out_dir) if (out_dir / "manifest.json").is_file() else {}
+        existing = read_manifest(out_dir) if (out_dir / "manifest.json").is_file() else {}
         if existing.get("spec_hash") == expected_hash and existing.get("echochamber_version") == __version__:
             open_shards(out_dir)  # reuse only if every shard is intact
             return existing
@@ -218,146 +196,8 @@ def build_shards(config: MixtureConfig, out_dir: Path, *, progress: bool = True)
     return manifest
 
 
-def open_shards(path: str | Path) -> Shards:
-    """Memory-map a built mixture, checking every file against the manifest."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"shards folder not found: {path}")
-    manifest = _read_manifest(path)
-    dtype = np.dtype(manifest["dtype"])
-    train = _open_stream(path / "train.bin", manifest["train_tokens"], dtype)
-    val = {
-        name: _open_stream(path / "val" / f"{name}.bin", source["val_tokens"], dtype)
-        for name, source in manifest["sources"].items()
-        if source["val_tokens"] > 0
-    }
-    tokenizer_path = path / "tokenizer"
-    if not tokenizer_path.is_dir():
-        raise UserError(f"shards folder {path} has no tokenizer/ folder")
-    return Shards(train=train, val=val, manifest=manifest, tokenizer_path=tokenizer_path)
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    file = path / "manifest.json"
-    if not file.is_file():
-        raise UserError(f"{path} has no manifest.json (not a built mixture, or the build did not finish)")
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{file} is not valid JSON") from None
-
-
-def _open_stream(file: Path, tokens: int, dtype: np.dtype) -> np.memmap:
-    if not file.is_file():
-        raise UserError(f"missing shard {file}")
-    size = file.stat().st_size
-    if size != tokens * dtype.itemsize:
-        raise UserError(f"shard {file} has {size} bytes; the manifest says {tokens} {dtype.name} tokens")
-    return np.memmap(file, dtype=dtype, mode="r", shape=(tokens,))
-
-
-@dataclass
-class _Rendered:
-    """A world source's documents (plain lists: an Arrow table built from them would import pandas)."""
-
-    prompts: list[str]
-    solutions: list[str]
-    ids: list[str]  # the problems' ids, for the document map
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-
-@dataclass
-class _Source:
-    """One source's distinct documents: its held-out ones, then its unique training ones."""
-
-    config: SourceConfig
-    documents: _Rendered | datasets.Dataset  # a dataset's rows stay Arrow-backed (memory-mapped)
-    val_count: int
-
-    @property
-    def train_count(self) -> int:
-        return len(self.documents) - self.val_count
-
-
-def _rows(documents: _Rendered | datasets.Dataset, positions: np.ndarray) -> tuple[list[str], list[str]]:
-    """The prompts and solutions of some of a source's documents."""
-    if isinstance(documents, _Rendered):
-        return [documents.prompts[i] for i in positions], [documents.solutions[i] for i in positions]
-    table = documents.select(positions).with_format("arrow")[:]
-    return table.column("prompt").to_pylist(), table.column("solution").to_pylist()
-
-
-def _load_sources(config: MixtureConfig, progress: bool) -> list[_Source]:
-    loaded = []
-    for source in config.sources:
-        if source.world is not None:
-            # Only the pool's size is needed to split it; render just the documents that get used.
-            pool = generate_world(config.world, ("pretrain",))["pretrain"]
-            val, train = _split(config, source, len(pool))
-            chosen = [pool[i] for i in np.concatenate([val, train])]
-            documents = _Rendered(
-                [p.question for p in chosen],
-                [solution_text(p, source.world) for p in chosen],
-                [p.id for p in chosen],
-            )
-            n, empty = len(pool), documents.solutions.count("")
-        else:
-            table, empty = _dataset_table(source, config, progress)
-            val, train = _split(config, source, len(table))
-            documents, n = table.select(np.concatenate([val, train])), len(table)
-        if empty:
-            raise UserError(f"source '{source.label}': {empty} of {n} records have no solution text")
-        loaded.append(_Source(source, documents, len(val)))
-    return loaded
-
-
-def _dataset_table(
-    source: SourceConfig, config: MixtureConfig, progress: bool
-) -> tuple[datasets.Dataset, int]:
-    """A dataset source's records (columns prompt, solution) and how many have no solution."""
-    import pyarrow.compute as pc
-
-    # Real corpora stay Arrow-backed (memory-mapped) end to end; only dataset mixtures need the adapters.
-    from echochamber.data.sources import load_dataset_rows, records_dataset
-
-    with _progress_bars(progress):
-        rows = load_dataset_rows(
-            source.dataset, path=source.path, hub=source.hub, split=source.split, limit=source.limit
-        )
-        workers = config.worker_count()
-        table = records_dataset(source.dataset, rows, num_proc=workers if workers > 1 else None)
-    table = table.select_columns(["id", "prompt", "solution"])  # ids go into the document map
-    empty = sum(
-        pc.sum(pc.equal(pc.utf8_length(batch.column("solution")), 0)).as_py() or 0
-        for batch in table.with_format("arrow").iter(batch_size=_GATHER_DOCS)
-    )
-    return table, empty
-
-
-def _split(config: MixtureConfig, source: SourceConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the held-out documents and of the (subset of) training documents, ascending."""
-    if n <= config.val_docs:
-        raise UserError(
-            f"source '{source.label}' has {n} documents; at least val_docs+1 = {config.val_docs + 1} needed"
-        )
-    # The held-out draw depends only on (seed, pool size): world formats render one shared pool, so
-    # the same problems are held out of every format and none leaks into training via another.
-    order = np.random.default_rng([config.seed, 0]).permutation(n)
-    rest = order[config.val_docs :]
-    keep = max(1, round(source.subset * len(rest)))
-    rest = _source_rng(config.seed, 1, source.label).permutation(rest)[:keep]
-    return np.sort(order[: config.val_docs]), np.sort(rest)
-
-
-def _source_rng(seed: int, stream: int, label: str) -> np.random.Generator:
-    """A generator per (seed, purpose, source name): independent of the order sources are listed in."""
-    return np.random.default_rng([seed, stream, int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)])
-
-
 def _build_into(config: MixtureConfig, folder: Path, expected_hash: str, progress: bool) -> dict:
-    sources = _load_sources(config, progress)
+    sources = load_sources(config, progress)
     tokenizer_dir = folder / "tokenizer"
     if config.tokenizer.path is not None:
         tokenizer = load_tokenizer(config.tokenizer.path)
@@ -367,7 +207,7 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str, progres
     tokenizer.save_pretrained(str(tokenizer_dir))
     for source in sources:
         checked = np.arange(source.val_count, len(source.documents))[:_ROUND_TRIP_CHECKS]
-        for prompt, solution in zip(*_rows(source.documents, checked), strict=True):
+        for prompt, solution in zip(*document_texts(source.documents, checked), strict=True):
             check_round_trip(tokenizer, prompt, solution)
     vocab_size = len(tokenizer)
     dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
@@ -383,7 +223,7 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str, progres
         val_ids = np.arange(first, first + source.val_count)
         unique_ids = np.arange(first + source.val_count, first + len(source.documents))
         first += len(source.documents)
-        copies = _copies(source.config, lengths[unique_ids], _source_rng(config.seed, 2, source.config.label))
+        copies = copy_counts(source.config, lengths[unique_ids], source_rng(config.seed, 2, source.config.label))
         if copies.sum() == 0:
             raise UserError(
                 f"source '{source.config.label}' contributes no documents; raise its repeat or tokens"
@@ -394,7 +234,7 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str, progres
         val_tokens = 0
         if len(val_ids):
             (folder / "val").mkdir(exist_ok=True)
-            val_tokens = _write_stream(
+            val_tokens = write_stream(
                 tokens, starts, lengths, val_ids, folder / "val" / f"{source.config.label}.bin"
             )
         kind = f"world:{source.config.world}" if source.config.world else f"dataset:{source.config.dataset}"
@@ -409,13 +249,13 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str, progres
             "val_tokens": val_tokens,
         }
     order = np.random.default_rng([config.seed, 3]).permutation(np.concatenate(train_docs))
-    train_tokens = _write_stream(tokens, starts, lengths, order, folder / "train.bin")
+    train_tokens = write_stream(tokens, starts, lengths, order, folder / "train.bin")
     write_document_map(
         folder / DOC_MAP_DIR,
         starts=np.concatenate([[0], np.cumsum(lengths[order])]),
         documents=order,
         source_first=np.concatenate([[0], np.cumsum([len(s.documents) for s in sources])]),
-        ids=_document_ids(sources),
+        ids=document_ids(sources),
     )
     for s in stats.values():
         s["token_share"] = round(s["tokens"] / train_tokens, 6)
@@ -441,20 +281,7 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str, progres
     return manifest
 
 
-def _document_ids(sources: list[_Source]) -> tuple[np.ndarray, np.ndarray]:
-    """Every distinct document's id, in `_tokenize`'s order, as the map's (offsets, UTF-8 bytes)."""
-    ids: list[str] = []
-    for source in sources:
-        documents = source.documents
-        if isinstance(documents, _Rendered):
-            ids.extend(documents.ids)
-            continue
-        for batch in documents.select_columns(["id"]).with_format("arrow").iter(batch_size=_GATHER_DOCS):
-            ids.extend(batch.column("id").to_pylist())
-    return encode_ids(ids)
-
-
-def _training_texts(sources: list[_Source], sample: int | None, seed: int) -> Iterator[list[str]]:
+def _training_texts(sources: list[SourceDocuments], sample: int | None, seed: int) -> Iterator[list[str]]:
     """BPE training text, in batches: a seeded sample of `sample` unique training documents (all of
     them when None), each cut the way it is encoded (prompt with its separator, solution alone)."""
     sizes = np.array([s.train_count for s in sources])
@@ -464,20 +291,20 @@ def _training_texts(sources: list[_Source], sample: int | None, seed: int) -> It
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     for i, source in enumerate(sources):
         mine = picked[(picked >= bounds[i]) & (picked < bounds[i + 1])] - bounds[i]
-        prompts, solutions = _rows(source.documents, source.val_count + mine)
+        prompts, solutions = document_texts(source.documents, source.val_count + mine)
         for start in range(0, len(prompts), 1000):
             batch = slice(start, start + 1000)
             yield [p + PROMPT_SEPARATOR for p in prompts[batch] if p] + solutions[batch]
 
 
 def _tokenize(
-    tokenizer: Any, sources: list[_Source], dtype: np.dtype, workers: int, tokens_file: Path, progress: bool
+    tokenizer: Any, sources: list[SourceDocuments], dtype: np.dtype, workers: int, tokens_file: Path, progress: bool
 ) -> np.ndarray:
     """Tokenize every source's documents, in order, into one flat file; return each one's length."""
     encoder = DocumentEncoder(tokenizer)
     if workers == 1 or sum(len(s.documents) for s in sources) <= _IN_PROCESS_MAX_DOCS:
         batches = (
-            _rows(s.documents, np.arange(start, min(start + _ENCODE_DOCS, len(s.documents))))
+            document_texts(s.documents, np.arange(start, min(start + _ENCODE_DOCS, len(s.documents))))
             for s in sources
             for start in range(0, len(s.documents), _ENCODE_DOCS)
         )
@@ -487,65 +314,10 @@ def _tokenize(
     docs = datasets.concatenate_datasets(
         [
             datasets.Dataset.from_dict({"prompt": s.documents.prompts, "solution": s.documents.solutions})
-            if isinstance(s.documents, _Rendered)
+            if isinstance(s.documents, Rendered)
             else s.documents.select_columns(["prompt", "solution"])
             for s in sources
         ]
     )
-    with _progress_bars(progress):
+    with progress_bars(progress):
         return encode_to_file_in_workers(encoder, docs, dtype, workers, tokens_file, _ENCODE_DOCS)
-
-
-@contextmanager
-def _progress_bars(enabled: bool) -> Iterator[None]:
-    """`datasets` progress bars on or off for a block (its switch is global)."""
-    import datasets
-
-    was_enabled = datasets.is_progress_bar_enabled()
-    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
-    try:
-        yield
-    finally:
-        (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()
-
-
-def _copies(source: SourceConfig, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """How many times each unique training document appears in train.bin.
-
-    `repeat` r: floor(r) passes, then a seeded round(frac(r) * n) documents once more. `tokens` B:
-    whole passes while they fit, then documents in a seeded order while the running total stays
-    <= B (so the source gets at most B tokens, and exactly B when the documents happen to fit).
-    """
-    n = len(lengths)
-    part_order = rng.permutation(n)
-    if source.tokens is None:
-        repeat = 1.0 if source.repeat is None else source.repeat
-        copies = np.full(n, int(repeat), dtype=np.int64)
-        copies[part_order[: round((repeat - int(repeat)) * n)]] += 1
-        return copies
-    pass_tokens = int(lengths.sum())
-    copies = np.full(n, source.tokens // pass_tokens, dtype=np.int64)
-    remainder = source.tokens - int(copies[0]) * pass_tokens
-    fits = int(np.searchsorted(np.cumsum(lengths[part_order]), remainder, side="right"))
-    copies[part_order[:fits]] += 1
-    return copies
-
-
-def _write_stream(
-    tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, doc_ids: np.ndarray, path: Path
-) -> int:
-    """Concatenate documents `doc_ids` (in that order) into a flat token file; return its length."""
-    total = int(lengths[doc_ids].sum())
-    out = np.memmap(path, dtype=tokens.dtype, mode="w+", shape=(total,))
-    pos = 0
-    for i in range(0, len(doc_ids), _GATHER_DOCS):
-        ids = doc_ids[i : i + _GATHER_DOCS]
-        lens = lengths[ids]
-        n = int(lens.sum())
-        # Token k of this block comes from its document's start plus its offset inside the document.
-        shift = np.repeat(starts[ids] - (np.cumsum(lens) - lens), lens)
-        out[pos : pos + n] = tokens[shift + np.arange(n)]
-        pos += n
-    out.flush()
-    del out
-    return total

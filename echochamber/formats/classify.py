@@ -178,7 +178,7 @@ def _find_function(text: str) -> tuple[str, str] | str | None:
 def closing_brace(text: str, start: int) -> int | None:
     """The index of the `}` that closes the `{` at `text[start]` (nested braces counted), or None
     when it never closes. The one brace matcher for `\\boxed{...}`: the classifier's spans here and
-    the gold answers of the dataset adapters (data.sources.last_boxed)."""
+    the gold answers of the dataset adapters (data.adapters.last_boxed)."""
     depth = 0
     for index in range(start, len(text)):
         if text[index] == "{":

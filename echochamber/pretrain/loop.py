@@ -44,7 +44,7 @@ from echochamber.checkpoint import (
     save_hf_folder,
 )
 from echochamber.config import save_config, to_dict
-from echochamber.data.mixture import Shards, open_shards
+from echochamber.data.shards import Shards, open_shards
 from echochamber.errors import UserError
 from echochamber.model.presets import build_model, get_spec, load_model
 from echochamber.pretrain.config import RUN_DEFINING_KEYS, PretrainConfig, lr_multiplier

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from echochamber.data.docmap import DocumentMap
 from echochamber.errors import UserError
-from echochamber.provenance.docmap import DocumentMap
 from echochamber.provenance.engine import build_suffix_array, engine_name
 
 INDEX_DIR = "provenance"

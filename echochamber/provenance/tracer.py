@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from echochamber.data.docmap import DocumentMap
 from echochamber.errors import UserError
-from echochamber.provenance.docmap import DocumentMap, ensure_document_map
 from echochamber.provenance.index import CorpusIndex, open_index
+from echochamber.provenance.rebuild import ensure_document_map
 
 DEFAULT_N = 8
 
@@ -41,7 +42,7 @@ class LongestMatch:
     tokens: int
     start: int  # its first token's index in the generation
     source: str | None  # a source and document holding it (when several do: the one the search lands by)
-    doc: str | None  # the document's stable id (see echochamber.provenance.docmap)
+    doc: str | None  # the document's stable id (see echochamber.data.docmap)
     doc_offset: int | None  # where the span starts inside that document, in tokens
     text: str | None = None  # the span, decoded (set when tracing text)
 
@@ -107,7 +108,7 @@ class Tracer:
         spec: Any = None,
         say: Callable[[str], None] | None = None,
     ) -> None:
-        from echochamber.data.mixture import open_shards
+        from echochamber.data.shards import open_shards
 
         if n < 1:
             raise UserError(f"n must be >= 1, got {n}")

@@ -43,7 +43,7 @@ def _kl_coef(section: str, coef: float) -> None:
 class PromptConfig:
     """Where the RL prompts come from (the gold answers come with them)."""
 
-    dataset: str = "world"  # "world" = the controlled world's RL split; else an adapter of data.sources (gsm8k, math, ...)
+    dataset: str = "world"  # "world" = the controlled world's RL split; else an adapter of data.adapters (gsm8k, math, ...)
     path: str | None = None  # local file or folder for an adapter (e.g. shared/data/gsm8k/train.jsonl)
     split: str | None = None  # adapter split (default: the adapter's usual one, "train" for gsm8k)
     limit: int | None = None  # use only the first this many prompts
@@ -51,7 +51,7 @@ class PromptConfig:
 
     def validate(self) -> None:
         if self.dataset != "world":
-            from echochamber.data.sources import get_spec
+            from echochamber.data.adapters import get_spec
 
             get_spec(self.dataset)  # unknown adapter -> UserError listing the known ones
         _positive("prompts.", limit=self.limit)

@@ -46,7 +46,7 @@ from echochamber.verify.grade import Grader
 
 
 def load_prompts(config: PromptConfig) -> list[Record]:
-    """The RL prompt set: the world's RL split, or any data.sources adapter (GSM8K train, ...)."""
+    """The RL prompt set: the world's RL split, or any data.adapters source (GSM8K train, ...)."""
     if config.dataset == "world":
         from echochamber.data.world import world_records
 

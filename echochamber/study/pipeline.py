@@ -38,7 +38,8 @@ import yaml
 
 from echochamber import dist
 from echochamber.config import config_hash, to_dict
-from echochamber.data.mixture import describe_manifest, spec_hash
+from echochamber.data.mixture import spec_hash
+from echochamber.data.shards import describe_manifest
 from echochamber.errors import UserError
 from echochamber.rl.config import ALGORITHMS
 from echochamber.study.config import DEFAULT_PRESET, StudyConfig

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -20,10 +19,9 @@ from echochamber.data.mixture import (
     MixtureConfig,
     build_from_spec,
     build_shards,
-    describe_manifest,
     mixture_preset,
-    open_shards,
 )
+from echochamber.data.shards import describe_manifest, open_shards
 from echochamber.data.tokenizer import PROMPT_SEPARATOR, encode_prompt, tokenizer_hash
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.errors import UserError
@@ -257,25 +255,3 @@ def test_unknown_preset_and_unwritable_output(tmp_path) -> None:
     blocker.write_text("")
     with pytest.raises(UserError, match="cannot write"):
         build(tmp_path, "file/shards")
-
-
-def test_open_shards_checks_every_file(built, tmp_path) -> None:
-    out, _ = built
-    with pytest.raises(UserError, match="not found"):
-        open_shards(tmp_path / "nothing")
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for file in out.rglob("*"):
-        if file.is_file():
-            (copy / file.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
-            (copy / file.relative_to(out)).write_bytes(file.read_bytes())
-    (copy / "val" / "omi2.bin").write_bytes((out / "val" / "omi2.bin").read_bytes()[:-2])
-    with pytest.raises(UserError, match="omi2.bin has"):
-        open_shards(copy)
-    (copy / "val" / "omi2.bin").unlink()
-    with pytest.raises(UserError, match="missing shard"):
-        open_shards(copy)
-    (copy / "manifest.json").unlink()
-    with pytest.raises(UserError, match="no manifest.json"):
-        open_shards(copy)
-    assert json.loads((out / "manifest.json").read_text())["seed"] == 7

@@ -10,15 +10,8 @@ import datasets
 import huggingface_hub.constants
 import pytest
 
-from echochamber.data.sources import (
-    SOURCES,
-    gsm8k_answer,
-    iter_records,
-    last_boxed,
-    load_dataset_rows,
-    load_source,
-    records_dataset,
-)
+from echochamber.data.adapters import SOURCES, gsm8k_answer, last_boxed
+from echochamber.data.sources import iter_records, load_dataset_rows, load_source, records_dataset
 from echochamber.errors import UserError
 
 
@@ -80,15 +73,6 @@ def test_limit_keeps_ids_and_streams(shared_data: Path) -> None:
 
 
 # --- answer extraction ---------------------------------------------------------------------------
-
-
-def test_last_boxed_handles_nesting_and_edge_cases() -> None:
-    assert last_boxed("so $x = \\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"
-    assert last_boxed("\\boxed{1} then \\boxed{\\sqrt{\\frac{a}{b}}}") == "\\sqrt{\\frac{a}{b}}"
-    assert last_boxed("answer: \\boxed 5$.") == "5"
-    assert last_boxed("\\fbox{7}") == "7"
-    assert last_boxed("\\boxed{\\frac{1}{2}") is None  # never closes
-    assert last_boxed("no box here") is None
 
 
 def test_math_without_answer_field_uses_last_boxed(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from echochamber.config import from_dict
+from echochamber.data.docmap import DOC_MAP_DIR, encode_ids, write_document_map
 from echochamber.data.mixture import MixtureConfig, build_shards
-from echochamber.provenance.docmap import DOC_MAP_DIR, encode_ids, write_document_map
 
 EOS = 0  # the hand-made folders' end-of-document id
 WORLD_SPEC = {

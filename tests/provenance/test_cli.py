@@ -13,8 +13,9 @@ import pytest
 
 from echochamber.cli import main
 from echochamber.config import save_config
-from echochamber.data.mixture import build_shards, open_shards
-from echochamber.provenance.docmap import DOC_MAP_DIR, load_document_map
+from echochamber.data.docmap import DOC_MAP_DIR, load_document_map
+from echochamber.data.mixture import build_shards
+from echochamber.data.shards import open_shards
 from echochamber.study.config import load_study
 
 

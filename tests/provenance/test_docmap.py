@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from echochamber.config import from_dict
-from echochamber.data.mixture import MixtureConfig, open_shards
+from echochamber.data.docmap import DOC_MAP_DIR, load_document_map
+from echochamber.data.mixture import MixtureConfig
+from echochamber.data.shards import open_shards
 from echochamber.data.tokenizer import encode_document
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.errors import UserError
-from echochamber.provenance.docmap import DOC_MAP_DIR, ensure_document_map, load_document_map
+from echochamber.provenance.rebuild import ensure_document_map
 
 
 def test_every_document_is_where_the_map_says(world_shards, world_spec) -> None:

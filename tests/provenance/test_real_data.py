@@ -10,7 +10,8 @@ import pytest
 
 from echochamber.config import from_dict
 from echochamber.data.benchmarks import benchmark_records
-from echochamber.data.mixture import MixtureConfig, build_shards, open_shards
+from echochamber.data.mixture import MixtureConfig, build_shards
+from echochamber.data.shards import open_shards
 from echochamber.data.sources import load_source
 from echochamber.provenance.tracer import Tracer, summarise
 

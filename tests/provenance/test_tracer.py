@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from echochamber.config import from_dict
-from echochamber.data.mixture import open_shards
+from echochamber.data.shards import open_shards
 from echochamber.data.tokenizer import encode_documents, encode_prompt
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.errors import UserError

@@ -14,25 +14,19 @@ one came from. The mixture build knows, and writes it next to the shards as `doc
 
 Ids are the record ids of the sources (`world-pretrain-000123` for a world problem, `gsm8k-17` or a
 dataset's own `unique_id` for real data; see echochamber.data.sources), so a user can find the
-original. Folders built before the map existed get it rebuilt from the spec (`ensure_document_map`).
+original. The map is part of the shards folder's format (shards.py), which is why it lives here;
+provenance reads it, and rebuilds it for folders built before it existed (provenance/rebuild.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from echochamber.errors import UserError
-
-if TYPE_CHECKING:
-    from echochamber.data.mixture import MixtureConfig
 
 DOC_MAP_DIR = "doc_map"
 _ARRAYS = ("starts", "documents", "source_first", "id_offsets", "id_bytes")
@@ -117,66 +111,3 @@ def load_document_map(shards_dir: Path, manifest: dict[str, Any]) -> DocumentMap
     ):
         raise UserError(f"{folder} does not describe this train.bin; delete it to have it rebuilt")
     return doc_map
-
-
-def ensure_document_map(
-    shards_dir: Path,
-    manifest: dict[str, Any],
-    spec: MixtureConfig | Path | None,
-    say: Callable[[str], None] | None = None,
-) -> DocumentMap:
-    """The folder's document map; for a folder built before maps existed, rebuild it from `spec` (a
-    mixture config, or a study run's config.yaml, read only when the map is missing).
-
-    Rebuilding builds the whole mixture again into a scratch folder (the same spec gives
-    byte-identical shards) and keeps its map only after checking that its train.bin equals this one
-    byte for byte. Without a matching spec there is no honest way back: a one-line error says how
-    to rebuild the shards.
-    """
-    shards_dir = Path(shards_dir)
-    if (shards_dir / DOC_MAP_DIR).is_dir():
-        return load_document_map(shards_dir, manifest)
-    from echochamber.data.mixture import build_shards, spec_hash
-
-    if isinstance(spec, Path):
-        from echochamber.study.config import load_study  # imports torch: only on this rare path
-
-        spec = load_study(str(spec), None, []).mixture
-    if spec is None or spec_hash(spec) != manifest.get("spec_hash"):
-        why = (
-            "no mixture spec is known for it (a study run folder has one in config.yaml)"
-            if spec is None
-            else f"the spec at hand builds other shards (spec hash {spec_hash(spec)}, not {manifest.get('spec_hash')})"
-        )
-        raise UserError(
-            f"{shards_dir} has no document map (built before provenance existed) and {why}; rebuild it "
-            f"with `echochamber data mixture SPEC --out NEW_DIR` and trace against NEW_DIR"
-        )
-    scratch = shards_dir.parent / f".{shards_dir.name}.docmap-{uuid.uuid4().hex[:8]}"
-    if say is not None:
-        say(f"{shards_dir} predates document maps: rebuilding its mixture once to recover the map")
-    try:
-        build_shards(spec, scratch, progress=False)
-        if not _same_bytes(scratch / "train.bin", shards_dir / "train.bin"):
-            raise UserError(
-                f"rebuilding {shards_dir} from its spec gave a different train.bin (another echochamber "
-                "version?); rebuild the shards with `echochamber data mixture SPEC --out NEW_DIR`"
-            )
-        os.replace(scratch / DOC_MAP_DIR, shards_dir / DOC_MAP_DIR)
-    except OSError as exc:
-        if (shards_dir / DOC_MAP_DIR).is_dir():  # another process put the same map there first
-            return load_document_map(shards_dir, manifest)
-        raise UserError(f"cannot write a document map into {shards_dir}: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return load_document_map(shards_dir, manifest)
-
-
-def _same_bytes(a: Path, b: Path, chunk: int = 1 << 24) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with a.open("rb") as fa, b.open("rb") as fb:
-        while block := fa.read(chunk):
-            if block != fb.read(chunk):
-                return False
-    return True
