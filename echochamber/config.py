@@ -47,14 +47,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except UserError as exc:
-                errors.append(str(exc))
+            except UserError:
+                continue  # the next type may fit; one error naming all of them if none does
         raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in args:

@@ -10,8 +10,8 @@ world size:
 - `batch_size` is global; gradient accumulation = batch_size / (micro_batch_size × world size), and
   the loss is a token mean over the global batch, so 1 process × 2 accumulation steps and
   2 processes × 1 give the same update;
-- checkpoints (see echochamber/checkpoint.py) hold model, optimizer, scheduler, every rank's RNG state and the
-  step, and are written atomically; on resume, metrics a killed run logged past the checkpoint are
+- checkpoints (echochamber/checkpoint.py) hold model, optimizer, scheduler, every rank's RNG state
+  and the step, and are written atomically; on resume, metrics a killed run logged past the checkpoint are
   dropped before being logged again.
 """
 

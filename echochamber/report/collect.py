@@ -2,8 +2,8 @@
 
 A run folder holds `run.json`, `config.yaml`, `pretrain/metrics.jsonl`, `rl/metrics.jsonl` ("rl" lines
 per step, "eval" lines per periodic evaluation), `rl/config.yaml`, and the eval suite's folders
-`eval/{base,final}/<benchmark>/` (results.json, generations.jsonl, prompts.jsonl: eval/store.py). A sweep folder holds `sweep.json`
-and one run folder per cell. Anything missing is left empty here and reported as "not run" on the
+`eval/{base,final}/<benchmark>/` (results.json, generations.jsonl, prompts.jsonl: eval/store.py).
+A sweep folder holds `sweep.json` and one run folder per cell. Anything missing is left empty here and reported as "not run" on the
 page; only malformed files are errors.
 
 Per prompt, the generations are reduced to what the findings' statistics use (greedy correctness,

@@ -168,7 +168,7 @@ def generate_rollouts(
 
 @dataclass
 class RolloutBatch:
-    """One step's samples, N = prompts × G, as right-padded [N, S] tensors (see rl_spec.md)."""
+    """One step's samples, N = prompts × G, as right-padded [N, S] tensors."""
 
     prompt_ids: list[str]
     sample_index: list[int]
