@@ -1,11 +1,8 @@
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
 
-from echochamber.cli import main
 from echochamber.config import config_hash, load_config
 from echochamber.errors import UserError
 
@@ -64,22 +61,3 @@ def test_invalid_yaml_is_one_line_error(tmp_path):
 def test_hash_changes_with_content():
     assert config_hash(Outer()) == config_hash(Outer())
     assert config_hash(Outer()) != config_hash(Outer(steps=11))
-
-
-def test_cli_turns_user_error_into_exit_2(tmp_path, capsys):
-    bad = tmp_path / "w.yaml"
-    bad.write_text("no_such_key: 1\n")
-    code = main(["data", "world", "--out", str(tmp_path / "o"), "--config", str(bad)])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.count("\n") == 0 and "no_such_key" in err
-
-
-def test_python_dash_m_is_the_same_command():
-    # `python -m echochamber` works where the console script is not installed (PYTHONPATH checkouts).
-    done = subprocess.run(
-        [sys.executable, "-m", "echochamber", "data", "world", "--out", "/nonexistent/x", "--set", "n_rl=-1"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "n_rl" in done.stderr

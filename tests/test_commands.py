@@ -1,0 +1,38 @@
+"""The one command line: a UserError is one line and exit code 2, and `python -m echochamber` is it too."""
+
+import subprocess
+import sys
+
+import pytest
+
+from echochamber.cli import build_parser, main
+
+
+def test_cli_turns_user_error_into_exit_2(tmp_path, capsys):
+    bad = tmp_path / "w.yaml"
+    bad.write_text("no_such_key: 1\n")
+    code = main(["data", "world", "--out", str(tmp_path / "o"), "--config", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "no_such_key" in err
+
+
+def test_python_dash_m_is_the_same_command():
+    # `python -m echochamber` works where the console script is not installed (PYTHONPATH checkouts).
+    done = subprocess.run(
+        [sys.executable, "-m", "echochamber", "data", "world", "--out", "/nonexistent/x", "--set", "n_rl=-1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "n_rl" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["data", "world", "--out", "o"], ["data", "mixture", "preset", "--out", "o"], ["grade", "in.jsonl"],
+     ["trace", "run", "in.jsonl"], ["pretrain", "c.yaml"], ["rl", "cpu", "--algo", "grpo"], ["eval", "ckpt"],
+     ["report", "run"], ["run"], ["sweep", "paper-cpu"]],
+    ids=lambda argv: " ".join(argv[:2]),
+)  # fmt: skip
+def test_every_subcommand_parses(argv: list[str]) -> None:
+    assert callable(build_parser().parse_args(argv).func)
