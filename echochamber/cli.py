@@ -42,9 +42,12 @@ def _cmd_data_mixture(args: argparse.Namespace) -> int:
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
+    from echochamber.formats.registry import load_registry
     from echochamber.verify.grade import grade_file
 
-    summary = grade_file(Path(args.input), Path(args.out) if args.out else None, workers=args.workers)
+    formats = load_registry(args.formats) if args.formats else None
+    out = Path(args.out) if args.out else None
+    summary = grade_file(Path(args.input), out, workers=args.workers, formats=formats)
     print(summary.render())
     return 0
 
@@ -167,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("input", help="input jsonl")
     grade.add_argument("--out", help="output jsonl (each line with format, answer, correct, status)")
     grade.add_argument("--workers", type=int, default=2, help="sandbox worker processes")
+    grade.add_argument(
+        "--formats", help="formats to track: built-in names (tinygsm,omi1,omi2,metamathqa,gsm8k) or a YAML "
+        "file with a study's formats: list (default: tinygsm,omi1,omi2)",
+    )  # fmt: skip
     grade.set_defaults(func=_cmd_grade)
 
     trace = sub.add_parser("trace", help="provenance: which pretraining documents and sources generations echo")

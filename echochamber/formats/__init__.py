@@ -1,14 +1,18 @@
-"""The output-format taxonomy of the Echo Chamber study.
+"""The output formats of the Echo Chamber study: the registry of tracked formats (registry.py, declared
+in the vocabulary of rules.py, built-ins in echochamber/configs/formats/), the text primitives and
+the paper's own rule (classify.py), and the world's renderers (render.py).
 
-One home for the format names: world renderers (echochamber.formats.render), the classifier of
-generations (echochamber.formats.classify), pretraining statistics, eval, RL metrics and the report
-all use these names.
+A run's format names come from its registry (`Registry.names`, recorded in its config.yaml and
+results.json); nothing else lists them.
 """
-
-# The labels a generation can receive. `other` covers everything else, degenerate text included.
-FORMATS = ("tinygsm", "omi1", "omi2", "other")
 
 # The labels of the paper's own rule (echochamber.formats.classify.paper_format), recorded beside
 # ours so that shares can be held against the paper's figures. It has no `other`: whatever is not
 # code is text (omi2) there, degenerate text included.
 PAPER_FORMATS = ("tinygsm", "omi1", "omi2")
+
+# The default registry's labels, for the modules that do not yet read their run's registry
+# (transitional: they move to `Registry.names` one by one).
+from echochamber.formats.registry import DEFAULT_FORMATS, OTHER  # noqa: E402
+
+FORMATS = (*DEFAULT_FORMATS, OTHER)

@@ -1,20 +1,20 @@
-"""Label a generated completion with its output format, and find the part that holds its answer.
+"""What the format rules are built from: the structure of a completion, and the paper's own rule.
 
-The labels follow the Echo Chamber reward code (first `<llm-code>` block -> OMI1, a Python function
--> TinyGSM, otherwise text) with three repairs, because format shares are the study's headline
-measurement and must not be fooled:
-- TinyGSM is recognised by structure (the completion opens with a `def` that parses and returns a
-  value), not by the substring "def", so a question about "defective" parts is not code, nor is an
-  OMI2 solution that shows a helper function in passing. Text after the function is tolerated:
-  small models often run on into a new problem instead of stopping.
-- Degenerate text (boxed spam, a repeating tail, text that compresses like a loop) is `other`, so a
-  policy collapsing into garbage does not look like convergence onto a format.
-- OMI2 needs a worked solution around a `\\boxed{}` answer; a bare boxed number or unboxed prose
-  is `other`.
+The format registry (registry.py, rules.py) labels completions; this module holds the text
+primitives its rules use, each written once and tuned on real data, because format shares are the
+study's headline measurement and must not be fooled:
+- `find_function`: a TinyGSM completion opens with a `def` that parses and returns a value (by
+  structure, not the substring "def": a question about "defective" parts is not code, nor is an OMI2
+  solution that shows a helper function in passing). Text after the function is tolerated: small
+  models often run on into a new problem instead of stopping.
+- `is_degenerate`: boxed spam, a repeating tail, text that compresses like a loop. Such text is
+  `other` whatever format it resembles, so a policy collapsing into garbage does not look like
+  convergence onto a format.
+- `boxed_spans` / `closing_brace`: `\\boxed{...}` answers with nested braces.
+- `first_block`: the first complete `<llm-code>`-style block.
 
-`analyze` also says how to extract the answer (which code to run, or read the text), independent
-of the degenerate rule: the reward judges the answer, the label judges the format. `paper_format`
-is the paper's unrepaired rule, recorded beside ours so our shares can be held against its figures.
+`paper_format` is the paper's unrepaired rule (first `<llm-code>` -> OMI1, the substring "def" ->
+TinyGSM, otherwise text), recorded beside ours so our shares can be held against its figures.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import ast
 import re
 import textwrap
 import zlib
-from dataclasses import dataclass
 
 # More boxed answers than this is spam: MATH-500 and OMI-2 reference solutions carry at most 2.
 MAX_BOXED = 4
@@ -35,12 +34,9 @@ MIN_REPEAT_CHARS = 150
 # a loop over most of a long text compresses far better.
 MAX_COMPRESSION_RATIO = 6.0
 MIN_COMPRESSION_CHARS = 400
-# OMI2 is a worked solution, not a bare answer: this much text besides the boxed answer(s).
-MIN_SOLUTION_CHARS = 10
 # Bounds the work on pathological inputs: parse attempts while looking for the function's end.
 MAX_FUNCTION_PARSES = 64
 
-_CODE_BLOCK = re.compile(r"<llm-code>(.*?)</llm-code>", re.DOTALL)
 _DEF_LINE = re.compile(r"^def[ \t]+([A-Za-z_]\w*)[ \t]*\(", re.MULTILINE)
 # What may precede the opening `def` of a TinyGSM completion.
 _PRELUDE = ("import ", "from ", "#", "```")
@@ -48,35 +44,13 @@ _BOXED = "\\boxed{"
 _TAIL_KEY = 16  # chars of the tail looked up to find candidate loop periods
 
 
-@dataclass(frozen=True)
-class Analysis:
-    """What a completion is and where its answer lives.
-
-    `format` is one of FORMATS. `code` is the program whose result is the answer (the TinyGSM
-    function, or the first OMI1 block) and `entry` the function to call (None = value of the last
-    expression); with `code` None the answer is read from the text. `problem` is non-empty when
-    the completion attempted code that cannot be run (an unterminated block, a function that does
-    not parse or never returns): such a completion has no answer.
-    """
-
-    format: str
-    code: str | None = None
-    entry: str | None = None
-    problem: str = ""
-
-
-def classify(completion: str) -> str:
-    """The format label of one completion (never pass the prompt): one of echochamber.formats.FORMATS."""
-    return analyze(completion).format
-
-
 def paper_format(completion: str) -> str:
     """The Echo Chamber paper's own rule, exactly: `<llm-code>` anywhere -> omi1, else the substring
     "def" anywhere -> tinygsm, else omi2 (text). One of PAPER_FORMATS.
 
-    It differs from `classify` where the repairs above apply: prose about "defective" parts or an
-    OMI2 solution showing a helper function is tinygsm here, and degenerate text is omi2 (or tinygsm
-    if it contains "def") here but `other` in ours.
+    It differs from the built-in formats where the repairs above apply: prose about "defective"
+    parts or an OMI2 solution showing a helper function is tinygsm here, and degenerate text is omi2
+    (or tinygsm if it contains "def") here but `other` in ours.
     """
     if "<llm-code>" in completion:
         return "omi1"
@@ -85,28 +59,17 @@ def paper_format(completion: str) -> str:
     return "omi2"
 
 
-def analyze(completion: str) -> Analysis:
-    """Label a completion and locate its answer. Pure; microseconds for typical completions."""
-    degenerate = is_degenerate(completion)
-    block = _CODE_BLOCK.search(completion)
-    if block is not None:
-        return Analysis("other" if degenerate else "omi1", code=textwrap.dedent(block.group(1)).strip("\n"))
-    if "<llm-code>" in completion:
-        return Analysis("other", problem="unterminated <llm-code> block")
-    function = _find_function(completion)
-    if isinstance(function, tuple):
-        code, entry = function
-        return Analysis("other" if degenerate else "tinygsm", code=code, entry=entry)
-    boxed = _boxed_spans(completion)
-    if function is not None and not boxed:
-        return Analysis("other", problem=function)
-    if degenerate or not boxed:
-        return Analysis("other")
-    outside = completion
-    for start, end in reversed(boxed):
-        outside = outside[:start] + outside[end:]
-    worked = len("".join(outside.split())) >= MIN_SOLUTION_CHARS
-    return Analysis("omi2" if worked else "other")
+def first_block(text: str, opening: str, closing: str) -> str | None | bool:
+    """The dedented body of the first `opening ... closing` block; False when `opening` occurs but
+    no `closing` follows it (an unterminated block: attempted code that cannot be run); None when
+    `opening` does not occur. A later opening cannot have a closing the first one lacks."""
+    start = text.find(opening)
+    if start == -1:
+        return None
+    end = text.find(closing, start + len(opening))
+    if end == -1:
+        return False
+    return textwrap.dedent(text[start + len(opening) : end]).strip("\n")
 
 
 def is_degenerate(text: str) -> bool:
@@ -144,7 +107,7 @@ def _has_repeating_tail(text: str) -> bool:
     return False
 
 
-def _find_function(text: str) -> tuple[str, str] | str | None:
+def find_function(text: str) -> tuple[str, str] | str | None:
     """The function a TinyGSM completion opens with: (source, name) if it parses and returns a
     value, else a one-line reason it is unusable; None when the completion does not open with a
     `def` (only blank lines, imports, comments or a code fence may come first: a `def` inside a
@@ -190,7 +153,7 @@ def closing_brace(text: str, start: int) -> int | None:
     return None
 
 
-def _boxed_spans(text: str) -> list[tuple[int, int]]:
+def boxed_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of every `\\boxed{...}` whose braces close."""
     spans = []
     position = text.find(_BOXED)

@@ -61,9 +61,11 @@ _BOOTSTRAP = (
 class Comparison:
     """One answer to check. `mode` "text": `prediction` is a completion whose answer math-verify
     extracts (`\\boxed{}`, a GSM8K `#### N` line, else its last number); "value": `prediction` is
-    str() of what an executed program returned; "answer": `gold` and `prediction` are two extracted
-    answers (both read the way golds are) and the verdict says whether math-verify holds them equal
-    both ways round (majority voting asks this; `verify` alone is asymmetric for equations)."""
+    str() of what an executed program returned; "extracted": `prediction` is an answer a format's
+    rule already read from the text (formats.rules), read the way golds are; "answer": `gold` and
+    `prediction` are two extracted answers (both read the way golds are) and the verdict says
+    whether math-verify holds them equal both ways round (majority voting asks this; `verify` alone
+    is asymmetric for equations)."""
 
     gold: str
     prediction: str
@@ -97,6 +99,8 @@ def compare(comparison: Comparison) -> Verdict:
         extracted = _parse_text(comparison.prediction)
     elif comparison.mode == "value":
         extracted = _parse_value(comparison.prediction)
+    elif comparison.mode == "extracted":
+        extracted = _parse_gold(comparison.prediction)
     else:
         raise ValueError(f"unknown comparison mode {comparison.mode!r}")
     if not extracted:

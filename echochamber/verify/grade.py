@@ -1,11 +1,13 @@
 """The verifier: grade completions against gold answers, in batches. Reward, eval and
 `echochamber grade` all call this; nothing else decides whether an answer is right.
 
-Per completion: classify its format, take its answer the way its format states it (run the
-TinyGSM function and take the return value; run the first OMI1 code block and take the value of
-its last expression, ignoring the model's own `<llm-code-output>`, as the paper does; otherwise
-read `\\boxed{}` or the final number of the text), then compare with math-verify. A batch costs one
-sandbox round trip and one parallel pass of math-verify workers.
+Per completion: label its format with the run's format registry (formats.registry), take its
+answer the way that format's answer rule says (run the TinyGSM function and take the return value;
+run the first OMI1 code block and take the value of its last expression, ignoring the model's own
+`<llm-code-output>`, as the paper does; an answer a rule read from the text, such as MetaMathQA's
+"The answer is: X"; otherwise math-verify reads `\\boxed{}`, a `#### N` line or the final number of
+the text), then compare with math-verify. A batch costs one sandbox round trip and one parallel
+pass of math-verify workers.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from echochamber.errors import UserError
-from echochamber.formats import FORMATS
-from echochamber.formats.classify import analyze, paper_format
+from echochamber.formats.classify import paper_format
+from echochamber.formats.registry import Registry, default_registry
 from echochamber.verify.answers import Comparison, MathVerifyPool
 from echochamber.verify.normalize import normalize_gold
 from echochamber.verify.sandbox import ExecJob, ExecResult, SandboxPool
@@ -58,10 +60,15 @@ class Grader:
             self._sandbox.close()
             raise
 
-    def grade(self, completions: Sequence[str], golds: Sequence[str]) -> list[Grade]:
+    def grade(
+        self, completions: Sequence[str], golds: Sequence[str], formats: Registry | None = None
+    ) -> list[Grade]:
+        """Grade each completion against its gold, its format labelled and its answer located by
+        `formats` (the run's registry; None = the default one)."""
         if len(completions) != len(golds):
             raise ValueError(f"{len(completions)} completions but {len(golds)} golds")
-        analyses = [analyze(completion) for completion in completions]
+        registry = formats or default_registry()
+        analyses = [registry.analyze(completion) for completion in completions]
         papers = [paper_format(completion) for completion in completions]
         normalized = [normalize_gold(gold) for gold in golds]
         grades: list[Grade | None] = [None] * len(completions)
@@ -77,6 +84,18 @@ class Grader:
         for i, analysis in enumerate(analyses):
             if analysis.problem:
                 grades[i] = Grade(False, analysis.format, papers[i], None, "parse_error", analysis.problem)
+            elif analysis.how == "extracted" and analysis.answer is None:
+                grades[i] = Grade(
+                    False,
+                    analysis.format,
+                    papers[i],
+                    None,
+                    "no_answer",
+                    "the format's answer rule found none",
+                )
+            elif analysis.how == "extracted":
+                to_compare.append(i)
+                comparisons.append(Comparison(normalized[i], normalize_gold(analysis.answer), "extracted"))
             elif analysis.code is None:
                 to_compare.append(i)
                 comparisons.append(Comparison(normalized[i], completions[i], "text"))
@@ -99,8 +118,9 @@ class Grader:
 
         verdicts = self._math.compare(comparisons) if comparisons else []
         for i, comparison, verdict in zip(to_compare, comparisons, verdicts, strict=True):
-            # For executed code the answer is the program's value as returned, not math-verify's reading of it.
-            answer = comparison.prediction if comparison.mode == "value" else verdict.answer
+            # A program's value as returned, an answer as the format's rule read it: not math-verify's reading.
+            answer = analyses[i].answer if comparison.mode == "extracted" else verdict.answer
+            answer = comparison.prediction if comparison.mode == "value" else answer
             grades[i] = Grade(
                 verdict.correct, analyses[i].format, papers[i], answer, verdict.status, verdict.detail
             )
@@ -140,8 +160,9 @@ def _program_value(result: ExecResult, entry: str | None) -> str | None:
 
 @dataclass
 class Summary:
-    """Accuracy overall, per format and the count of every status."""
+    """Accuracy overall, per format (`names`: the registry's labels) and the count of every status."""
 
+    names: tuple[str, ...] = field(default_factory=lambda: default_registry().names)
     total: int = 0
     correct: int = 0
     format_counts: Counter[str] = field(default_factory=Counter)
@@ -162,30 +183,37 @@ class Summary:
 
     def render(self) -> str:
         lines = [f"graded {self.total}: accuracy {self.accuracy:.4f} ({self.correct}/{self.total})"]
-        lines.append(f"{'format':<8} {'count':>7} {'share':>7} {'correct':>8} {'accuracy':>9}")
-        for name in FORMATS:
+        width = max(8, *(len(name) for name in self.names))
+        lines.append(f"{'format':<{width}} {'count':>7} {'share':>7} {'correct':>8} {'accuracy':>9}")
+        for name in self.names:
             count = self.format_counts[name]
             share = count / self.total if self.total else 0.0
             accuracy = f"{self.format_correct[name] / count:.4f}" if count else "-"
-            lines.append(f"{name:<8} {count:>7} {share:>7.3f} {self.format_correct[name]:>8} {accuracy:>9}")
+            lines.append(f"{name:<{width}} {count:>7} {share:>7.3f} {self.format_correct[name]:>8} {accuracy:>9}")
         statuses = ", ".join(f"{status}={count}" for status, count in self.status_counts.most_common())
         lines.append(f"status: {statuses or 'none'}")
         return "\n".join(lines)
 
 
-def grade_file(in_path: Path, out_path: Path | None, workers: int = 2) -> Summary:
-    """Grade a jsonl file of {"completion", "gold", ...} objects; write each object back with
-    `format`, `paper_format`, `answer`, `correct`, `status` and `detail` added when `out_path` is given."""
+def grade_file(
+    in_path: Path, out_path: Path | None, workers: int = 2, formats: Registry | None = None
+) -> Summary:
+    """Grade a jsonl file of {"completion", "gold", ...} objects under `formats` (None = the default
+    registry); write each object back with `format`, `paper_format`, `answer`, `correct`, `status`
+    and `detail` added when `out_path` is given."""
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     rows = _read_rows(in_path)
-    summary = Summary()
+    registry = formats or default_registry()
+    summary = Summary(registry.names)
     with Grader(workers=workers) as grader:
         out = out_path.open("w", encoding="utf-8") if out_path is not None else None
         try:
             for start in range(0, len(rows), FILE_BATCH):
                 batch = rows[start : start + FILE_BATCH]
-                grades = grader.grade([row["completion"] for row, _ in batch], [gold for _, gold in batch])
+                grades = grader.grade(
+                    [row["completion"] for row, _ in batch], [gold for _, gold in batch], registry
+                )
                 summary.add(grades)
                 if out is not None:
                     for (row, _), grade in zip(batch, grades, strict=True):

@@ -1,4 +1,6 @@
-"""The format classifier: each format, and the look-alikes that must not fool it."""
+"""The default registry's formats (tinygsm, omi1, omi2 and `other`): each format, and the look-alikes
+that must not fool it. The registry itself (its vocabulary, user formats, priorities) is
+test_registry.py's."""
 
 from __future__ import annotations
 
@@ -7,8 +9,12 @@ import time
 
 import pytest
 
-from echochamber.formats import FORMATS, PAPER_FORMATS
-from echochamber.formats.classify import analyze, classify, closing_brace, is_degenerate, paper_format
+from echochamber.formats import PAPER_FORMATS
+from echochamber.formats.classify import closing_brace, is_degenerate, paper_format
+from echochamber.formats.registry import default_registry
+
+REGISTRY = default_registry()
+analyze, classify = REGISTRY.analyze, REGISTRY.classify
 
 TINYGSM = '''def simple_math_problem() -> int:
     """
@@ -32,8 +38,9 @@ def test_each_format_is_recognised():
     assert classify(TINYGSM) == "tinygsm"
     assert classify(OMI1) == "omi1"
     assert classify(OMI2) == "omi2"
-    assert classify("Janet has 16 - 3 = 13 eggs.\n#### 13") == "other"  # GSM8K style is not a study format
-    assert all(classify(text) in FORMATS for text in (TINYGSM, OMI1, OMI2, "", "13"))
+    assert classify("Janet has 16 - 3 = 13 eggs.\n#### 13") == "other"  # GSM8K is not in the default registry
+    assert all(classify(text) in REGISTRY.names for text in (TINYGSM, OMI1, OMI2, "", "13"))
+    assert REGISTRY.names == ("tinygsm", "omi1", "omi2", "other")
 
 
 def test_tinygsm_analysis_points_at_the_function():

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from echochamber.cli import main
+from echochamber.formats.registry import build_registry
 from echochamber.verify.grade import Grader, Summary
 
 TINYGSM = '''def simple_math_problem() -> int:
@@ -221,3 +222,47 @@ def test_cli_rejects_malformed_lines(tmp_path, capsys, content, message):
 def test_cli_missing_file(tmp_path, capsys):
     assert main(["grade", str(tmp_path / "absent.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_formats_beyond_the_default_are_graded_by_their_answer_rule(grader, fixtures_dir):
+    registry = build_registry(["tinygsm", "omi1", "omi2", "metamathqa", "gsm8k"])
+    rows = [json.loads(line) for line in (fixtures_dir / "formats/metamathqa.jsonl").open()]
+    completions = [row["response"] for row in rows] + [
+        "Janet has 16 - 3 = <<16-3=13>>13 eggs.\n#### 1,013",
+        "Half of the eggs.\nThe answer is: \\frac{1}{2}",
+    ]
+    golds = ["\\sqrt{5}", "752", "1200", "1013", "0.5"]
+    grades = grader.grade(completions, golds, registry)
+    assert [grade.format for grade in grades] == ["metamathqa"] * 3 + ["gsm8k", "metamathqa"]
+    assert [grade.answer for grade in grades] == ["\\sqrt{5}", "752", "1200", "1,013", "\\frac{1}{2}"]
+    assert all(grade.correct and grade.status == "ok" for grade in grades)
+    wrong = grader.grade(completions, ["\\sqrt{6}", "753", "1201", "1014", "0.25"], registry)
+    assert [(grade.correct, grade.status) for grade in wrong] == [(False, "ok")] * 5
+    # Under the default registry the same texts are `other`, read by math-verify from the text.
+    assert {grade.format for grade in grader.grade(completions[1:2], golds[1:2])} == {"other"}
+
+
+def test_a_rule_that_finds_no_answer_is_a_counted_no_answer(grader):
+    spec = {
+        "name": "final",
+        "priority": 5,
+        "recognise": {"contains": "Final"},
+        "answer": {"regex_group": "Final: (\\d+)"},
+    }
+    grade = grader.grade(["Final: thirteen"], ["13"], build_registry([spec]))[0]
+    assert (grade.format, grade.correct, grade.status, grade.answer) == ("final", False, "no_answer", None)
+
+
+def test_cli_grades_under_the_formats_it_is_given(tmp_path, capsys):
+    source, declared = tmp_path / "in.jsonl", tmp_path / "formats.yaml"
+    source.write_text(json.dumps({"completion": "Work.\n#### 13", "gold": "13"}) + "\n")
+    assert main(["grade", str(source), "--formats", "omi2,gsm8k", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy 1.0000 (1/1)" in out and "gsm8k" in out and "tinygsm" not in out
+    declared.write_text(
+        "formats:\n  - omi2\n  - {name: hashes, priority: 1, recognise: {contains: '####'}, answer: last_number}\n"
+    )
+    assert main(["grade", str(source), "--formats", str(declared), "--workers", "1"]) == 0
+    assert "hashes " in capsys.readouterr().out
+    assert main(["grade", str(source), "--formats", "omi2,other"]) == 2
+    assert "unknown format preset 'other'" in capsys.readouterr().err
