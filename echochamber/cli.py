@@ -11,9 +11,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from echochamber import __version__
 from echochamber.errors import UserError
+
+_SHARDS_HELP = (
+    "the study run (or shards folder) the model was pretrained on: generations then carry their "
+    "provenance (which pretraining documents and sources they echo)"
+)
 
 
 def _cmd_data_world(args: argparse.Namespace) -> int:
@@ -72,11 +78,22 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracer(shards: str | None) -> Any:
+    """`--shards`: the index of the shards a model was pretrained on (built on first use), or None."""
+    if shards is None:
+        return None
+    from echochamber.provenance.tracer import Tracer
+
+    return Tracer.for_path(Path(shards), say=lambda text: print(text, file=sys.stderr, flush=True))
+
+
 def _cmd_rl(args: argparse.Namespace) -> int:
     from echochamber.rl.config import load_rl_config
     from echochamber.rl.core import run_rl
 
-    final = run_rl(load_rl_config(args.config, list(args.set)), algo=args.algo, resume=args.resume)
+    config = load_rl_config(args.config, list(args.set))
+    tracer = _tracer(args.shards) if os.environ.get("RANK", "0") == "0" else None  # rank 0 traces alone
+    final = run_rl(config, algo=args.algo, resume=args.resume, tracer=tracer)
     print(f"RL policy written to {final}")
     return 0
 
@@ -115,8 +132,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out is not None and len(config.benchmarks) > 1:
         raise UserError("--out is one evaluation's folder: name one --benchmark (or leave --out out: CKPT/eval/NAME)")
     evaluations = [config.evaluation(benchmark) for benchmark in config.benchmarks]  # all checked first
+    tracer = _tracer(args.shards)
+    if tracer is None:
+        print("echochamber: eval: provenance not measured (no --shards RUN_OR_SHARDS_DIR given)", file=sys.stderr)
     for evaluation in evaluations:
-        results = run_eval(Path(args.ckpt), evaluation, Path(args.out) if args.out else None)
+        results = run_eval(Path(args.ckpt), evaluation, Path(args.out) if args.out else None, tracer=tracer)
         print(render_summary(results))
     return 0
 
@@ -194,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--algo", required=True, choices=["ppo", "grpo", "ei"])
     rl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     rl.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the out folder")
+    rl.add_argument("--shards", metavar="RUN_OR_SHARDS_DIR", help=_SHARDS_HELP)
     rl.set_defaults(func=_cmd_rl)
 
     ev = sub.add_parser("eval", help="evaluate a Hugging Face causal-LM folder on a benchmark")
@@ -212,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default CKPT/eval/BENCHMARK)")
     ev.add_argument("--config", help="YAML eval config")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    ev.add_argument("--shards", metavar="RUN_OR_SHARDS_DIR", help=_SHARDS_HELP)
     ev.set_defaults(func=_cmd_eval)
 
     report = sub.add_parser("report", help="self-contained HTML report (+ PNG figures) of a run or sweep folder")

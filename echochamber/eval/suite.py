@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,8 +48,12 @@ from echochamber.formats import FORMATS, PAPER_FORMATS
 from echochamber.model.presets import load_model
 from echochamber.model.sampler import Sampler, build_sampler, sampler_precision
 from echochamber.model.sampling import SamplingParams
+from echochamber.provenance.records import check_tokenizer, pooled, trace_generations
 from echochamber.verify.grade import Grade, Grader
 from echochamber.verify.normalize import vote_key
+
+if TYPE_CHECKING:
+    from echochamber.provenance.tracer import Tracer
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
@@ -66,6 +70,7 @@ def evaluate(
     out_dir: Path | None = None,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
+    tracer: Tracer | None = None,
 ) -> dict[str, Any]:
     """Generate, grade and score `records` (the first `config.limit` of them) with an in-memory model.
 
@@ -75,9 +80,13 @@ def evaluate(
     generated again, and the results are recomputed from the file. `grader` and `sampler` let a
     caller (RL) reuse its own; otherwise a Grader is started and closed here and a sampler is built
     over `model` (then unused when `sampler` is given, except to record its dtype and device).
-    `meta` (e.g. checkpoint, RL step) is copied into the results.
+    `meta` (e.g. checkpoint, RL step) is copied into the results. With `tracer` (the pretraining
+    shards' index) every row gets its `provenance` and each mode's results the pooled shares
+    (provenance/records.py); without, they are None.
     """
     config = evaluation.config
+    if tracer is not None:
+        check_tokenizer(tracer, tokenizer, "the evaluated model")
     records = _select(records, config.limit)
     precision = sampler_precision(model, config.backend, config.dtype)
     store = None
@@ -109,7 +118,9 @@ def evaluate(
             ) as bar:
                 for start in range(0, len(todo), per_chunk):
                     chunk = todo[start : start + per_chunk]
-                    new_rows = _generate_rows(sampler, tokenizer, active_grader, chunk, mode, n, params, config.truncated_is_wrong)
+                    new_rows = _generate_rows(
+                        sampler, tokenizer, active_grader, chunk, mode, n, params, config.truncated_is_wrong, tracer
+                    )
                     if store is not None:
                         store.append(new_rows)
                     rows.extend(new_rows)
@@ -146,8 +157,10 @@ def _generate_rows(
     n: int,
     params: SamplingParams,
     truncated_is_wrong: bool,
+    tracer: Tracer | None,
 ) -> list[dict[str, Any]]:
-    """Generate and grade `n` completions for each record of `chunk`: one generations.jsonl row each."""
+    """Generate and grade `n` completions for each record of `chunk`: one generations.jsonl row each
+    (with its provenance when there is a `tracer`)."""
     # encode_prompt is the pretraining documents' own prefix (question + "\n\n", no BOS), so the
     # model starts exactly where its training documents went on to the solution.
     prompt_tokens = [encode_prompt(tokenizer, record.prompt) for record in chunk]
@@ -165,7 +178,13 @@ def _generate_rows(
         for record, row in zip(chunk, samples, strict=True)
         for sample in row
     ]
-    return _graded_rows(grader, generated, truncated_is_wrong)
+    rows = _graded_rows(grader, generated, truncated_is_wrong)
+    if tracer is not None:
+        flat = [sample for row in samples for sample in row]
+        traced = trace_generations(tracer, [s.token_ids for s in flat], [s.text for s in flat])
+        for row, provenance in zip(rows, traced, strict=True):
+            row["provenance"] = provenance
+    return rows
 
 
 def _graded_rows(
@@ -259,7 +278,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], records: Sequence[Record], eval
 def generation_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Accuracy, truncation rate, mean length, status counts and, per format: count, share of all
     generations, accuracy and mean length (None where a format has no generations, never 0); then
-    the same shares under the paper's rule and where the two rules disagree (`paper_format_stats`)."""
+    the same shares under the paper's rule and where the two rules disagree (`paper_format_stats`);
+    and the rows' provenance pooled (None when they carry none: provenance.records.pooled)."""
     total = len(rows)
     formats = {}
     for name in FORMATS:
@@ -281,6 +301,7 @@ def generation_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "status_counts": dict(sorted(Counter(row["status"] for row in rows).items())),
         "formats": formats,
         **paper_format_stats(rows),
+        "provenance": pooled(rows),
     }
 
 
@@ -330,18 +351,28 @@ def evaluate_benchmark(
     grader: Grader | None = None,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
+    tracer: Tracer | None = None,
 ) -> dict[str, Any]:
     """`evaluate` on the problems of the evaluation's benchmark (data.benchmarks), into `out_dir`."""
     records = load_benchmark(evaluation.benchmark, evaluation.world, evaluation.config.data)
-    return evaluate(model, tokenizer, records, evaluation, grader=grader, out_dir=out_dir, progress=progress, meta=meta)
+    return evaluate(
+        model, tokenizer, records, evaluation, grader=grader, out_dir=out_dir, progress=progress, meta=meta,
+        tracer=tracer,
+    )  # fmt: skip
 
 
 def run_eval(
-    ckpt: Path, evaluation: Evaluation, out_dir: Path | None = None, *, progress: bool = True
+    ckpt: Path,
+    evaluation: Evaluation,
+    out_dir: Path | None = None,
+    *,
+    progress: bool = True,
+    tracer: Tracer | None = None,
 ) -> dict[str, Any]:
     """`echochamber eval`: evaluate a Hugging Face causal-LM folder (config, weights, tokenizer) on
     one benchmark, in the checkpoint's own dtype or the one `config.dtype` names (results.json
-    records which), into `out_dir` (default CKPT/eval/BENCHMARK); rerunning into it resumes."""
+    records which), into `out_dir` (default CKPT/eval/BENCHMARK); rerunning into it resumes.
+    `tracer`: the index of the shards it was pretrained on (`--shards`), for provenance."""
     config = evaluation.config
     out_dir = Path(out_dir) if out_dir is not None else Path(ckpt) / "eval" / evaluation.benchmark
     records = load_benchmark(evaluation.benchmark, evaluation.world, config.data)  # fails before the model loads
@@ -350,7 +381,10 @@ def run_eval(
     model.to(_device(config.device))
     if config.dtype != "auto":
         model.to(getattr(torch, config.dtype))
-    return evaluate(model, tokenizer, records, evaluation, out_dir=out_dir, progress=progress, meta={"checkpoint": str(ckpt)})
+    return evaluate(
+        model, tokenizer, records, evaluation, out_dir=out_dir, progress=progress, meta={"checkpoint": str(ckpt)},
+        tracer=tracer,
+    )  # fmt: skip
 
 
 def _device(name: str) -> torch.device:
@@ -377,5 +411,9 @@ def render_summary(results: Mapping[str, Any]) -> str:
         if summary.get("paper_formats"):
             paper = summary["paper_formats"].items()
             line += "  | paper's rule: " + "  ".join(f"{name} {stats['share']:.0%}" for name, stats in paper if stats["count"])
+        if summary.get("provenance") and summary["provenance"]["novelty"] is not None:
+            echo = summary["provenance"]
+            alone = "  ".join(f"{name} {share:.0%}" for name, share in echo["unique_share"].items())
+            line += f"  | {echo['n']}-grams in one source alone: {alone}, novel {echo['novelty']:.0%}"
         lines.append(line)
     return "\n".join(lines)

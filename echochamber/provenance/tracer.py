@@ -33,6 +33,7 @@ from echochamber.provenance.index import CorpusIndex, open_index
 from echochamber.provenance.rebuild import ensure_document_map
 
 DEFAULT_N = 8
+_MATCH_FIELDS = ("tokens", "start", "source", "doc", "doc_offset", "text")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class LongestMatch:
     doc: str | None  # the document's stable id (see echochamber.data.docmap)
     doc_offset: int | None  # where the span starts inside that document, in tokens
     text: str | None = None  # the span, decoded (set when tracing text)
+    # Where the span starts in train.bin: what finds the document's text around it (never written
+    # out: an offset into one shuffle of the corpus means nothing outside its index).
+    position: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"tokens": self.tokens, "start": self.start, "source": self.source, "doc": self.doc}
@@ -90,6 +94,25 @@ class Provenance:
             "novelty": self.novelty,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Provenance:
+        """The inverse of `to_dict` (a share times the n-gram count gives back the exact count), so a
+        batch can be pooled again from the rows a run folder holds."""
+        ngrams = int(data["ngrams"])
+
+        def count(share: float | None) -> int:
+            return round(share * ngrams) if share is not None else 0
+
+        match = data["longest_match"]
+        return cls(
+            n=int(data["n"]),
+            ngrams=ngrams,
+            found={s: count(v) for s, v in data["source_share"].items()},
+            only={s: count(v) for s, v in data["unique_share"].items()},
+            novel=count(data["novelty"]),
+            longest_match=LongestMatch(**{key: match.get(key) for key in _MATCH_FIELDS}),
+        )
+
 
 class Tracer:
     """Traces generations of one run's model back to the documents of its train.bin.
@@ -117,7 +140,7 @@ class Tracer:
         self.sources = tuple(shards.manifest["sources"])
         self.eos = shards.manifest["eos_token_id"]
         self._tokenizer = tokenizer
-        self._tokenizer_path = shards.tokenizer_path
+        self.tokenizer_path = shards.tokenizer_path
         self.doc_map: DocumentMap = ensure_document_map(Path(shards_dir), shards.manifest, spec, say)
         self.index: CorpusIndex = open_index(Path(shards_dir), shards.manifest, self.doc_map, say=say)
 
@@ -132,7 +155,7 @@ class Tracer:
         if self._tokenizer is None:
             from echochamber.data.tokenizer import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self._tokenizer_path)
+            self._tokenizer = load_tokenizer(self.tokenizer_path)
         return self._tokenizer
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -257,7 +280,7 @@ class Tracer:
             return LongestMatch(tokens=0, start=0, source=None, doc=None, doc_offset=None)
         source = self.sources[int(self.doc_map.source_of(np.array([document]))[0])]
         offset = position - int(self.doc_map.starts[document])
-        return LongestMatch(tokens, start, source, self.doc_map.doc_id(document), offset)
+        return LongestMatch(tokens, start, source, self.doc_map.doc_id(document), offset, position=position)
 
 
 @dataclass(frozen=True)

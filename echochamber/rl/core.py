@@ -23,10 +23,12 @@ optimizer state come from the checkpoint, and metrics/rollouts written after it 
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -46,6 +48,7 @@ from echochamber.errors import UserError
 from echochamber.eval.suite import evaluate_benchmark, generation_stats
 from echochamber.formats import FORMATS
 from echochamber.model.presets import load_model
+from echochamber.provenance.records import check_tokenizer, trace_generations
 from echochamber.rl.config import ALGORITHMS, RLConfig
 from echochamber.rl.losses import KL_ESTIMATORS
 from echochamber.rl.rollout import (
@@ -58,6 +61,9 @@ from echochamber.rl.steps import build_steps
 from echochamber.runlog import METRICS_FILE, MetricsWriter, truncate_metrics
 from echochamber.verify.grade import Grader
 
+if TYPE_CHECKING:
+    from echochamber.provenance.tracer import Tracer
+
 STAGE = "rl"
 EVAL_STAGE = "eval"
 # What a run computes; resuming with any of these changed would splice two different runs. The run
@@ -65,18 +71,27 @@ EVAL_STAGE = "eval"
 RUN_DEFINING_KEYS = ("policy", "reference", "prompts", "rollout", "betas", "weight_decay", "grad_clip", "seed")
 
 
-def run_rl(config: RLConfig, *, algo: str, resume: bool = False, grader: Grader | None = None) -> Path:
+def run_rl(
+    config: RLConfig,
+    *,
+    algo: str,
+    resume: bool = False,
+    grader: Grader | None = None,
+    tracer: Tracer | None = None,
+) -> Path:
     """Run (or, with `resume`, continue) RL from `config.policy`; returns the final policy folder.
 
     `grader` lets a caller share a running Grader (its worker pools take seconds to start);
-    otherwise one with `rollout.grader_workers` workers lives for the run.
+    otherwise one with `rollout.grader_workers` workers lives for the run. `tracer` (rank 0's: the
+    index of the shards the policy was pretrained on) traces every step's rollouts and evaluation:
+    each rollout row and metrics line then carries its provenance (provenance/records.py).
     """
     if algo not in ALGORITHMS:
         raise UserError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
     config.validate()
     process = dist.init()
     try:
-        return _Run(config, algo, resume, process.device).run(grader)
+        return _Run(config, algo, resume, process.device, tracer).run(grader)
     finally:
         dist.leave(process)
 
@@ -117,6 +132,8 @@ def step_metrics(
         "truncation_rate": stats["truncation_rate"],
         "truncation": truncation,  # the policy: "zero" (reward 0, trained) or "mask" (out of the loss)
         "status_counts": stats["status_counts"],
+        # Per-source echo shares and novelty of the step's rollouts (None when not traced).
+        "provenance": stats["provenance"],
     }
     for index, name in enumerate(KL_ESTIMATORS):
         line[f"kl_{name}"] = kl[index] / max(kl[-1], 1.0) if kl is not None else None
@@ -132,8 +149,10 @@ def step_metrics(
 class _Run:
     """The state of one RL run; `run()` executes it."""
 
-    def __init__(self, config: RLConfig, algo: str, resume: bool, device: torch.device) -> None:
-        self.config, self.algo, self.device = config, algo, device
+    def __init__(
+        self, config: RLConfig, algo: str, resume: bool, device: torch.device, tracer: Tracer | None
+    ) -> None:
+        self.config, self.algo, self.device, self.tracer = config, algo, device, tracer
         self.out = Path(config.out)
         self.rank0 = dist.rank() == 0
         ensure_writable(self.out, dist.rank())
@@ -146,6 +165,14 @@ class _Run:
             _drop_rollouts_after(self.out / "rollouts", self.start)
 
         self.tokenizer = load_tokenizer(config.policy)
+        if tracer is not None:
+            check_tokenizer(tracer, self.tokenizer, config.policy)
+        elif self.rank0:
+            print(
+                "echochamber: rl: provenance not measured (no pretraining shards given; `echochamber rl "
+                "... --shards RUN_OR_SHARDS_DIR` traces the rollouts to the documents they echo)",
+                file=sys.stderr,
+            )
         self.ref = load_model(config.reference or config.policy).to(device).eval().requires_grad_(False)
         self.policy = load_model(self.checkpoint or config.policy).to(device)
         if self.policy.config.vocab_size != self.ref.config.vocab_size:
@@ -182,7 +209,8 @@ class _Run:
             )
             kl, diagnostics = self.steps.update(step, rollouts, seconds)
             self.policy = self.steps.policy
-            self._log_step(step + 1, [r.row() for r in rollouts], kl, seconds, diagnostics, writers, bar)
+            rows = [{**r.row(), "token_ids": r.token_ids} for r in rollouts]  # rank 0 traces them
+            self._log_step(step + 1, rows, kl, seconds, diagnostics, writers, bar)
             self._after_step(step + 1, writers)
         bar.close()
 
@@ -201,6 +229,12 @@ class _Run:
         rows = dist.gather_rows(rows)
         if not self.rank0:
             return
+        token_ids = [row.pop("token_ids") for row in rows]
+        if self.tracer is not None:
+            started = time.perf_counter()
+            for row, provenance in zip(rows, trace_generations(self.tracer, token_ids), strict=True):
+                row["provenance"] = provenance
+            seconds["time_trace"] = time.perf_counter() - started
         write_rollouts(self.out / "rollouts" / f"step_{done:06d}.jsonl.gz", rows)
         line = step_metrics(
             rows, algo=self.algo, truncation=self.config.rollout.truncation, kl=kl, seconds=seconds,
@@ -243,6 +277,7 @@ class _Run:
                 results = evaluate_benchmark(
                     self.policy, self.tokenizer, self.config.evaluation(benchmark),
                     self.out / "eval" / f"step_{done:06d}" / benchmark, grader=self.grader, progress=False,
+                    tracer=self.tracer,
                 )  # fmt: skip
                 writers[EVAL_STAGE].log(done, {k: v for k, v in results.items() if k != "config"})
         # Longer than any collective timeout at paper scale: the other ranks wait on the gloo group.

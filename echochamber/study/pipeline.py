@@ -3,7 +3,7 @@
     RUN/
       run.json        {"name", "preset", "algo", "config_hash", "stages": {name: {"hash", "done", "seconds"}}}
       config.yaml     the resolved StudyConfig (loadable again: `echochamber run RUN/config.yaml --out RUN`)
-      shards/         mixture stage (tokenizer/ inside)
+      shards/         mixture stage (tokenizer/, doc_map/ inside; provenance/: the index, built on first use)
       pretrain/       metrics.jsonl, checkpoints/, final/
       eval/base/<benchmark>/   results.json, generations.jsonl (the pretrained model)
       rl/             metrics.jsonl ("rl" + "eval" lines), rollouts/, final/
@@ -18,8 +18,12 @@ done only after it returns, so a crash never looks complete; its next run contin
 starting over could throw away hours. Outputs recorded with another hash are deleted and redone;
 folders run.json knows nothing about are never deleted.
 
+The stages that generate (eval-base, rl, eval-final) trace what they generate back to the documents
+of shards/ (`_Context.tracer`): generation rows, results and RL metrics lines carry provenance.
+
 Under `torchrun --nproc_per_node N` pretraining and RL run data-parallel on every rank; rank 0
-alone builds the data, evaluates and writes the report while the others wait.
+alone builds the data, indexes the shards, traces, evaluates and writes the report while the
+others wait.
 """
 
 from __future__ import annotations
@@ -75,13 +79,16 @@ class Stage:
 
 @dataclass
 class _Context:
-    """What stages share within one pipeline run: one grader (its workers take seconds to start)."""
+    """What stages share within one pipeline run: one grader (its workers take seconds to start) and,
+    on rank 0, one tracer over the run's shards (built once; the first builds the index)."""
 
     progress: bool
     grader_workers: int
     label: str  # prefixes what stages print: parallel sweep cells share one terminal
     stack: ExitStack = field(default_factory=ExitStack)
     _grader: Any = None
+    _tracer: Any = None
+    _traced: bool = False  # whether `tracer` was asked for (it may be None: said once)
 
     def say(self, text: str) -> None:
         print("\n".join(self.label + line for line in text.splitlines()), flush=True)
@@ -92,6 +99,20 @@ class _Context:
 
             self._grader = self.stack.enter_context(Grader(workers=self.grader_workers))
         return self._grader
+
+    def tracer(self, run_dir: Path) -> Any:
+        """The index of RUN/shards for provenance (rank 0 only). A run whose shards cannot be indexed
+        (no document map and no matching spec, a full disk) still runs: it says so once, and its
+        outputs carry no provenance."""
+        if not self._traced:
+            from echochamber.provenance.tracer import Tracer
+
+            self._traced = True
+            try:
+                self._tracer = Tracer.for_path(run_dir, say=self.say)
+            except UserError as error:
+                self.say(f"provenance: not measured ({error})")
+        return self._tracer
 
 
 def _run_data(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
@@ -120,8 +141,12 @@ def _run_rl(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> N
         study.rl, policy=str(run_dir / "pretrain" / "final"), out=str(run_dir / "rl"),
         progress=study.rl.progress and ctx.progress,
     )  # fmt: skip
-    # Other ranks grade their own share of each step with their own grader.
-    run_rl(config, algo=study.algo, resume=resume, grader=ctx.grader() if dist.rank() == 0 else None)
+    # Other ranks grade their own share of each step with their own grader; rank 0 traces them all.
+    rank0 = dist.rank() == 0
+    run_rl(
+        config, algo=study.algo, resume=resume, grader=ctx.grader() if rank0 else None,
+        tracer=ctx.tracer(run_dir) if rank0 else None,
+    )  # fmt: skip
 
 
 def _evaluation(phase: str, checkpoint: str) -> Callable[[StudyConfig, Path, _Context, bool], None]:
@@ -140,6 +165,7 @@ def _evaluation(phase: str, checkpoint: str) -> Callable[[StudyConfig, Path, _Co
             results = evaluate_benchmark(
                 model, tokenizer, study.evaluation(benchmark), run_dir / "eval" / phase / benchmark,
                 grader=ctx.grader(), progress=ctx.progress, meta={"checkpoint": str(ckpt)},
+                tracer=ctx.tracer(run_dir),
             )  # fmt: skip
             ctx.say(render_summary(results))
 
@@ -152,6 +178,8 @@ def _run_report(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) 
     ctx.say(f"report: {build_report(run_dir)}")
 
 
+# eval-base, rl and eval-final read shards/ too, through the context's tracer (not a stage input:
+# provenance is recorded beside what they compute and changes none of it, so no hash includes it).
 STAGES: tuple[Stage, ...] = (
     Stage("data", "shards", False, _run_data),
     Stage("pretrain", "pretrain", True, _run_pretrain),

@@ -12,6 +12,8 @@ import pytest
 from echochamber.config import from_dict
 from echochamber.data.docmap import DOC_MAP_DIR, encode_ids, write_document_map
 from echochamber.data.mixture import MixtureConfig, build_shards
+from echochamber.model.sampler import Sample
+from echochamber.provenance.tracer import Tracer
 
 EOS = 0  # the hand-made folders' end-of-document id
 WORLD_SPEC = {
@@ -40,6 +42,28 @@ def world_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("provenance") / "shards"
     build_shards(from_dict(MixtureConfig, WORLD_SPEC), out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def planted_sampler():
+    """`planted_sampler(tracer, solutions)`: a sampler returning those solutions (see PlantedSampler)."""
+    return PlantedSampler
+
+
+class PlantedSampler:
+    """Sample i of every prompt is solutions[i % len(solutions)], as the sampler would return it:
+    its token ids (a continuation after the prompt, ending in EOS) and its text."""
+
+    def __init__(self, tracer: Tracer, solutions: list[str]) -> None:
+        self.ids = [ids + [tracer.eos] for ids in tracer.encode(solutions)]
+        self.solutions = solutions
+
+    def generate_tokens(self, prompt_token_ids, prompt_ids, n, params):
+        pick = [(i + (0 if params.greedy else 1)) % len(self.solutions) for i in range(n)]
+        return [
+            [Sample(pid, i, self.ids[j], self.solutions[j], [0.0] * len(self.ids[j]), False) for i, j in enumerate(pick)]
+            for pid in prompt_ids
+        ]
 
 
 @pytest.fixture(scope="session")

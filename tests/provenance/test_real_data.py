@@ -3,6 +3,7 @@ rules anywhere, only the document map. Skips with a reason when shared/data is a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,39 @@ def test_held_out_text_is_attributed_to_its_source(real_shards, shared_data) -> 
         docs = np.split(stream, np.flatnonzero(stream == tracer.eos)[:-1] + 1)
         share = summarise(tracer.trace_ids([d.tolist() for d in docs])).to_dict()["unique_share"]
         assert max(share, key=share.get) == name, (name, share)
+
+
+def test_an_evaluation_on_real_sources_gets_provenance_per_source(
+    real_shards, shared_data, planted_sampler, tmp_path
+) -> None:
+    """The integrated path (the eval suite with a tracer) on the real mixture: GSM8K test problems
+    answered with GSM8K train and OMI2-sample solutions that are in train.bin get each row's source
+    from the document map alone; no format rule is involved."""
+    from echochamber.eval.config import EvalConfig
+    from echochamber.eval.suite import evaluate
+    from echochamber.provenance.records import pooled
+    from echochamber.verify.grade import Grader
+
+    tracer = Tracer(real_shards)
+    sources = tracer.doc_map.source_of(np.arange(tracer.doc_map.n_documents))
+    planted = []
+    for name, file in (("gsm8k", shared_data / "gsm8k" / "train.jsonl"), ("omi2", shared_data / "samples" / "omi2.jsonl")):
+        records = {r.id: r for r in load_source(name, path=file)}
+        for index in np.flatnonzero(sources == tracer.sources.index(name))[:3]:
+            planted.append((name, records[tracer.doc_map.doc_id(int(index))].solution))
+    sampler = planted_sampler(tracer, [text for _, text in planted])
+    evaluation = EvalConfig(n=len(planted), limit=2, data=str(shared_data)).evaluation("gsm8k")
+    with Grader(workers=1) as grader:
+        results = evaluate(
+            None, tracer.tokenizer, benchmark_records("gsm8k", shared_data), evaluation, grader=grader,
+            sampler=sampler, out_dir=tmp_path, progress=False, tracer=tracer,
+        )  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    for row in rows:
+        source, text = planted[sampler.solutions.index(row["text"])]
+        assert row["provenance"]["dominant_source"] == source and row["provenance"]["longest_match"]["text"] == text
+    sampled = results["sampled"]["provenance"]
+    assert sampled == pooled([row for row in rows if row["mode"] == "sampled"])
+    assert set(sampled["unique_share"]) == {"gsm8k", "omi2", "tinygsm"} and sampled["novelty"] == 0.0
+    # Half the samples are GSM8K's, half the OMI2 sample's: each source holds a large unique share.
+    assert min(sampled["unique_share"]["gsm8k"], sampled["unique_share"]["omi2"]) > 0.2, sampled

@@ -185,8 +185,12 @@ def test_smoke_preset_end_to_end(tmp_path: Path) -> None:
             results = json.loads((run / "eval" / phase / benchmark / "results.json").read_text())
             assert results["n_prompts"] == 8
             assert (run / "eval" / phase / benchmark / "generations.jsonl").is_file()
+            # Traced against the run's own shards: 8 prompts x (1 greedy + 2 sampled).
+            assert results["greedy"]["provenance"]["generations"] == 8
+            assert set(results["sampled"]["provenance"]["source_share"]) == {"tinygsm", "omi1", "omi2"}
     lines = [json.loads(line) for line in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if line["stage"] == "rl"] == [1, 2]
+    assert all(line["provenance"]["generations"] == 16 for line in lines if line["stage"] == "rl")
     assert (run / "pretrain" / "final" / "config.json").is_file() and (run / "shards" / "tokenizer").is_dir()
     assert elapsed < 120, f"the smoke pipeline took {elapsed:.0f} s"
 
