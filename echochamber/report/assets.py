@@ -20,6 +20,7 @@ background:#f8fafc;padding:6px;max-height:320px;overflow:auto;font-size:12px;mar
 .ok{color:#166534;font-weight:600}.bad{color:#991b1b;font-weight:600}.meta{font-size:12px;color:#4b5563}
 .evidence{font-size:12px;color:#4b5563;white-space:nowrap}.setting{border-top:1px dotted #e5e7eb;padding:3px 0}
 .setting:first-child{border-top:none}h5{margin:8px 0 0;font-size:13px}
+mark{background:#fde68a;color:inherit}.card pre.doc{background:#fefce8;border-left:3px solid #eab308;max-height:200px}
 """
 
 JS = """
@@ -49,7 +50,32 @@ JS = """
     box.appendChild(el("span", "meta", " · " + side.format + " · " + side.mode + " · answer " + side.answer +
       " · " + side.status + " · " + side.tokens + " tokens" + (side.truncated ? " · truncated" : "")));
     if (side.sampled) box.appendChild(el("div", "meta", side.sampled));
-    box.appendChild(el("pre", null, side.text));
+    box.appendChild(highlighted(side.text, side.echo && side.echo.chars));
+    if (side.echo) box.appendChild(echo(side.echo));
+    return box;
+  }
+  function highlighted(text, chars) {
+    var pre = el("pre");
+    if (!chars) { pre.textContent = text; return pre; }
+    pre.appendChild(document.createTextNode(text.slice(0, chars[0])));
+    pre.appendChild(el("mark", null, text.slice(chars[0], chars[1])));
+    pre.appendChild(document.createTextNode(text.slice(chars[1])));
+    return pre;
+  }
+  function share(value) { return value === null ? "n/a" : (100 * value).toFixed(0) + "%"; }
+  function echo(e) {
+    var box = el("div", "echo");
+    if (!e.tokens) { box.appendChild(el("div", "meta", "no token of it is in the pretraining data")); return box; }
+    box.appendChild(el("div", "meta", "longest verbatim span (highlighted): " + e.tokens + " tokens, in " + e.source +
+      " document " + e.doc + " at token " + e.doc_offset + " · novel n-grams " + share(e.novelty) +
+      " · dominant source " + (e.dominant || "none")));
+    if (!e.context) return box;
+    var doc = el("pre", "doc");
+    doc.appendChild(document.createTextNode((e.context.cut_before ? "… " : "") + e.context.before));
+    doc.appendChild(el("mark", null, e.span));
+    doc.appendChild(document.createTextNode(e.context.after + (e.context.cut_after ? " …" : "")));
+    box.appendChild(el("div", "meta", "the matched pretraining document:"));
+    box.appendChild(doc);
     return box;
   }
   function card(entry) {

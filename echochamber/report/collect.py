@@ -52,6 +52,10 @@ class PromptEval:
     formats: Counter[str] = field(default_factory=Counter)
     format_correct: Counter[str] = field(default_factory=Counter)
     format_pairs: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    # (our format, provenance's dominant source or None) -> count, over the generations that carry
+    # provenance; `untraced` counts the others.
+    source_pairs: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    untraced: int = 0
     pass_at: dict[int, float] = field(default_factory=dict)  # unbiased pass@k from the sampled generations
     maj_at: dict[int, float] = field(default_factory=dict)
 
@@ -60,6 +64,11 @@ class PromptEval:
         self.formats[row["format"]] += 1
         self.format_correct[row["format"]] += bool(row["correct"])
         self.format_pairs[(row["format"], row.get("paper_format"))] += 1
+        provenance = row.get("provenance")
+        if isinstance(provenance, dict):
+            self.source_pairs[(row["format"], provenance.get("dominant_source"))] += 1
+        else:
+            self.untraced += 1
 
     @property
     def pass1(self) -> float | None:
@@ -95,6 +104,24 @@ class EvalData:
                     return None
                 table[(ours, str(paper))] += count
         return dict(table) or None
+
+    def source_table(self) -> dict[tuple[str, str | None], int] | None:
+        """(our format, provenance's dominant source or None) -> generations, over the prompts'
+        counted generations; None when any of them carries no provenance (untraced)."""
+        if not self.prompts or any(prompt.untraced for prompt in self.prompts.values()):
+            return None
+        table: Counter[tuple[str, str | None]] = Counter()
+        for prompt in self.prompts.values():
+            table.update(prompt.source_pairs)
+        return dict(table)
+
+    def sources(self) -> list[str]:
+        """The pretraining sources provenance was measured against (manifest order), from results.json."""
+        for mode in ("sampled", "greedy"):
+            provenance = ((self.results or {}).get(mode) or {}).get("provenance")
+            if isinstance(provenance, dict):
+                return list(provenance.get("unique_share") or {})
+        return sorted({source for _, source in self.source_table() or {} if source})
 
 
 @dataclass

@@ -19,6 +19,9 @@ from echochamber.formats import FORMATS
 from echochamber.report.collect import RunData, dominant, eval_benchmark, number
 
 FORMAT_COLORS = {"tinygsm": "#4C72B0", "omi1": "#DD8452", "omi2": "#55A868", "other": "#8C8C8C"}
+# Sources named after a format take its colour (a world mixture's are); others take these in turn.
+SOURCE_COLORS = ("#8172B3", "#937860", "#DA8BC3", "#CCB974", "#64B5CD", "#C44E52")
+SHARED_COLOR, NOVEL_COLOR = "#D0D0D0", "#F3E3C3"
 DPI = 100
 PANEL = (4.6, 3.2)  # inches per subplot: legible at the page's column width
 
@@ -113,6 +116,37 @@ def _format_share(run: RunData) -> Figure | None:
     ax.set(
         xlabel="RL step", ylabel="share of rollouts", ylim=(0, 1), title=f"format share · {run.algo or 'RL'}"
     )
+    ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
+    return figure
+
+
+def _traced(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The RL lines whose rollouts were traced and had n-grams (a step of very short rollouts has none)."""
+    return [row for row in rows if isinstance(row.get("provenance"), dict) and row["provenance"].get("ngrams")]
+
+
+def _source_colors(sources: Sequence[str]) -> list[str]:
+    others = iter(SOURCE_COLORS * (len(sources) // len(SOURCE_COLORS) + 1))
+    return [FORMAT_COLORS.get(name) or next(others) for name in sources]
+
+
+def _echo_share(run: RunData) -> Figure | None:
+    """Where the rollouts' n-grams are found, step by step: in one pretraining source alone (one band
+    each), in several, or nowhere (novel). The bands sum to 1; no format rule is involved."""
+    rows = _traced(run.rl)
+    if not rows:
+        return None
+    sources = list(rows[-1]["provenance"]["unique_share"])
+    alone = [[number(row["provenance"]["unique_share"].get(s)) or 0.0 for row in rows] for s in sources]
+    novel = [number(row["provenance"]["novelty"]) or 0.0 for row in rows]
+    shared = [max(0.0, 1 - sum(column) - new) for *column, new in zip(*alone, novel, strict=True)]
+    figure, (ax,) = _panels(1)
+    colors = [*_source_colors(sources), SHARED_COLOR, NOVEL_COLOR]
+    labels = [f"{s} alone" for s in sources] + ["several sources", "novel"]
+    ax.stackplot([row["step"] for row in rows], [*alone, shared, novel], labels=labels, colors=colors,
+                 alpha=0.9, edgecolor="#999999", linewidth=0.3)  # fmt: skip
+    n = rows[-1]["provenance"].get("n")
+    ax.set(xlabel="RL step", ylabel=f"share of rollout {n}-grams", ylim=(0, 1), title=f"echo share · {run.algo or 'RL'}")
     ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
     return figure
 
@@ -235,6 +269,11 @@ def _passk(run: RunData) -> Figure | None:
 # Chart key (names the PNG file) -> (caption on the page, what the page says when it is absent, drawing).
 RUN_CHARTS: dict[str, tuple[str, str, RunChart]] = {
     "format_share": ("Format share over RL steps", "RL has not run", _format_share),
+    "echo_share": (
+        "Echo share over RL steps: the rollouts' n-grams found in one pretraining source alone, in several, or nowhere",
+        "RL has not run, or its rollouts were not traced to the pretraining data",
+        _echo_share,
+    ),
     "accuracy": ("Training accuracy; pass@1, pass@k and maj@k over RL steps", "RL has not run", _accuracy),
     "passk": ("pass@k and maj@k against k, before and after RL", "no sampled evaluation", _passk),
     "format_accuracy": ("Accuracy per format over RL steps", "RL has not run", _format_accuracy),
@@ -247,11 +286,20 @@ def render_comparison(
     runs: Sequence[RunData], label: Callable[[RunData], str], title: str, path: Path
 ) -> Path | None:
     """Side-by-side curves of runs that differ in one setting (KL coefficient, algorithm): rollout
-    accuracy, the share of each run's winning format, and KL k1, over RL steps."""
+    accuracy, the share of each run's winning format, KL k1 and, where rollouts were traced, the
+    share of n-grams found in each run's main source alone (its dominant source at the last step)."""
     runs = [run for run in runs if run.rl]
     if len(runs) < 2:
         return None
-    figure, axes = _panels(3, title_room=0.3)
+    traced = [run for run in runs if _traced(run.rl)]
+    figure, axes = _panels(4 if traced else 3, title_room=0.3)
+    for run in traced:
+        shares = _traced(run.rl)[-1]["provenance"]["unique_share"]
+        main = max(shares, key=lambda s: number(shares[s]) or 0.0)
+        values = _steps(_traced(run.rl), lambda row, s=main: row["provenance"]["unique_share"].get(s))
+        axes[3].plot(*values, lw=1, label=f"{label(run)}: {main}")
+    if traced:
+        axes[3].set(xlabel="RL step", ylim=(0, 1), title="n-grams in the main source alone")
     for run in runs:
         top = dominant(run.rl[-1].get("format_share")) or ("other", 0.0)
         axes[0].plot(*_steps(run.rl, lambda row: row.get("accuracy")), lw=1, label=label(run))

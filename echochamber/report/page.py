@@ -38,11 +38,12 @@ from echochamber.report.figures import RUN_CHARTS, render_comparison, render_run
 from echochamber.report.findings import compute_findings
 from echochamber.report.measure import main_benchmark
 from echochamber.report.tables import e as _e
-from echochamber.report.tables import findings_html, fmt, format_rules_html, pct, table
+from echochamber.report.tables import findings_html, fmt, format_rules_html, pct, source_agreement_html, table
 
 FINDINGS_FILE = "findings.json"
 BROWSER_MAX_PROMPTS = 300  # over all runs and benchmarks (shared equally): keeps the page a few MB at most
 TEXT_LIMIT = 2500  # characters of a generation shown; longer ones are cut with a marker
+MATCH_LIMIT = 600  # characters of a matched span shown inside its document (the generation shows it all)
 COMPARISONS = (("KL comparison", ("kl_coef", "kl")), ("Algorithm comparison", ("algo",)))
 
 
@@ -280,6 +281,12 @@ def _result_rows(results: dict[str, Any] | None) -> dict[str, tuple[float | None
     for name, stats in (format_summary(results) or {}).items():
         rows[f"{name} share"] = (number(stats.get("share")), "pct")
         rows[f"{name} accuracy"] = (number(stats.get("accuracy")), "pct")
+    echo = summary.get("provenance") or {}
+    for name, share in (echo.get("unique_share") or {}).items():
+        rows[f"n-grams in {name} alone"] = (number(share), "pct")
+    if echo:
+        rows["novel n-grams"] = (number(echo.get("novelty")), "pct")
+        rows["longest verbatim span (mean tokens)"] = (number(echo.get("longest_match_mean")), "tokens")
     return rows
 
 
@@ -302,6 +309,7 @@ def _before_after_html(run: RunData, bench: str) -> str:
         rows.append([_e(label), cell(b, kind), cell(a, kind), change])
     source = f"before: {base.source if base else 'not run'} · after: {final.source if final else 'not run'}"
     rules = format_rules_html("before RL", base) + format_rules_html("after RL", final)
+    rules += source_agreement_html([("before RL", base), ("after RL", final)])
     return (
         f"<h4>{_e(bench)} <small>{_e(source)}</small></h4>"
         + table(["metric", "before RL", "after RL", "Δ"], rows, "compact")
@@ -405,5 +413,26 @@ def _side(data: EvalData | None, prompt_id: str) -> dict[str, Any] | None:
     return {
         "mode": row["mode"], "format": row["format"], "correct": bool(row["correct"]), "answer": row.get("answer"),
         "status": row.get("status"), "truncated": bool(row["truncated"]), "tokens": row.get("n_tokens"),
-        "text": text, "sampled": sampled,
+        "text": text, "sampled": sampled, "echo": _echo(row.get("provenance")),
+    }  # fmt: skip
+
+
+def _echo(provenance: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the browser shows of a generation's provenance: the longest verbatim span (its place in the
+    shown text, cut at TEXT_LIMIT) and the training document around it (the span cut at MATCH_LIMIT)."""
+    if not isinstance(provenance, dict):
+        return None
+    match = provenance.get("longest_match") or {}
+    chars, span = match.get("chars"), str(match.get("text") or "")
+    if chars is not None and chars[0] >= TEXT_LIMIT:
+        chars = None  # the span lies past the shown text
+    elif chars is not None:
+        chars = [chars[0], min(chars[1], TEXT_LIMIT)]
+    if len(span) > MATCH_LIMIT:
+        half = MATCH_LIMIT // 2
+        span = f"{span[:half]}\n… [{len(span) - MATCH_LIMIT} more characters, highlighted in the generation] …\n{span[-half:]}"
+    return {
+        "tokens": match.get("tokens"), "source": match.get("source"), "doc": match.get("doc"),
+        "doc_offset": match.get("doc_offset"), "chars": chars, "span": span, "context": match.get("context"),
+        "novelty": provenance.get("novelty"), "dominant": provenance.get("dominant_source"),
     }  # fmt: skip

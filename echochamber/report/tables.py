@@ -151,3 +151,48 @@ def format_rules_html(label: str, data: EvalData | None) -> str:
         + table(["ours ↓ · paper rule →", *PAPER_LABELS], cells, "compact")
         + "</div>"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance's dominant source against our format classifier
+
+
+def source_agreement_html(phases: list[tuple[str, EvalData | None]]) -> str:
+    """Per evaluation, the format x dominant-source table: what the classifier calls each generation
+    against the pretraining source most of its n-grams are found in alone (no format rule involved),
+    and how often they agree where the label names a source (world mixtures name their sources after
+    the formats they render)."""
+    parts = [_agreement(label, data) for label, data in phases if data is not None]
+    if not parts:
+        return ""
+    if not any(part.startswith("<div") for part in parts):
+        return "".join(parts)  # notes only: nothing traced
+    note = (
+        '<p class="note">dominant source: the one holding most of a generation\'s n-grams found in one source '
+        "alone; none: no n-gram is unique to one source (novel or shared text).</p>"
+    )
+    return '<div class="grid">' + "".join(parts) + "</div>" + note
+
+
+def _agreement(label: str, data: EvalData) -> str:
+    crosstab = data.source_table()
+    if crosstab is None:
+        return (
+            f'<p class="note">{e(label)}: provenance is not recorded (generations not traced against the '
+            "pretraining shards: a run before provenance, or an evaluation without --shards).</p>"
+        )
+    sources = data.sources()
+    formats = sorted({ours for ours, _ in crosstab}, key=lambda name: (name == OTHER, name))
+    named = {(ours, source): n for (ours, source), n in crosstab.items() if ours in sources}
+    if named:
+        agree = sum(n for (ours, source), n in named.items() if ours == source)
+        summary = f"{pct(agree / sum(named.values()))} of the {sum(named.values())} generations labelled with a source's name come mostly from it"
+    else:
+        summary = "no format is named like a source: agreement is not defined"
+    cells = [[e(ours), *[str(crosstab.get((ours, source), 0)) for source in (*sources, None)]] for ours in formats]
+    header = ["ours ↓ · dominant source →", *map(e, sources), "none"]
+    return (
+        f"<div><h5>{e(label)}: our format label against provenance's dominant source · {e(summary)}</h5>"
+        + table(header, cells, "compact")
+        + "</div>"
+    )

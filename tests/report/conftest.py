@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,6 +57,7 @@ class RunSpec:
     rl: bool = True
     evaluations: tuple[str, ...] = ("base", "final")  # which eval/<phase> folders exist
     eval_location: str = "eval"  # "eval" (eval/base, eval/final) or "rl" (rl/eval/step_N: RL's own)
+    provenance: bool = True  # generations, results and RL lines traced to the pretraining sources
 
 
 def _sigmoid(x: float) -> float:
@@ -78,20 +80,52 @@ def paper_rule(text: str) -> str:
     return "omi1" if "<llm-code>" in text else "tinygsm" if "def" in text else "omi2"
 
 
+SOURCES = ("tinygsm", "omi1", "omi2")  # the synthetic runs' pretraining sources, named after their formats
+
+
+def dominant_of(fmt: str, key: str) -> str | None:
+    """The planted dominant source of a generation: its format's source, except for one generation in
+    ten (by a hash of `key`, so the rows' random draws stay as they were), which echoes the next
+    source; None for `other` text."""
+    if fmt not in SOURCES:
+        return None
+    shift = zlib.crc32(key.encode()) % 10 == 0
+    return SOURCES[(SOURCES.index(fmt) + shift) % len(SOURCES)]
+
+
+def _provenance(text: str, fmt: str, key: str) -> dict[str, Any]:
+    """A generation's `provenance` object as the eval suite writes it (provenance/records.py)."""
+    source = dominant_of(fmt, key)
+    alone = {name: (0.6 if name == source else 0.02) for name in SOURCES}
+    span = text[5:45]
+    return {
+        "n": 8, "ngrams": 40, "source_share": {name: alone[name] + 0.2 for name in SOURCES}, "unique_share": alone,
+        "novelty": 0.1 if source else 0.9, "dominant_source": source,
+        "longest_match": {
+            "tokens": 12, "start": 2, "source": source or "omi2", "doc": "world-pretrain-000042", "doc_offset": 30,
+            "text": span, "chars": [5, 5 + len(span)],
+            "context": {"before": "Question text\n\n", "after": " and more", "cut_before": True, "cut_after": False},
+        },
+    }  # fmt: skip
+
+
 def _row(
-    record: Any, mode: str, index: int, fmt: str, correct: bool, rng: random.Random, texts: dict
+    record: Any, mode: str, index: int, fmt: str, correct: bool, rng: random.Random, texts: dict, traced: bool
 ) -> dict[str, Any]:
     gold = int(record.answer)
     answer = str(gold if correct else gold + rng.choice([1, 2, -1, 10]))  # a few wrong answers: votes split
     if fmt == "tinygsm" and rng.random() < 0.5:
         answer += ".0"  # a TinyGSM function often returns a float; it votes with the integer spelling
     text = texts[fmt][record.id] if fmt != "other" else "So the answer is probably"
-    return {
+    row = {
         "prompt_id": record.id, "mode": mode, "sample_index": index, "gold": record.answer, "text": text,
         "format": fmt, "paper_format": paper_rule(text), "answer": answer if fmt != "other" else None,
         "vote": vote_key(answer) if fmt != "other" else None, "status": "ok" if correct else "wrong",
         "detail": "", "correct": correct, "truncated": False, "n_tokens": 40 + 10 * len(fmt) + rng.randrange(20),
     }  # fmt: skip
+    if traced:
+        row["provenance"] = _provenance(text, fmt, f"{record.id}-{mode}-{index}")
+    return row
 
 
 def _generations(spec: RunSpec, split: str, t: float) -> tuple[list[dict[str, Any]], list[Any]]:
@@ -115,11 +149,11 @@ def _generations(spec: RunSpec, split: str, t: float) -> tuple[list[dict[str, An
         top = max(mix, key=mix.__getitem__)
         # Greedy decoding: the most likely format, a little more accurate than a sample of it.
         greedy_p = min(1.0, 1.3 * hardness * skill * RELATIVE_ACCURACY[top] * boost)
-        rows.append(_row(record, "greedy", 0, top, solvable and rng.random() < greedy_p, rng, texts))
+        rows.append(_row(record, "greedy", 0, top, solvable and rng.random() < greedy_p, rng, texts, spec.provenance))
         for i in range(spec.samples):
             fmt = rng.choices(list(mix), weights=list(mix.values()))[0]
             p_correct = min(0.97, hardness * skill * RELATIVE_ACCURACY[fmt] * boost)
-            rows.append(_row(record, "sampled", i, fmt, solvable and rng.random() < p_correct, rng, texts))
+            rows.append(_row(record, "sampled", i, fmt, solvable and rng.random() < p_correct, rng, texts, spec.provenance))
     return rows, records
 
 
@@ -192,6 +226,13 @@ def _write_rl(folder: Path, spec: RunSpec) -> None:
             "kl_k3": None if spec.algo == "ei" else 0.019 * t, "entropy": 0.9 - 0.5 * t,
             "response_length": 120 - 30 * t, "truncation_rate": 0.02 * (1 - t),
         })  # fmt: skip
+        if spec.provenance:  # the rollouts echo their formats' sources, a little of them in several
+            alone = {name: 0.8 * mix[name] for name in SOURCES}
+            lines[-1]["provenance"] = {
+                "n": 8, "generations": 512, "ngrams": 40_000, "source_share": {n: v + 0.1 for n, v in alone.items()},
+                "unique_share": alone, "novelty": 0.05 + 0.8 * mix["other"], "longest_match_mean": 30 + 20 * t,
+                "longest_match_max": 120,
+            }  # fmt: skip
         if step % spec.eval_every == 0 or step == 1:
             for split, base in (("test", 0.3), ("hard", 0.12)):
                 e = 0 if step == 1 else step

@@ -27,7 +27,7 @@ def test_run_report_is_self_contained(run_dir: Path) -> None:
     pngs = sorted(path.name for path in index.parent.glob("*.png"))
     # Every chart is embedded (and also written beside the page), and the run has every kind of chart.
     assert sorted(re.findall(r'data-file="([^"]+)"', page)) == pngs
-    assert page.count('src="data:image/png;base64,') == len(pngs) == 6
+    assert page.count('src="data:image/png;base64,') == len(pngs) == 7
     assert all((index.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
     # Nothing is fetched: no external script, style, image or font.
     assert not re.search(r'(src|href)="(https?:)?//|url\(|@import|<link\b|<script\s+src', page)

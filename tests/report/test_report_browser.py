@@ -182,6 +182,10 @@ def test_report_renders_without_errors_and_filters(browser: DevTools, report: Pa
 
     total = _evaluate(browser, session, "document.querySelectorAll('#browser-list .card').length")
     assert total > 0
+    # Each generation's longest verbatim span is highlighted, and again inside its training document.
+    spans = _evaluate(browser, session, "Array.from(document.querySelectorAll('#browser-list .card .pair > div'))"
+                      ".map(c => Array.from(c.querySelectorAll('mark')).map(m => m.textContent))")  # fmt: skip
+    assert len(spans) == 2 * total and all(len(marks) == 2 and marks[0] == marks[1] != "" for marks in spans)
     assert (
         _evaluate(browser, session, "document.getElementById('browser-count').textContent")
         == f"{total} of {total} prompts"
