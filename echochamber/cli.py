@@ -209,9 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the out folder")
     pre.set_defaults(func=_cmd_pretrain)
 
-    rl = sub.add_parser("rl", help="RL post-training (PPO, GRPO, Expert Iteration) from an HF checkpoint")
+    rl = sub.add_parser("rl", help="RL post-training (PPO, GRPO, REINFORCE, Expert Iteration) from an HF checkpoint")
     rl.add_argument("config", help="YAML RL config or a preset name (cpu)")
-    rl.add_argument("--algo", required=True, choices=["ppo", "grpo", "ei"])
+    rl.add_argument("--algo", required=True, choices=["ppo", "grpo", "reinforce", "ei"])
     rl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     rl.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the out folder")
     rl.add_argument("--shards", metavar="RUN_OR_SHARDS_DIR", help=_SHARDS_HELP)

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architecture.md"
 MAX_LINES = 450
-ALGORITHMS = frozenset({"echochamber.rl.grpo", "echochamber.rl.ppo", "echochamber.rl.ei"})
+ALGORITHMS = frozenset({"echochamber.rl.grpo", "echochamber.rl.ppo", "echochamber.rl.reinforce", "echochamber.rl.ei"})
 ALGORITHM_DISPATCH = "echochamber.rl.steps"
 EXECUTES_CODE = "echochamber.verify"  # the one package that may run generated code
 RUNNING_IMPORTS = frozenset({"subprocess", "runpy", "code", "pty"})

@@ -36,3 +36,11 @@ def test_python_dash_m_is_the_same_command():
 )  # fmt: skip
 def test_every_subcommand_parses(argv: list[str]) -> None:
     assert callable(build_parser().parse_args(argv).func)
+
+
+def test_rl_offers_every_algorithm_of_the_rl_config() -> None:
+    """The CLI lists the algorithms literally (importing the RL config would pull torch into --help)."""
+    from echochamber.rl.config import ALGORITHMS
+
+    for algo in ALGORITHMS:
+        assert build_parser().parse_args(["rl", "cpu", "--algo", algo]).algo == algo

@@ -37,7 +37,7 @@ Measure = Callable[[RunData], Values | None]  # a run -> per-prompt values
 
 
 def default_kl() -> float:
-    """The RL config's default KL coefficient (PPO's and GRPO's: the paper's)."""
+    """The RL config's default KL coefficient (PPO's, GRPO's and REINFORCE's: the paper's)."""
     from echochamber.rl.config import DEFAULT_KL_COEF  # here, not at the top: the RL package imports torch
 
     return DEFAULT_KL_COEF
@@ -177,7 +177,8 @@ def is_default_kl_or_below(run: RunData) -> bool:
 
 
 def policy_gradient(runs: Sequence[RunData]) -> list[RunData]:
-    """The runs the paper's main findings are about: PPO and GRPO (Expert Iteration is judged apart)."""
+    """The runs the paper's main findings are about: the policy-gradient ones, PPO, GRPO and REINFORCE
+    (the findings' "PPO/GRPO"; Expert Iteration is judged apart)."""
     return [run for run in runs if run.algo != "ei"]
 
 

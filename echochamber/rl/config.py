@@ -2,10 +2,10 @@
 
 `RLConfig` defaults reproduce Echo Chamber's RL (OpenRLHF settings from its sweep scripts); the
 packaged presets under `echochamber/configs/rl/` scale it down (`cpu`: minutes on 2 cores). Each
-algorithm reads its own section (`ppo`, `grpo`, `ei`); everything else (prompts, sampling, reward,
-evaluation, checkpoints, logging) is shared. Every choice the field notes list as a source of
-confusion is a named option here: KL estimator and placement, loss aggregation, advantage
-normalisation, what happens to truncated responses.
+algorithm reads its own section (`ppo`, `grpo`, `reinforce`, `ei`); everything else (prompts,
+sampling, reward, evaluation, checkpoints, logging) is shared. Every choice the field notes list as
+a source of confusion is a named option here: KL estimator and placement, loss aggregation,
+advantage normalisation, what happens to truncated responses.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from echochamber.errors import UserError
 from echochamber.eval.config import EvalConfig, Evaluation
 from echochamber.rl.losses import Aggregation, KLEstimator
 
-ALGORITHMS = ("ppo", "grpo", "ei")
+ALGORITHMS = ("ppo", "grpo", "reinforce", "ei")
 KLPlacement = Literal["reward", "loss"]
-# The paper's KL coefficient, for PPO and GRPO alike (the report judges "at the default KL" by it).
+# The paper's KL coefficient, for PPO, GRPO and REINFORCE alike (the report judges "at the default KL" by it).
 DEFAULT_KL_COEF = 1e-3
 
 
@@ -136,6 +136,28 @@ class PPOConfig:
 
 
 @dataclass
+class REINFORCEConfig:
+    """REINFORCE with a group baseline (no critic): the paper's third estimator (OpenRLHF
+    `reinforce_baseline`). Advantage of token t of sample i: (r_i - baseline) - beta x the KL
+    penalties from t on, whitened over the batch; see reinforce.py for the maths."""
+
+    lr: float = 1e-6
+    baseline: Literal["mean", "loo"] = "mean"  # the group's mean reward (the paper) or the others' mean (RLOO)
+    clip: float | None = 0.2  # PPO's ratio clip (the paper: OpenRLHF's actor loss); null = no clipping
+    kl_coef: float = DEFAULT_KL_COEF
+    kl_estimator: KLEstimator = "k1"  # the paper: k1 ...
+    kl_placement: KLPlacement = "reward"  # ... per token in the reward, credited from each token on
+    whiten_advantages: bool = True  # over every response token of the batch (the paper)
+    aggregation: Aggregation = "seq_mean"
+    epochs: int = 1  # passes over each rollout
+    minibatches: int = 1  # optimizer steps per pass
+
+    def validate(self) -> None:
+        _positive("reinforce.", lr=self.lr, clip=self.clip, epochs=self.epochs, minibatches=self.minibatches)
+        _kl_coef("reinforce.", self.kl_coef)
+
+
+@dataclass
 class EIConfig:
     """Expert Iteration: sample, keep verified-correct responses, de-duplicate, SFT; `rounds` times."""
 
@@ -172,6 +194,7 @@ class RLConfig:
     eval_every: int = 50  # steps between evaluations (and at step 0 and the end); 0 = never
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    reinforce: REINFORCEConfig = field(default_factory=REINFORCEConfig)
     ei: EIConfig = field(default_factory=EIConfig)
     epochs: float = 10.0  # passes over the prompt set (the paper: 10); a step is one rollout batch
     max_steps: int | None = None  # stop after this many steps instead (wins over `epochs`)

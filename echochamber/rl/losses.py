@@ -1,7 +1,8 @@
-"""The pieces every RL update shares: KL estimators, clipped losses, loss aggregation, GAE.
+"""The pieces every RL update shares: KL estimators, clipped losses, loss aggregation, per-token
+rewards, GAE and returns-to-go.
 
 Plain tensor functions, each checked against its closed form in tests/rl/test_losses.py. The
-algorithm files (ppo.py, grpo.py, ei.py) compose them; nothing here knows which algorithm runs.
+algorithm files (ppo.py, grpo.py, reinforce.py, ei.py) compose them; nothing here knows which algorithm runs.
 
 Log-probs come from one place, `rollout.sequence_logprobs` (a forward at the sampler's temperature).
 Shapes: `[B, T]` over response tokens; `mask` is 1 on tokens the policy actually sampled (never on
@@ -127,6 +128,39 @@ def gae(
         next_value = values[:, t] * m + next_value * (1 - m)
         next_advantage = advantage * m + next_advantage * (1 - m)
     return advantages, (advantages + values) * mask
+
+
+def token_rewards(
+    scores: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_coef: float,
+    estimator: KLEstimator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N, S] reward after each response token, [N, S] KL penalty subtracted from it).
+
+    The verifier's score (`scores`, [N]) sits on each row's last response token. The penalty compares
+    the sampling policy with the reference: it is part of the environment's reward, fixed for the
+    whole update, so its gradient reaches the policy only through the advantages (k1 this way is an
+    unbiased reverse-KL gradient, unlike k1 in the loss). PPO and REINFORCE both use it.
+    """
+    mask = mask.to(old_logp.dtype)
+    penalty = kl_coef * kl_estimate(old_logp, ref_logp, mask, estimator)
+    rewards = -penalty
+    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # a row without response tokens gets score * 0
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    rewards[rows, last] += scores.to(rewards.dtype) * (mask.sum(1) > 0).to(rewards.dtype)
+    return rewards, penalty
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """G_t = sum of rewards[t'] over response tokens t' >= t (gamma = 1), 0 off the mask: the return
+    that REINFORCE credits token t with (GAE with V = 0 and lambda = 1). Token t's choice can change
+    only the rewards from t on, so earlier KL penalties are not charged to it."""
+    masked = rewards * mask.to(rewards.dtype)
+    return masked.flip(1).cumsum(1).flip(1) * mask.to(rewards.dtype)
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

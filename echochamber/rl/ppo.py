@@ -28,12 +28,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedModel
 
-from echochamber import dist
 from echochamber.dist import Sums
 from echochamber.errors import UserError
 from echochamber.rl.config import RLConfig
 from echochamber.rl.losses import (
-    KLEstimator,
     approx_kl,
     clipped_policy_loss,
     clipped_value_loss,
@@ -41,10 +39,12 @@ from echochamber.rl.losses import (
     gae,
     kl_estimate,
     micro_batch_loss,
+    token_rewards,
 )
 from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
 from echochamber.rl.update import (
     global_counts,
+    global_whiten,
     micro_batches,
     minibatch_indices,
     optimizer_step,
@@ -108,44 +108,6 @@ class ValueModel(torch.nn.Module):
         head = torch.nn.utils.skip_init(torch.nn.Linear, backbone.config.hidden_size, 1, dtype=torch.float32)
         head.load_state_dict(weights)
         return cls(backbone, head)
-
-
-def token_rewards(
-    scores: torch.Tensor,
-    old_logp: torch.Tensor,
-    ref_logp: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    kl_coef: float,
-    estimator: KLEstimator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """([N, S] reward after each response token, [N, S] KL penalty subtracted from it).
-
-    The verifier's score (`scores`, [N]) sits on each row's last response token. The penalty compares
-    the sampling policy with the reference: it is part of the environment's reward, fixed for the
-    whole update, so its gradient reaches the policy only through the advantages (k1 this way is an
-    unbiased reverse-KL gradient, unlike k1 in the loss).
-    """
-    mask = mask.to(old_logp.dtype)
-    penalty = kl_coef * kl_estimate(old_logp, ref_logp, mask, estimator)
-    rewards = -penalty
-    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # a row without response tokens gets score * 0
-    rows = torch.arange(mask.shape[0], device=mask.device)
-    rewards[rows, last] += scores.to(rewards.dtype) * (mask.sum(1) > 0).to(rewards.dtype)
-    return rewards, penalty
-
-
-def global_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """losses.masked_whiten with the mean and variance of every rank's tokens (OpenRLHF's
-    all-reduced normalisation), so an update over N processes equals the single-process one."""
-    mask = mask.to(values.dtype)
-    stats = dist.global_sum(
-        torch.stack([mask.sum(), (values * mask).sum(), (values.pow(2) * mask).sum()]).double()
-    )
-    n = stats[0].clamp(min=1.0)
-    mean = stats[1] / n
-    var = (stats[2] / n - mean.pow(2)).clamp(min=0.0)
-    return ((values - mean) * torch.rsqrt(var + eps)).to(values.dtype) * mask
 
 
 class PPO:

@@ -1,11 +1,11 @@
 """What each kind of RL does in one step, behind one interface (`Steps`) that core.py's loop drives.
 
-PPO and GRPO (`PolicyGradientSteps`) sample a seeded slice of the prompts at the rollout
+PPO, GRPO and REINFORCE (`PolicyGradientSteps`) sample a seeded slice of the prompts at the rollout
 temperature, pad the samples with the reference's log-probs and call their `Algorithm.update`
-(grpo.py, ppo.py); Expert Iteration (`ExpertIterationSteps`) samples every prompt with its own
-settings and runs `ei.run_round`. Everything else (grading, logging, checkpoints, evaluation) is the
-same for all three and lives in core.py. This module is the only one that knows all three
-algorithms; they never import each other.
+(ppo.py, grpo.py, reinforce.py); Expert Iteration (`ExpertIterationSteps`) samples every prompt with
+its own settings and runs `ei.run_round`. Everything else (grading, logging, checkpoints, evaluation)
+is the same for all of them and lives in core.py. This module is the only one that knows every
+algorithm; they never import each other.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Steps(Protocol):
 
 
 class PolicyGradientSteps:
-    """PPO and GRPO: each step a seeded slice of the prompts, G samples each at the rollout
+    """PPO, GRPO and REINFORCE: each step a seeded slice of the prompts, G samples each at the rollout
     temperature, padded with the reference's log-probs, then one `Algorithm.update`."""
 
     def __init__(
@@ -168,6 +168,10 @@ def _build_algorithm(algo: str, policy: Any, ref: Any, tokenizer: Any, config: R
         from echochamber.rl import grpo
 
         return grpo.build(policy, ref, tokenizer, config)
+    if algo == "reinforce":
+        from echochamber.rl import reinforce
+
+        return reinforce.build(policy, ref, tokenizer, config)
     from echochamber.rl import ppo
 
     return ppo.build(policy, ref, tokenizer, config)

@@ -1,4 +1,4 @@
-"""The update skeleton PPO and GRPO share, as plain functions (cleanrl's loop, written once).
+"""The update skeleton PPO, GRPO and REINFORCE share, as plain functions (cleanrl's loop, written once).
 
 One update consumes one RolloutBatch: `epochs` passes over it, each cut into `minibatches`
 optimizer steps (`minibatch_indices`). An optimizer step runs its samples in micro-batches
@@ -7,7 +7,7 @@ minibatch's global token and sequence counts (`global_counts`, see losses.micro_
 the shares of all micro-batches on all ranks sum to the minibatch's loss; then the gradients are
 summed over ranks, clipped and applied (`optimizer_step`). Diagnostics are summed once over ranks at
 the end (`dist.Sums`; `step_counts` for the numbers every rank holds alike; `update_diagnostics`). What is an algorithm's
-own (advantages, losses, what it logs) stays in grpo.py and ppo.py.
+own (advantages, losses, what it logs) stays in grpo.py, ppo.py and reinforce.py.
 """
 
 from __future__ import annotations
@@ -65,6 +65,19 @@ def global_counts(batch: RolloutBatch, indices: torch.Tensor) -> tuple[torch.Ten
     tokens = dist.global_sum(batch.response_mask[indices].sum().double())
     sequences = dist.global_sum(torch.tensor(float(len(indices)), dtype=torch.float64, device=indices.device))
     return tokens, sequences
+
+
+def global_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """losses.masked_whiten with the mean and variance of every rank's tokens (OpenRLHF's
+    all-reduced normalisation), so an update over N processes equals the single-process one."""
+    mask = mask.to(values.dtype)
+    stats = dist.global_sum(
+        torch.stack([mask.sum(), (values * mask).sum(), (values.pow(2) * mask).sum()]).double()
+    )
+    n = stats[0].clamp(min=1.0)
+    mean = stats[1] / n
+    var = (stats[2] / n - mean.pow(2)).clamp(min=0.0)
+    return ((values - mean) * torch.rsqrt(var + eps)).to(values.dtype) * mask
 
 
 def optimizer_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> float:

@@ -45,7 +45,7 @@ class StudyConfig:
     mixture: MixtureConfig  # in YAML also a preset name (tinygsm+omi1+omi2) or {preset: NAME, key: value}
     pretrain: PretrainConfig
     rl: RLConfig  # in YAML also a preset name (cpu) or {preset: NAME, key: value}
-    algo: Literal["ppo", "grpo", "ei"] = "ppo"
+    algo: Literal["ppo", "grpo", "reinforce", "ei"] = "ppo"
     world: WorldConfig = field(default_factory=WorldConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  # run on the pretrained model (eval/base) and the RL policy (eval/final)
 

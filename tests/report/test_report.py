@@ -189,6 +189,22 @@ def test_rl_periodic_evaluations_stand_in_for_missing_eval_stage(tmp_path: Path,
     assert run.evals["final"]["world-test"].source == "rl/eval/step_000020"
 
 
+def test_reinforce_cells_join_the_algorithm_comparison_with_their_own_kl(tmp_path: Path, synthetic) -> None:
+    """A REINFORCE cell is a policy-gradient run like PPO's: compared on the algo axis, its KL read from
+    its own config section (`reinforce.kl_coef`)."""
+    spec = synthetic.RunSpec
+    cells = [
+        ("ppo", {"algo": "ppo"}, spec(name="ppo", steps=10, samples=4)),
+        ("reinforce", {"algo": "reinforce"}, spec(name="reinforce", algo="reinforce", kl_coef=0.01, steps=10, samples=4)),
+    ]
+    sweep = synthetic.write_sweep(tmp_path / "sweep", cells, {"algo": ["ppo", "reinforce"]})
+    runs = {run.name: run for run in collect(sweep).runs}
+    assert runs["reinforce"].algo == "reinforce" and runs["reinforce"].kl_coef == 0.01
+    page = build_report(sweep).read_text()
+    assert "reinforce, 10 steps, KL coefficient 0.01" in page
+    assert "Algorithm comparison · " in page and "differ only in algo" not in page
+
+
 def test_bad_folders_are_user_errors(tmp_path: Path, run_dir: Path) -> None:
     with pytest.raises(UserError, match="is not a folder"):
         collect(tmp_path / "absent")

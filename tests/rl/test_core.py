@@ -133,7 +133,7 @@ def test_a_bf16_checkpoint_is_trained_in_float32(tiny_policy, two_answer_prompts
 
 def test_bad_input_is_one_line_user_error(tiny_policy, test_world, grader, tmp_path):
     with pytest.raises(UserError, match="unknown algorithm"):
-        run_rl(tiny_config(tiny_policy, tmp_path / "a", test_world), algo="reinforce")
+        run_rl(tiny_config(tiny_policy, tmp_path / "a", test_world), algo="dpo")
     with pytest.raises(UserError, match="not found|does not exist"):
         run_rl(tiny_config(tmp_path / "missing", tmp_path / "b", test_world), algo="grpo", grader=grader)
     with pytest.raises(UserError, match="prompts_per_step=99"):

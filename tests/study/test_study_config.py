@@ -44,6 +44,16 @@ def test_bad_study_settings_fail_with_one_clear_line(override: str, message: str
         smoke(override)
 
 
+def test_reinforce_is_a_study_algorithm_and_only_its_own_section_is_hashed() -> None:
+    from echochamber.study.pipeline import stage_hashes
+
+    study = smoke("algo=reinforce")
+    assert study.algo == "reinforce" and study.rl.reinforce.baseline == "mean"
+    rl = stage_hashes(study)["rl"]
+    assert stage_hashes(smoke("algo=reinforce", "rl.grpo.lr=0.5"))["rl"] == rl
+    assert stage_hashes(smoke("algo=reinforce", "rl.reinforce.baseline=loo"))["rl"] != rl
+
+
 def test_unknown_preset_lists_the_known_ones() -> None:
     with pytest.raises(UserError, match="smoke"):
         load_study(preset="nope")
