@@ -125,6 +125,13 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     return tokenizer(prompt + PROMPT_SEPARATOR, add_special_tokens=False)["input_ids"]
 
 
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+    """`encode_prompt` of many questions in one batched tokenizer call (the same ids)."""
+    if not prompts:
+        return []
+    return tokenizer([p + PROMPT_SEPARATOR for p in prompts], add_special_tokens=False)["input_ids"]
+
+
 def encode_document(tokenizer: PreTrainedTokenizerBase, prompt: str, solution: str) -> list[int]:
     """The ids of one pretraining document; `encode_prompt(tokenizer, prompt)` is a prefix of it."""
     return encode_documents(tokenizer, [prompt], [solution])[0]

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from echochamber.data.benchmarks import check_benchmark
 from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
+from echochamber.eval.context import OverContext
 from echochamber.eval.passk import MAX_SAMPLES, default_ks
 from echochamber.model.sampler import DTYPES
 from echochamber.model.sampling import SamplingParams
@@ -38,6 +39,9 @@ class EvalConfig:
     # `seed` for its periodic evaluations; 0 for a study's evaluations and `echochamber eval`).
     seed: int | None = None
     truncated_is_wrong: bool = True  # a generation cut off by max_new_tokens scores 0 and casts no vote
+    # Prompts whose length + max_new_tokens exceed the model's context: error (before any compute),
+    # skip them, or shorten their budget to what the context leaves (eval/context.py); results.json records it.
+    over_context: OverContext = "error"
     data: str | None = None  # real-data folder (default: $ECHOCHAMBER_DATA, then shared/data)
     # The world behind world-test/world-hard. None: the run's world (a study's `world`, an RL config's
     # `prompts.world`), the default world for `echochamber eval`; where set, it must be that world.

@@ -35,6 +35,7 @@ from echochamber.data.records import Record
 from echochamber.data.tokenizer import encode_prompt, load_tokenizer
 from echochamber.errors import UserError
 from echochamber.eval.config import Evaluation
+from echochamber.eval.context import context_note, fit_prompts, model_context
 from echochamber.eval.passk import maj_at_ks, pass_at_k, vote_classes
 from echochamber.eval.store import (
     CONFIG_FILE,
@@ -87,7 +88,12 @@ def evaluate(
     config = evaluation.config
     if tracer is not None:
         check_tokenizer(tracer, tokenizer, "the evaluated model")
-    records = _select(records, config.limit)
+    records, context = _select(records, config.limit), None
+    if model is not None:  # a caller's own sampler with no model (tests) has no context to check
+        records, context = fit_prompts(
+            evaluation.benchmark, records, tokenizer, context=model_context(model),
+            max_new_tokens=config.max_new_tokens, policy=config.over_context, setting="eval.over_context",
+        )  # fmt: skip
     precision = sampler_precision(model, config.backend, config.dtype)
     store = None
     if out_dir is not None:
@@ -128,6 +134,7 @@ def evaluate(
         if store is not None:
             rows = store.load(regrade)  # the results are a function of the file alone
     results = summarize(rows, records, evaluation)
+    results["context"] = context  # prompts skipped or given a shorter budget: the report flags them
     results.update(precision)
     results.update(meta or {})
     if store is not None:
@@ -398,7 +405,7 @@ def _device(name: str) -> torch.device:
 
 def render_summary(results: Mapping[str, Any]) -> str:
     """A few lines for the terminal; results.json has everything."""
-    lines = [f"{results['benchmark']}: {results['n_prompts']} prompts"]
+    lines = [f"{results['benchmark']}: {results['n_prompts']} prompts{context_note(results.get('context'))}"]
     for mode in MODES:
         summary = results.get(mode)
         if summary is None:

@@ -136,6 +136,22 @@ def load_model(path: str | Path, dtype: torch.dtype | str = torch.float32) -> Pr
     return model
 
 
+def checkpoint_context(path: str | Path) -> int:
+    """The context length (max_position_embeddings) of an HF model folder, from its config alone:
+    prompt lengths are checked against it before any weights are loaded."""
+    from transformers import AutoConfig
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot read the model config in {folder}: {first_line}") from error
+    return int(config.max_position_embeddings)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Distinct parameters (a tied embedding counts once)."""
     return sum(p.numel() for p in model.parameters())

@@ -67,6 +67,10 @@ class PretrainConfig:
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise UserError(f"grad_clip must be > 0 or null, got {self.grad_clip}")
 
+    def context(self) -> int:
+        """The context of the model this run builds: the preset's, or seq_len when that is longer."""
+        return max(self.seq_len, get_spec(self.model).max_seq_len)
+
     def total_steps(self) -> int:
         if self.max_steps is not None:
             return self.max_steps

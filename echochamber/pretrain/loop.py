@@ -46,7 +46,7 @@ from echochamber.checkpoint import (
 from echochamber.config import save_config, to_dict
 from echochamber.data.shards import Shards, open_shards
 from echochamber.errors import UserError
-from echochamber.model.presets import build_model, get_spec, load_model
+from echochamber.model.presets import build_model, load_model
 from echochamber.pretrain.config import RUN_DEFINING_KEYS, PretrainConfig, lr_multiplier
 from echochamber.pretrain.windows import WindowSampler, token_loss, validation_loss
 from echochamber.runlog import MetricsWriter
@@ -220,7 +220,7 @@ def _initial_model(config: PretrainConfig, manifest: dict[str, Any], checkpoint:
         hf_model = load_model(checkpoint)
     else:
         hf_model = build_model(
-            config.model, manifest["vocab_size"], max_seq_len=max(config.seq_len, get_spec(config.model).max_seq_len),
+            config.model, manifest["vocab_size"], max_seq_len=config.context(),
             seed=config.seed, pad_token_id=manifest.get("pad_token_id"), eos_token_id=manifest.get("eos_token_id"),
         )  # fmt: skip
     hf_model.to(env.device).train()

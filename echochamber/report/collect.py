@@ -132,6 +132,7 @@ class RunData:
     info: dict[str, Any]  # run.json
     config: dict[str, Any]  # the resolved study config
     rl_config: dict[str, Any]  # rl/config.yaml
+    rl_prompts: dict[str, Any]  # rl/prompts.json: the prompt set's size and what the context check did
     pretrain: list[dict[str, Any]]
     rl: list[dict[str, Any]]  # "rl" metrics lines, one per step
     rl_eval: list[dict[str, Any]]  # "eval" metrics lines: RL's periodic evaluations
@@ -218,6 +219,7 @@ def load_run(path: Path, name: str | None = None, params: dict[str, Any] | None 
         info=info,
         config=read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {},
         rl_config=read_yaml(path / "rl" / "config.yaml") if (path / "rl" / "config.yaml").is_file() else {},
+        rl_prompts=_read_json(path / "rl" / "prompts.json") or {},
         pretrain=read_metrics(path / "pretrain" / METRICS_FILE, "pretrain"),
         rl=read_metrics(path / "rl" / METRICS_FILE, "rl"),
         rl_eval=read_metrics(path / "rl" / METRICS_FILE, "eval"),

@@ -18,6 +18,7 @@ from echochamber.config import load_config, preset_names, read_preset
 from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
 from echochamber.eval.config import EvalConfig, Evaluation
+from echochamber.eval.context import OverContext
 from echochamber.rl.losses import Aggregation, KLEstimator
 
 ALGORITHMS = ("ppo", "grpo", "reinforce", "ei")
@@ -48,6 +49,9 @@ class PromptConfig:
     split: str | None = None  # adapter split (default: the adapter's usual one, "train" for gsm8k)
     limit: int | None = None  # use only the first this many prompts
     world: WorldConfig = field(default_factory=WorldConfig)  # must be the world the policy was pretrained on
+    # Prompts whose length + the generation budget exceed the policy's context: error (before any
+    # compute), skip them, or shorten their budget (eval/context.py); the "prompts" metrics line records it.
+    over_context: OverContext = "error"
 
     def validate(self) -> None:
         if self.dataset != "world":

@@ -7,6 +7,7 @@ while the other ranks wait on the long-timeout group (`dist.wait_for_rank0`: an 
 outlast the default group's collective timeout):
 
     config.yaml              the resolved config (the algorithm is in every metrics line)
+    prompts.json             the prompt set's size and what the context check did (eval/context.py)
     metrics.jsonl            one "rl" line per step (reward, formats, KL k1/k2/k3, entropy, lengths,
                              truncation, timing split, the algorithm's diagnostics) + "eval" lines
     tb/                      TensorBoard (W&B when asked for)
@@ -22,6 +23,7 @@ optimizer state come from the checkpoint, and metrics/rollouts written after it 
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -45,9 +47,10 @@ from echochamber.checkpoint import (
 from echochamber.config import save_config, to_dict
 from echochamber.data.tokenizer import load_tokenizer
 from echochamber.errors import UserError
+from echochamber.eval.context import context_note, fit_prompts
 from echochamber.eval.suite import evaluate_benchmark, generation_stats
 from echochamber.formats import FORMATS
-from echochamber.model.presets import load_model
+from echochamber.model.presets import checkpoint_context, load_model
 from echochamber.provenance.records import check_tokenizer, trace_generations
 from echochamber.rl.config import ALGORITHMS, RLConfig
 from echochamber.rl.losses import KL_ESTIMATORS
@@ -65,6 +68,7 @@ if TYPE_CHECKING:
     from echochamber.provenance.tracer import Tracer
 
 STAGE = "rl"
+PROMPTS_FILE = "prompts.json"  # the prompt set's size and what the context check did to it
 EVAL_STAGE = "eval"
 # What a run computes; resuming with any of these changed would splice two different runs. The run
 # length (epochs, max_steps), evaluation, logging and memory knobs may change.
@@ -173,11 +177,17 @@ class _Run:
                 "... --shards RUN_OR_SHARDS_DIR` traces the rollouts to the documents they echo)",
                 file=sys.stderr,
             )
+        # The prompt set is checked against the policy's context before any weights are loaded.
+        budget = (config.ei.max_new_tokens or config.rollout.max_new_tokens) if algo == "ei" else config.rollout.max_new_tokens
+        self.records, self.prompt_context = fit_prompts(
+            f"RL prompts ({config.prompts.dataset})", load_prompts(config.prompts), self.tokenizer,
+            context=checkpoint_context(config.policy), max_new_tokens=budget, policy=config.prompts.over_context,
+            setting="rl.prompts.over_context",
+        )  # fmt: skip
         self.ref = load_model(config.reference or config.policy).to(device).eval().requires_grad_(False)
         self.policy = load_model(self.checkpoint or config.policy).to(device)
         if self.policy.config.vocab_size != self.ref.config.vocab_size:
             raise UserError(f"policy and reference have different vocabularies ({config.policy}, {config.reference})")
-        self.records = load_prompts(config.prompts)
         self.total = total_steps(config, algo, len(self.records))
 
     def run(self, grader: Grader | None) -> Path:
@@ -287,6 +297,12 @@ class _Run:
         if not self.rank0:
             return {}
         save_config(self.config, self.out / "config.yaml")
+        # What the prompt set became under the context check (the report flags skipped prompts).
+        prompts = {"dataset": self.config.prompts.dataset, "n_prompts": len(self.records), "context": self.prompt_context}
+        (self.out / PROMPTS_FILE).write_text(json.dumps(prompts, indent=2) + "\n")
+        note = context_note(self.prompt_context)
+        if note:
+            print(f"rl: {len(self.records)} prompts{note}", flush=True)
         path = self.out / METRICS_FILE
         # On resume, lines a killed run logged after its checkpoint go; without a checkpoint all of
         # them (step 0's evaluation included: it runs again). Truncation rewrites the file, which

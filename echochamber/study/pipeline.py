@@ -47,6 +47,7 @@ from echochamber.data.shards import describe_manifest
 from echochamber.errors import UserError
 from echochamber.rl.config import ALGORITHMS
 from echochamber.study.config import DEFAULT_PRESET, StudyConfig
+from echochamber.study.preflight import preflight
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -277,9 +278,14 @@ def run_study(
             _start_run(study, run_dir, preset, hashes, actions)
         workers = max(study.eval.workers, study.rl.rollout.grader_workers)
         ctx = _Context(progress=progress, grader_workers=workers, label=label)
+        # Prompt lengths against the model's context: before the first stage that can use the
+        # tokenizer (study/preflight.py says when), never when nothing is left to sample.
+        checked = all(actions[name] == "skip" for name in ("pretrain", "eval-base", "rl", "eval-final"))
         with ctx.stack:
             started = time.monotonic()
             for number, stage in enumerate(STAGES, start=1):
+                if not checked:
+                    checked = _check_context(study, run_dir, ctx, rank == 0)
                 head = f"{label}[{number}/{len(STAGES)}] {stage.name}"
                 action = actions[stage.name]
                 if action == "skip":
@@ -301,6 +307,18 @@ def run_study(
         return run_dir / "report" / "index.html"
     finally:
         dist.leave(process)
+
+
+def _check_context(study: StudyConfig, run_dir: Path, ctx: _Context, say: bool) -> bool:
+    """Run the context check if the tokenizer is known yet (every rank: it raises on every rank
+    alike); whether it ran."""
+    notes = preflight(study, run_dir)
+    if notes is None:
+        return False
+    if say:
+        for note in notes:
+            ctx.say(f"context check: {note}")
+    return True
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:

@@ -205,6 +205,23 @@ def test_reinforce_cells_join_the_algorithm_comparison_with_their_own_kl(tmp_pat
     assert "Algorithm comparison · " in page and "differ only in algo" not in page
 
 
+def test_prompts_the_context_check_left_out_are_flagged(tmp_path: Path, synthetic) -> None:
+    """results.json's and rl/prompts.json's `context` records (eval/context.py) surface on the page."""
+    run = synthetic.write_run(tmp_path / "run", synthetic.RunSpec(steps=10, samples=4))
+    results_file = run / "eval" / "final" / "world-test" / "results.json"
+    results = json.loads(results_file.read_text())
+    record = {"context": 512, "max_new_tokens": 2048, "over_context": "shorten", "prompts": 30, "over": 30,
+              "skipped": 2, "shortened": 28, "longest_prompt": 590}  # fmt: skip
+    results_file.write_text(json.dumps({**results, "context": record}))
+    (run / "rl" / "prompts.json").write_text(json.dumps({"dataset": "gsm8k", "n_prompts": 38, "context": {
+        **record, "over_context": "skip", "prompts": 40, "over": 2, "skipped": 2, "shortened": 0}}))  # fmt: skip
+    page = html.unescape(build_report(run).read_text())
+    assert ("world-test (eval/final) ⚠ of 30 prompts: 2 skipped, 28 with a shortened budget (prompt + 2048 new "
+            "tokens over the context of 512, over_context=shorten)") in page  # fmt: skip
+    assert "⚠ of 40 prompts: 2 skipped (prompt + 2048 new tokens over the context of 512, over_context=skip)" in page
+    assert page.count("⚠ of") == 2  # the base evaluation ran every prompt: no flag
+
+
 def test_bad_folders_are_user_errors(tmp_path: Path, run_dir: Path) -> None:
     with pytest.raises(UserError, match="is not a folder"):
         collect(tmp_path / "absent")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -24,6 +25,7 @@ from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
 from echochamber.formats import FORMATS
 from echochamber.model.presets import load_model
+from echochamber.rl import core
 from echochamber.rl.config import RLConfig, load_rl_config
 from echochamber.rl.core import run_rl, step_metrics, total_steps
 from echochamber.rl.rollout import RolloutBatch, read_rollouts
@@ -346,3 +348,21 @@ def test_torchrun_ranks_outwait_an_evaluation_longer_than_the_collective_timeout
     assert [row["step"] for row in evals] == [0, 2]
     assert [line["step"] for line in rl_lines(out)] == [1, 2]
 
+
+def test_rl_checks_its_prompts_before_loading_any_weights(tiny_policy, grader, tmp_path, monkeypatch):
+    prompts = tmp_path / "long.jsonl"
+    long_question = " ".join(["How many apples are left after everyone eats?"] * 60)
+    prompts.write_text("".join(json.dumps({"question": q, "answer": "#### 1"}) + "\n" for q in ("Short one?", long_question)))
+    base = {
+        "policy": str(tiny_policy), "out": str(tmp_path / "run"), "prompts": {"dataset": "gsm8k", "path": str(prompts)},
+        "rollout": {"prompts_per_step": 1, "samples_per_prompt": 2, "max_new_tokens": 8, "grader_workers": 1},
+        "max_steps": 1, "eval_every": 0, "tensorboard": False, "progress": False,
+    }  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(core, "load_model", lambda *args, **kwargs: pytest.fail("weights loaded before the check"))
+        with pytest.raises(UserError, match=r"RL prompts \(gsm8k\): 1 of 2 prompts \+ 8 new tokens exceed .*rl.prompts.over_context"):
+            run_rl(load_config(RLConfig, base=base), algo="grpo", grader=grader)
+    skip = load_config(RLConfig, base={**base, "prompts": {**base["prompts"], "over_context": "skip"}})
+    run_rl(skip, algo="grpo", grader=grader)
+    recorded = json.loads((tmp_path / "run" / "prompts.json").read_text())
+    assert recorded["n_prompts"] == 1 and recorded["context"]["skipped"] == 1

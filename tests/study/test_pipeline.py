@@ -171,6 +171,20 @@ def test_the_resolved_config_reloads_to_the_same_study(tmp_path: Path, recorder:
     assert info["config_hash"] == pipeline.config_hash(again)
 
 
+def test_a_study_whose_prompts_exceed_the_context_stops_before_pretraining(tmp_path: Path, shared_data: Path) -> None:
+    """The smoke study's BPE exists only after its data stage (seconds): the check runs right after it,
+    before pretraining, and names the set, the count, the budget, the context and the longest prompt."""
+    run = tmp_path / "run"
+    study = smoke("eval.benchmarks=[math500]", f"eval.data={shared_data}", "eval.max_new_tokens=500")
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"^math500: 8 of 8 prompts \+ 500 new tokens exceed the model's context of 512 "
+                                        r"\(longest \d+ tokens: test/[a-z_]+/\d+\.json\); set eval.over_context=skip"):  # fmt: skip
+        run_study(study, run, progress=False)
+    assert time.monotonic() - started < 60
+    stages = read_run(run)["stages"]
+    assert list(stages) == ["data"] and stages["data"]["done"] and not (run / "pretrain").exists()
+
+
 @pytest.mark.slow
 def test_smoke_preset_end_to_end(tmp_path: Path) -> None:
     """The CI smoke pipeline: every real stage, < 2 minutes on 2 cores; a second run skips it all."""
