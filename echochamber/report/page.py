@@ -37,6 +37,7 @@ from echochamber.report.collect import (
 from echochamber.report.figures import RUN_CHARTS, render_comparison, render_run_figures, slug
 from echochamber.report.findings import compute_findings
 from echochamber.report.measure import main_benchmark
+from echochamber.report.tables import context_flag as _context_flag
 from echochamber.report.tables import e as _e
 from echochamber.report.tables import findings_html, fmt, format_rules_html, pct, source_agreement_html, table
 
@@ -240,7 +241,7 @@ def _run_html(run: RunData, charts: dict[str, Path]) -> str:
         (
             "RL",
             f"{run.algo or '?'}, {len(run.rl)} steps, KL coefficient {fmt(run.kl_coef)}"
-            f"{context_flag('prompts', run.rl_prompts.get('context'))}"
+            f"{_context_flag('prompts', run.rl_prompts.get('context'))}"
             if run.rl
             else "not run",
         ),
@@ -248,7 +249,7 @@ def _run_html(run: RunData, charts: dict[str, Path]) -> str:
             (
                 f"eval {phase}",
                 ", ".join(
-                    f"{b} ({d.source}){context_flag('prompts', (d.results or {}).get('context'))}"
+                    f"{b} ({d.source}){_context_flag('prompts', (d.results or {}).get('context'))}"
                     for b, d in run.evals[phase].items()
                 )
                 or "not run",
@@ -265,19 +266,6 @@ def _run_html(run: RunData, charts: dict[str, Path]) -> str:
         _missing("Before/after tables", "no evaluation")
     ]
     return f"<dl>{info}</dl><div class=grid>{''.join(figures)}</div><h3>Before and after RL</h3>{''.join(tables)}"
-
-
-def context_flag(what: str, record: dict[str, Any] | None) -> str:
-    """" ⚠ 37 of 500 prompts skipped, 5 with a shortened budget (over the context of 512)" when the
-    context check (eval/context.py) left prompts out or cut their budget; "" otherwise."""
-    if not record or not (record.get("skipped") or record.get("shortened")):
-        return ""
-    done = [f"{record['skipped']} skipped"] if record.get("skipped") else []
-    done += [f"{record['shortened']} with a shortened budget"] if record.get("shortened") else []
-    return (
-        f" ⚠ of {record['prompts']} {what}: {', '.join(done)} (prompt + {record['max_new_tokens']} new tokens "
-        f"over the context of {record['context']}, over_context={record['over_context']})"
-    )
 
 
 def _result_rows(results: dict[str, Any] | None) -> dict[str, tuple[float | None, str]]:

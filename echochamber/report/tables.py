@@ -196,3 +196,17 @@ def _agreement(label: str, data: EvalData) -> str:
         + table(header, cells, "compact")
         + "</div>"
     )
+
+
+def context_flag(what: str, record: dict[str, Any] | None) -> str:
+    """" ⚠ of 500 prompts: 37 skipped, 5 with a shortened budget (prompt + 2048 new tokens over the
+    context of 512, ...)" when the context check (eval/context.py) left prompts out or cut their
+    budget; "" otherwise."""
+    if not record or not (record.get("skipped") or record.get("shortened")):
+        return ""
+    done = [f"{record['skipped']} skipped"] if record.get("skipped") else []
+    done += [f"{record['shortened']} with a shortened budget"] if record.get("shortened") else []
+    return (
+        f" ⚠ of {record['prompts']} {what}: {', '.join(done)} (prompt + {record['max_new_tokens']} new tokens "
+        f"over the context of {record['context']}, over_context={record['over_context']})"
+    )
