@@ -11,6 +11,9 @@ For each preset, three numbers over the same model shape, batch and sequence len
 - matmul: the forward and both backward matmuls of every linear layer of the model at the same
   number of tokens, back to back — the practical ceiling for these layer shapes on this CPU.
 GFLOP/s of the two training loops is tokens/s × `flops_per_token` (6·N + attention).
+Each --dtypes entry is one row per preset: "float32", and "auto" (bfloat16 autocast on CPUs with
+AMX/AVX512-BF16, model/precision.py; skipped where it resolves to float32). In a bfloat16 row the
+plain loop runs under the same autocast and the matmul ceiling is measured in bfloat16.
 The three are measured in turn for --rounds rounds and the best of each is kept, so a burst of load
 from other processes on a shared machine does not land on one side only. `--compile` adds a column
 for `run_pretrain` with `compile: true` (compilation happens in the untimed warm-up steps).
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 
 from echochamber.config import load_config
+from echochamber.model.precision import resolve_dtype
 from echochamber.model.presets import build_model, count_parameters, flops_per_token
 from echochamber.pretrain.config import PretrainConfig
 from echochamber.pretrain.loop import run_pretrain
@@ -66,7 +70,7 @@ def write_random_shards(folder: Path, tokens: int, seed: int = 0) -> Path:
 
 def bench_echochamber(
     shards: Path, out: Path, preset: str, seq_len: int, batch: int, warmup: int, steps: int, compile: bool = False,
-    dtype: str = "auto",
+    dtype: str = "float32",
 ) -> float:
     config = load_config(
         PretrainConfig,
@@ -83,7 +87,9 @@ def bench_echochamber(
     return len(timed) * batch * seq_len / seconds
 
 
-def bench_plain_loop(preset: str, tokens: np.ndarray, seq_len: int, batch: int, warmup: int, steps: int) -> float:
+def bench_plain_loop(
+    preset: str, tokens: np.ndarray, seq_len: int, batch: int, warmup: int, steps: int, dtype: str = "float32"
+) -> float:
     model = build_model(preset, VOCAB, max_seq_len=max(seq_len, 256))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
@@ -93,7 +99,9 @@ def bench_plain_loop(preset: str, tokens: np.ndarray, seq_len: int, batch: int, 
         starts = rng.integers(0, len(tokens) - seq_len, batch)
         ids = torch.from_numpy(np.stack([tokens[s : s + seq_len] for s in starts]).astype(np.int64))
         started = time.perf_counter()
-        model(input_ids=ids, labels=ids).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step >= warmup:
@@ -101,12 +109,14 @@ def bench_plain_loop(preset: str, tokens: np.ndarray, seq_len: int, batch: int, 
     return steps * batch * seq_len / elapsed
 
 
-def bench_matmuls(model: torch.nn.Module, rows: int, repeats: int) -> float:
+def bench_matmuls(model: torch.nn.Module, rows: int, repeats: int, dtype: str = "float32") -> float:
     """GFLOP/s of the model's linear-layer matmuls (forward, grad-input, grad-weight) at `rows` tokens."""
     shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     operands = []
+    kind = getattr(torch, dtype)
     for n_in, n_out in shapes:
-        x, w, g = torch.randn(rows, n_in), torch.randn(n_out, n_in), torch.randn(rows, n_out)
+        x, w, g = (torch.randn(rows, n_in, dtype=kind), torch.randn(n_out, n_in, dtype=kind),
+                   torch.randn(rows, n_out, dtype=kind))  # fmt: skip
         operands.append((x, w, g))
     flops = sum(6 * rows * n_in * n_out for n_in, n_out in shapes)
 
@@ -133,16 +143,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measure each side this often, keep the best")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="also time run_pretrain with torch.compile")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "auto"], choices=["float32", "auto", "bfloat16"],
+                        help="one row per dtype (auto: skipped where it resolves to float32)")
     args = parser.parse_args()
+    dtypes = list(dict.fromkeys(resolve_dtype(d, torch.device("cpu")) for d in args.dtypes))
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}; seq_len {args.seq_len}, batch {args.batch}, "
           f"{args.steps} timed steps, best of {args.rounds} rounds")  # fmt: skip
     columns = ["echochamber", "plain loop"] + (["compiled"] if args.compile else [])
-    print(f"{'preset':<7}{'params':>9}" + "".join(f"{name:>20}" for name in columns) + f"{'matmul':>9}"
+    print(f"{'preset':<7}{'params':>9}{'dtype':>10}" + "".join(f"{name:>20}" for name in columns) + f"{'matmul':>9}"
           f"{'ours/plain':>12}{'ours/matmul':>13}")  # fmt: skip
-    print(" " * 16 + f"{'tok/s':>10}{'GFLOP/s':>10}" * len(columns) + f"{'GFLOP/s':>9}")
+    print(" " * 26 + f"{'tok/s':>10}{'GFLOP/s':>10}" * len(columns) + f"{'GFLOP/s':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         stream_tokens = args.batch * (args.seq_len + 1) * (args.warmup + args.steps) * 2
         shards = write_random_shards(Path(tmp) / "shards", stream_tokens)
@@ -150,26 +163,29 @@ def main() -> None:
         for preset in args.presets:
             model = build_model(preset, VOCAB, max_seq_len=max(args.seq_len, 256))
             flops = flops_per_token(model, args.seq_len)
-            ours = plain = ceiling = 0.0
-            for round_ in range(args.rounds):
-                out = Path(tmp) / f"{preset}-{round_}"
-                # Alternate which loop goes first, so neither always runs right after the other.
-                for side in ("ours", "plain") if round_ % 2 == 0 else ("plain", "ours"):
-                    if side == "ours":
-                        ours = max(ours, bench_echochamber(shards, out, preset, args.seq_len, args.batch,
-                                                           args.warmup, args.steps))  # fmt: skip
-                    else:
-                        plain = max(plain, bench_plain_loop(preset, tokens, args.seq_len, args.batch,
-                                                            args.warmup, args.steps))  # fmt: skip
-                ceiling = max(ceiling, bench_matmuls(model, args.batch * args.seq_len, repeats=max(1, args.steps // 2)))
-            rates = [ours, plain]
-            if args.compile:
-                out = Path(tmp) / f"{preset}-compiled"
-                rates.append(bench_echochamber(shards, out, preset, args.seq_len, args.batch, args.warmup + 2,
-                                               args.steps, compile=True))  # fmt: skip
-            print(f"{preset:<7}{count_parameters(model) / 1e6:>8.2f}M"
-                  + "".join(f"{rate:>10.0f}{rate * flops / 1e9:>10.1f}" for rate in rates)
-                  + f"{ceiling:>9.1f}{ours / plain:>12.2f}{ours * flops / 1e9 / ceiling:>13.0%}")  # fmt: skip
+            for dtype in dtypes:
+                ours = plain = ceiling = 0.0
+                for round_ in range(args.rounds):
+                    out = Path(tmp) / f"{preset}-{dtype}-{round_}"
+                    # Alternate which loop goes first, so neither always runs right after the other.
+                    for side in ("ours", "plain") if round_ % 2 == 0 else ("plain", "ours"):
+                        if side == "ours":
+                            ours = max(ours, bench_echochamber(shards, out, preset, args.seq_len, args.batch,
+                                                               args.warmup, args.steps, dtype=dtype))  # fmt: skip
+                        else:
+                            plain = max(plain, bench_plain_loop(preset, tokens, args.seq_len, args.batch,
+                                                                args.warmup, args.steps, dtype))  # fmt: skip
+                    ceiling = max(ceiling, bench_matmuls(model, args.batch * args.seq_len,
+                                                         repeats=max(1, args.steps // 2), dtype=dtype))  # fmt: skip
+                rates = [ours, plain]
+                if args.compile:
+                    out = Path(tmp) / f"{preset}-{dtype}-compiled"
+                    rates.append(bench_echochamber(shards, out, preset, args.seq_len, args.batch, args.warmup + 2,
+                                                   args.steps, compile=True, dtype=dtype))  # fmt: skip
+                print(f"{preset:<7}{count_parameters(model) / 1e6:>8.2f}M{dtype:>10}"
+                      + "".join(f"{rate:>10.0f}{rate * flops / 1e9:>10.1f}" for rate in rates)
+                      + f"{ceiling:>9.1f}{ours / plain:>12.2f}{ours * flops / 1e9 / ceiling:>13.0%}"
+                      f"   (load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
     print(f"load average at the end {os.getloadavg()[0]:.1f} (the machine is shared; numbers move with load)")
 
 

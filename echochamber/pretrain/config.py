@@ -38,7 +38,9 @@ class PretrainConfig:
     eval_batches: int = 4  # validation windows per source = eval_batches × micro_batch_size
     checkpoint_every: int = 200  # steps between checkpoints (and always at the last step)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # autocast; auto = bf16 on GPUs that have it
+    # Compute precision (bfloat16 = autocast, weights stay float32); auto = bfloat16 where the hardware
+    # has it natively (model/precision.py), float32 elsewhere. The run's config.yaml records the result.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False  # torch.compile the model (pays off on GPU and for long CPU runs)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP, or FSDP2 sharding (for 1B)
     seed: int = 0  # model init, data order, RNG streams

@@ -23,6 +23,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from echochamber.checkpoint import (
 from echochamber.config import save_config, to_dict
 from echochamber.data.shards import Shards, open_shards
 from echochamber.errors import UserError
+from echochamber.model.precision import resolve_dtype
 from echochamber.model.presets import build_model, load_model
 from echochamber.pretrain.config import RUN_DEFINING_KEYS, PretrainConfig, lr_multiplier
 from echochamber.pretrain.windows import WindowSampler, token_loss, validation_loss
@@ -66,13 +68,15 @@ def run_pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
 
 def _train(config: PretrainConfig, resume: bool, env: dist.Process) -> Path:
     """Set up (shards, model, optimizer, logging), run `_Loop` step by step, write out/final."""
+    # "auto" becomes the dtype this hardware computes in, so config.yaml records what was used.
+    config = replace(config, dtype=resolve_dtype(config.dtype, env.device))
     shards = _open_shards(config.shards)
     out = Path(config.out)
     ensure_writable(out, env.rank)
     per_rank = _per_rank_batch(config, env)
     checkpoint, state = resume_point(out, resume, STAGE, "a pretraining run")
     if checkpoint is not None:
-        _check_resumable(config, state, shards.manifest, checkpoint)
+        _check_resumable(config, state, shards.manifest, checkpoint, env.device)
     hf_model = _initial_model(config, shards.manifest, checkpoint, env)
     model = _wrap(hf_model, config, env)
     optimizer, scheduler, start_step = _optimizer(model, config, env, state)
@@ -230,11 +234,8 @@ def _initial_model(config: PretrainConfig, manifest: dict[str, Any], checkpoint:
 
 
 def _autocast(config: PretrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    use_bf16 = config.dtype == "bfloat16" or (
-        config.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    # CPU "auto" stays float32: without AMX/AVX512-BF16 (most CPUs) bf16 matmuls are slower.
-    if use_bf16:
+    """bfloat16 autocast for a resolved dtype of "bfloat16" (weights and AdamW state stay float32)."""
+    if config.dtype == "bfloat16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -283,8 +284,15 @@ def _open_shards(path: str) -> Shards:
     return shards
 
 
-def _check_resumable(config: PretrainConfig, state: dict[str, Any], manifest: dict[str, Any], checkpoint: Path) -> None:
-    saved = state["config"]
+def _check_resumable(
+    config: PretrainConfig, state: dict[str, Any], manifest: dict[str, Any], checkpoint: Path,
+    device: torch.device,
+) -> None:  # fmt: skip
+    saved = dict(state["config"])
+    if saved.get("dtype") == "auto":
+        # Checkpoints written before "auto" was resolved at the start: it meant bfloat16 on GPUs
+        # that support it and float32 on every CPU.
+        saved["dtype"] = resolve_dtype("auto", device) if device.type == "cuda" else "float32"
     for key in RUN_DEFINING_KEYS:
         if saved.get(key) != to_dict(config)[key]:
             raise UserError(

@@ -22,9 +22,11 @@ import pytest
 import torch
 import yaml
 
+from echochamber.checkpoint import STATE_FILE
 from echochamber.cli import main
 from echochamber.config import load_config, to_dict
 from echochamber.errors import UserError
+from echochamber.model.precision import resolve_dtype
 from echochamber.pretrain.config import PretrainConfig
 from echochamber.pretrain.loop import run_pretrain
 from echochamber.runlog import read_metrics
@@ -85,6 +87,7 @@ def tiny_config(shards: Path, out: Path, **overrides: object) -> PretrainConfig:
         shards=str(shards), out=str(out), model="tiny", seq_len=32, batch_size=8, micro_batch_size=4,
         max_steps=12, warmup_steps=3, eval_every=4, eval_batches=1, checkpoint_every=4,
         keep_checkpoints=10, tensorboard=False, progress=False, lr=3e-3,
+        dtype="float32",  # "auto" would be bfloat16 on some CPUs only: these tests compare float32 runs
     )  # fmt: skip
     values.update(overrides)
     return load_config(PretrainConfig, base=values)
@@ -120,6 +123,25 @@ def test_tiny_run_trains_logs_and_writes_a_loadable_model(shards, tmp_path):
     assert model.config.vocab_size == VOCAB and tokenizer.eos_token == "<|endoftext|>"
     with pytest.raises(UserError, match="already holds a pretraining run"):
         run_pretrain(config)
+
+
+def test_bfloat16_run_agrees_with_float32_and_auto_records_what_it_ran(shards, tmp_path):
+    """bfloat16 autocast (what "auto" picks on CPUs with native bf16) trains the same model to within
+    0.02 nats of validation loss after 24 steps (observed: 0.002 on an AVX-512 CPU), and a run's
+    config.yaml names the dtype "auto" resolved to, not "auto"."""
+    results = {}
+    for dtype in ("float32", "bfloat16", "auto"):
+        out = tmp_path / dtype
+        run_pretrain(tiny_config(shards, out, max_steps=24, eval_every=12, checkpoint_every=24, dtype=dtype))
+        rows = read_metrics(out / "metrics.jsonl")
+        results[dtype] = rows[-1]["val_loss"]
+        assert rows[-1]["loss"] < rows[0]["loss"] - 0.5, dtype  # both really train
+        recorded = yaml.safe_load((out / "config.yaml").read_text())["dtype"]
+        assert recorded == (resolve_dtype("auto", torch.device("cpu")) if dtype == "auto" else dtype)
+    assert results["bfloat16"] == pytest.approx(results["float32"], abs=0.02)
+    assert results["bfloat16"] != results["float32"]  # autocast really ran in bfloat16
+    auto = resolve_dtype("auto", torch.device("cpu"))
+    assert results["auto"] == pytest.approx(results[auto], rel=1e-6)
 
 
 def test_resume_after_losing_steps_reproduces_the_uninterrupted_run(shards, tmp_path):
@@ -229,6 +251,22 @@ def test_resume_with_a_tokenizer_of_another_vocabulary_is_refused(shards, tmp_pa
         run_pretrain(tiny_config(other, out, max_steps=4), resume=True)
     with pytest.raises(UserError, match="config key 'lr'"):
         run_pretrain(tiny_config(shards, out, max_steps=4, lr=1e-4), resume=True)
+
+
+def test_resume_across_dtypes_is_refused_but_old_cpu_auto_checkpoints_resume_as_float32(shards, tmp_path):
+    out = tmp_path / "run"
+    run_pretrain(tiny_config(shards, out, max_steps=4, checkpoint_every=4))
+    with pytest.raises(UserError, match="config key 'dtype' was 'float32', now 'bfloat16'"):
+        run_pretrain(tiny_config(shards, out, max_steps=4, dtype="bfloat16"), resume=True)
+    # Checkpoints written before "auto" was resolved at the start recorded "auto": float32 on a CPU.
+    state_file = out / "checkpoints" / "step_4" / STATE_FILE
+    state = torch.load(state_file, weights_only=False)
+    state["config"]["dtype"] = "auto"
+    torch.save(state, state_file)
+    shutil.rmtree(out / "final")
+    run_pretrain(tiny_config(shards, out, max_steps=4), resume=True)
+    with pytest.raises(UserError, match="config key 'dtype' was 'float32', now 'bfloat16'"):
+        run_pretrain(tiny_config(shards, out, max_steps=4, dtype="bfloat16"), resume=True)
 
 
 def test_command_line_error_is_one_line_and_exit_code_2(shards, tmp_path, capsys):

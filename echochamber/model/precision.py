@@ -1,0 +1,48 @@
+"""Which precision a run computes in: `dtype: auto` resolved against the hardware it runs on.
+
+"auto" means bfloat16 compute (autocast; weights and optimiser state stay float32) where the
+hardware multiplies bfloat16 natively, float32 everywhere else:
+- CUDA: bfloat16 when the GPU supports it;
+- CPU: bfloat16 when the cores have AMX or AVX512-BF16 *and* torch and oneDNN are allowed to use
+  them. Elsewhere (AVX2-only CPUs, or AVX-512 ones forced down with `ATEN_CPU_CAPABILITY=avx2` /
+  `ONEDNN_MAX_CPU_ISA=AVX2`) bfloat16 matmuls are emulated and slower than float32.
+
+So "auto" gives different numbers on different machines by design: a run records the dtype it
+resolved to (its config.yaml), and presets whose numbers are compared across machines (the
+quickstart, the sweeps) pin float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from echochamber.errors import UserError
+
+DTYPES = ("auto", "float32", "bfloat16")
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) that still include native bfloat16 dot products.
+_BF16_ISAS = ("AVX512_CORE_BF16", "AVX10", "AMX", "ALL", "DEFAULT")
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16 present and not masked off by the capability environment variables."""
+    if not (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
+        return False
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):  # ATEN_CPU_CAPABILITY=avx2/default
+        return False
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return not cap or any(cap.startswith(isa) for isa in _BF16_ISAS)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """What `dtype` ("auto", "float32" or "bfloat16") means on `device`: "float32" or "bfloat16"."""
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cpu":
+        return "bfloat16" if cpu_has_native_bf16() else "float32"
+    return "float32"
