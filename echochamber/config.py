@@ -47,6 +47,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        sections = [arg for arg in args if dataclasses.is_dataclass(arg)]
+        if (
+            isinstance(value, dict) and len(sections) == 1
+        ):  # a mapping is that section: its error is the clear one
+            return _coerce(value, sections[0], key)
         for arg in args:
             if arg is type(None):
                 continue

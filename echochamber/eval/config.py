@@ -1,10 +1,10 @@
 """The eval suite's settings: one dataclass, `EvalConfig`, the only home of their fields and defaults.
 
 It is the `eval:` section of a study and of an RL config, and what `echochamber eval` reads (its
-`--benchmark` names the benchmark). `EvalConfig.evaluation(benchmark, world, seed)` turns it into one
-benchmark's `Evaluation`, filling in what the config leaves to the run: the world behind the world-*
-benchmarks and the seed (a study's and `echochamber eval`'s evaluations sample with seed 0, RL's
-periodic ones with the RL run's seed). An Evaluation is what the suite runs and what results.json's
+`--benchmark` names the benchmark). `EvalConfig.evaluation(benchmark, world, seed, formats)` turns it
+into one benchmark's `Evaluation`, filling in what the config leaves to the run: the world behind the
+world-* benchmarks, the seed (a study's and `echochamber eval`'s evaluations sample with seed 0, RL's
+periodic ones with the RL run's seed) and the format registry (written out in full). An Evaluation is what the suite runs and what results.json's
 `config` and an evaluation folder's config.yaml record.
 """
 
@@ -18,6 +18,7 @@ from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
 from echochamber.eval.context import OverContext
 from echochamber.eval.passk import MAX_SAMPLES, default_ks
+from echochamber.formats.registry import DEFAULT_FORMATS, FormatSpec, Registry, build_registry
 from echochamber.model.sampler import DTYPES
 from echochamber.model.sampling import SamplingParams
 
@@ -46,6 +47,10 @@ class EvalConfig:
     # The world behind world-test/world-hard. None: the run's world (a study's `world`, an RL config's
     # `prompts.world`), the default world for `echochamber eval`; where set, it must be that world.
     world: WorldConfig | None = None
+    # The formats generations are labelled and graded by (formats.registry). None: the run's (a
+    # study's `formats`, an RL config's `formats`), the default registry for `echochamber eval`;
+    # where set, it must be the run's.
+    formats: list[str | FormatSpec] | None = None
     batch_size: int = 256  # sequences per sampler batch
     backend: Literal["torch", "vllm"] = "torch"  # sampler backend (vllm: GPU only)
     # Precision of the generations: auto = the weights' own dtype (the checkpoint's for
@@ -73,18 +78,35 @@ class EvalConfig:
         if self.dtype not in DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
         self.sampling_params()  # SamplingParams checks temperature, top_p, top_k, max_new_tokens
+        if self.formats is not None:
+            build_registry(self.formats)  # every declaration checked before anything runs
 
     def check_world(self, world: WorldConfig, where: str) -> None:
         """A world set here must be the run's (`where` names it): one run, one world."""
         if self.world is not None and asdict(self.world) != asdict(world):
             raise UserError(f"eval.world differs from {where}: set the world once, under '{where}'")
 
-    def evaluation(self, benchmark: str, world: WorldConfig | None = None, seed: int = 0) -> Evaluation:
-        """This config on one benchmark, with the run's `world` and `seed` where it leaves them None."""
+    def check_formats(self, formats: list[str | FormatSpec], where: str) -> None:
+        """Formats set here must be the run's (`where` names them): one run, one registry."""
+        if self.formats is not None and build_registry(self.formats).record() != build_registry(formats).record():
+            raise UserError(f"eval.formats differs from {where}: set the formats once, under '{where}'")
+
+    def evaluation(
+        self,
+        benchmark: str,
+        world: WorldConfig | None = None,
+        seed: int = 0,
+        formats: list[str | FormatSpec] | None = None,
+    ) -> Evaluation:
+        """This config on one benchmark, with the run's `world`, `seed` and `formats` where it leaves
+        them None (no formats anywhere: the default registry). The formats are recorded in full, so
+        results.json says exactly how every generation was labelled and graded."""
+        entries = self.formats if self.formats is not None else formats
         resolved = replace(
             self,
             seed=self.seed if self.seed is not None else seed,
             world=self.world or world or WorldConfig(),
+            formats=list(build_registry(entries if entries is not None else DEFAULT_FORMATS).specs),
         )
         resolved.validate()
         check_benchmark(benchmark, resolved.world)
@@ -124,6 +146,11 @@ class Evaluation:
         assert self.config.world is not None, "an Evaluation's config is resolved (EvalConfig.evaluation)"
         return self.config.world
 
+    def registry(self) -> Registry:
+        """The formats this evaluation labels and grades by."""
+        assert self.config.formats is not None, "an Evaluation's config is resolved (EvalConfig.evaluation)"
+        return build_registry(self.config.formats)
+
     def record(self) -> dict[str, Any]:
         """The settings as results.json's `config` and the folder's config.yaml hold them: the
         benchmark, then every EvalConfig field but the benchmark list."""
@@ -144,6 +171,7 @@ class Evaluation:
             "truncated_is_wrong": config.truncated_is_wrong,
             "backend": config.backend,
             "dtype": config.dtype,
+            "formats": self.registry().record(),  # how the file's rows were labelled and graded
         }
         if self.benchmark.startswith("world-"):
             settings["world"] = asdict(self.world)

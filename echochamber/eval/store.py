@@ -3,7 +3,8 @@
     prompts.jsonl        the prompts evaluated: {"id", "prompt", "gold"} a line (the report shows
                          their texts from here; it never rebuilds a benchmark)
     generations.jsonl    one graded generation a line, appended one prompt chunk at a time
-    eval_settings.json   the settings that decide the generations (a resumed run must match them)
+    eval_settings.json   the settings that decide the generations and their grading, the format
+                         registry included (a resumed run must match them)
     results.json         the scores, written at the end
     config.yaml          the evaluation's settings as the suite ran them (eval.config.Evaluation.record)
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from echochamber.data.records import Record
 from echochamber.errors import UserError
+from echochamber.formats.registry import default_registry
 from echochamber.runlog import iter_jsonl, read_jsonl
 
 PROMPTS_FILE = "prompts.jsonl"
@@ -118,6 +120,9 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
             # Written before the dtype was recorded: the torch backend then sampled the checkpoint
             # in its own dtype, which is "auto". (vLLM then ran float32 weights in float16: no match.)
             stored["dtype"] = "auto"
+        if "formats" not in stored:
+            # Written before format registries: its rows were labelled and graded by the default one.
+            stored["formats"] = default_registry().record()
         changed = sorted(key for key in settings.keys() | stored.keys() if settings.get(key) != stored.get(key))
         if changed:
             raise UserError(

@@ -45,7 +45,8 @@ from echochamber.eval.store import (
     write_json_atomic,
     write_prompts,
 )
-from echochamber.formats import FORMATS, PAPER_FORMATS
+from echochamber.formats import PAPER_FORMATS
+from echochamber.formats.registry import Registry, default_registry
 from echochamber.model.presets import load_model
 from echochamber.model.sampler import Sampler, build_sampler, sampler_precision
 from echochamber.model.sampling import SamplingParams
@@ -104,11 +105,14 @@ def evaluate(
         sampler = build_sampler(
             model, tokenizer, backend=config.backend, batch_size=config.batch_size, dtype=config.dtype
         )
+    formats = evaluation.registry()
     scope = nullcontext(grader) if grader is not None else Grader(workers=config.workers)
     with scope as active_grader:
         # Rows of an older version are graded again, so one folder stays under one verifier (the
         # older one also graded some program values differently: verify.answers.round_float_noise).
-        regrade = partial(_graded_rows, active_grader, truncated_is_wrong=config.truncated_is_wrong)
+        regrade = partial(
+            _graded_rows, active_grader, truncated_is_wrong=config.truncated_is_wrong, formats=formats
+        )
         rows = store.load(regrade) if store is not None else []
         done = {(row["mode"], row["prompt_id"]) for row in rows}
         for mode, n, params in config.passes():
@@ -125,8 +129,9 @@ def evaluate(
                 for start in range(0, len(todo), per_chunk):
                     chunk = todo[start : start + per_chunk]
                     new_rows = _generate_rows(
-                        sampler, tokenizer, active_grader, chunk, mode, n, params, config.truncated_is_wrong, tracer
-                    )
+                        sampler, tokenizer, active_grader, chunk, mode, n, params, config.truncated_is_wrong,
+                        formats, tracer,
+                    )  # fmt: skip
                     if store is not None:
                         store.append(new_rows)
                     rows.extend(new_rows)
@@ -164,6 +169,7 @@ def _generate_rows(
     n: int,
     params: SamplingParams,
     truncated_is_wrong: bool,
+    formats: Registry,
     tracer: Tracer | None,
 ) -> list[dict[str, Any]]:
     """Generate and grade `n` completions for each record of `chunk`: one generations.jsonl row each
@@ -185,7 +191,7 @@ def _generate_rows(
         for record, row in zip(chunk, samples, strict=True)
         for sample in row
     ]
-    rows = _graded_rows(grader, generated, truncated_is_wrong)
+    rows = _graded_rows(grader, generated, truncated_is_wrong, formats)
     if tracer is not None:
         flat = [sample for row in samples for sample in row]
         traced = trace_generations(tracer, [s.token_ids for s in flat], [s.text for s in flat])
@@ -195,12 +201,12 @@ def _generate_rows(
 
 
 def _graded_rows(
-    grader: Grader, generated: Sequence[Mapping[str, Any]], truncated_is_wrong: bool
+    grader: Grader, generated: Sequence[Mapping[str, Any]], truncated_is_wrong: bool, formats: Registry
 ) -> list[dict[str, Any]]:
     """Generation rows from generated samples (prompt_id, mode, sample_index, gold, text, truncated,
-    n_tokens), all samples of each of their prompts included: graded, and with each sample's vote
-    (its answer's class among its prompt's samples; None when it abstains)."""
-    grades = grader.grade([row["text"] for row in generated], [row["gold"] for row in generated])
+    n_tokens), all samples of each of their prompts included: graded under `formats`, and with each
+    sample's vote (its answer's class among its prompt's samples; None when it abstains)."""
+    grades = grader.grade([row["text"] for row in generated], [row["gold"] for row in generated], formats)
     rows = [_row(sample, grade, truncated_is_wrong) for sample, grade in zip(generated, grades, strict=True)]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -277,19 +283,21 @@ def summarize(rows: Sequence[Mapping[str, Any]], records: Sequence[Record], eval
             majority = [maj_at_ks([r["vote"] for r in g], [bool(r["correct"]) for r in g], ks) for g in groups]
             for k in ks:
                 summary[f"maj@{k}"] = float(np.mean([m[k] for m in majority]))
-        summary.update(generation_stats([row for group in groups for row in group]))
+        summary.update(generation_stats([row for group in groups for row in group], evaluation.registry().names))
         results[mode] = summary
     return results
 
 
-def generation_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Accuracy, truncation rate, mean length, status counts and, per format: count, share of all
+def generation_stats(rows: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Accuracy, truncation rate, mean length, status counts and, per format of `names` (the run's
+    registry's labels, `other` included; None = the default registry's): count, share of all
     generations, accuracy and mean length (None where a format has no generations, never 0); then
     the same shares under the paper's rule and where the two rules disagree (`paper_format_stats`);
     and the rows' provenance pooled (None when they carry none: provenance.records.pooled)."""
+    names = tuple(names) if names is not None else default_registry().names
     total = len(rows)
     formats = {}
-    for name in FORMATS:
+    for name in names:
         mine = [row for row in rows if row["format"] == name]
         formats[name] = {
             "count": len(mine),
@@ -297,9 +305,9 @@ def generation_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "accuracy": float(np.mean([row["correct"] for row in mine])) if mine else None,
             "mean_tokens": float(np.mean([row["n_tokens"] for row in mine])) if mine else None,
         }
-    unknown = {row["format"] for row in rows} - set(FORMATS)
+    unknown = {row["format"] for row in rows} - set(names)
     if unknown:
-        raise RuntimeError(f"generations carry unknown formats {sorted(unknown)}")
+        raise RuntimeError(f"generations carry formats the registry does not know: {sorted(unknown)}")
     return {
         "n_generations": total,
         "accuracy": float(np.mean([row["correct"] for row in rows])) if rows else None,
@@ -307,17 +315,17 @@ def generation_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mean_tokens": float(np.mean([row["n_tokens"] for row in rows])) if rows else None,
         "status_counts": dict(sorted(Counter(row["status"] for row in rows).items())),
         "formats": formats,
-        **paper_format_stats(rows),
+        **paper_format_stats(rows, names),
         "provenance": pooled(rows),
     }
 
 
-def paper_format_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def paper_format_stats(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
     """The format mix under the paper's own rule (formats.classify.paper_format), beside ours.
 
     `paper_formats`: per paper label (PAPER_FORMATS) count, share of all generations and accuracy
-    (None where a label has no generations). `format_confusion`: {our label: {paper label: count}}
-    over every pair of labels. `format_disagreements`: generations the two rules label differently;
+    (None where a label has no generations). `format_confusion`: {our label (of `names`): {paper
+    label: count}} over every pair of labels. `format_disagreements`: generations the two rules label differently;
     our `other` always disagrees, the paper's rule having no such label. All three are None when the
     rows carry no paper label (rows built by hand); rows carry it all or none.
     """
@@ -340,7 +348,7 @@ def paper_format_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     pairs = Counter((row["format"], row["paper_format"]) for row in rows)
     return {
         "paper_formats": shares,
-        "format_confusion": {ours: {paper: pairs[ours, paper] for paper in PAPER_FORMATS} for ours in FORMATS},
+        "format_confusion": {ours: {paper: pairs[ours, paper] for paper in PAPER_FORMATS} for ours in names},
         "format_disagreements": sum(count for (ours, paper), count in pairs.items() if ours != paper),
     }
 

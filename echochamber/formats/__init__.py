@@ -10,9 +10,3 @@ results.json); nothing else lists them.
 # ours so that shares can be held against the paper's figures. It has no `other`: whatever is not
 # code is text (omi2) there, degenerate text included.
 PAPER_FORMATS = ("tinygsm", "omi1", "omi2")
-
-# The default registry's labels, for the modules that do not yet read their run's registry
-# (transitional: they move to `Registry.names` one by one).
-from echochamber.formats.registry import DEFAULT_FORMATS, OTHER  # noqa: E402
-
-FORMATS = (*DEFAULT_FORMATS, OTHER)

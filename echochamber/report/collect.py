@@ -6,6 +6,10 @@ per step, "eval" lines per periodic evaluation), `rl/config.yaml`, and the eval 
 A sweep folder holds `sweep.json` and one run folder per cell. Anything missing is left empty here and reported as "not run" on the
 page; only malformed files are errors.
 
+The format names come from the run folder too: each evaluation's results.json records the registry
+it labelled by, a run's config.yaml the study's (`formats`), and a run recorded before registries
+existed had the default one (`RunData.formats`, `EvalData.formats`, `SweepData.formats`).
+
 Per prompt, the generations are reduced to what the findings' statistics use (greedy correctness,
 unbiased pass@k and maj@k, the format counts and correct counts, and our format against the paper's
 rule where rows record `paper_format`) plus the greedy and first sampled generation for the
@@ -27,12 +31,11 @@ from echochamber.config import read_yaml
 from echochamber.errors import UserError
 from echochamber.eval.passk import default_ks, maj_at_ks, pass_at_k
 from echochamber.eval.store import GENERATIONS_FILE, PROMPTS_FILE, RESULTS_FILE, SETTINGS_FILE, read_prompts
-from echochamber.formats import FORMATS
+from echochamber.formats.registry import format_names
+from echochamber.report.results import merge_names, number
 from echochamber.runlog import METRICS_FILE, iter_jsonl, read_metrics
 from echochamber.verify.normalize import vote_key
 
-OTHER = "other"  # the label of text in no pretraining format (degenerate text included)
-REAL_FORMATS = tuple(name for name in FORMATS if name != OTHER)
 PHASES = ("base", "final")  # eval/base = before RL, eval/final = after RL
 _ROW_KEYS = ("prompt_id", "mode", "correct", "format", "truncated")
 
@@ -93,6 +96,14 @@ class EvalData:
     prompts: dict[str, PromptEval]
     prompt_texts: dict[str, str]
     note: str | None = None  # why something is missing (e.g. prompt texts in a folder older than prompts.jsonl)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The labels of the registry this evaluation recorded (`other` last), and any label its
+        generations carry beyond them."""
+        recorded = format_names(((self.results or {}).get("config") or {}).get("formats"))
+        seen = {name for prompt in self.prompts.values() for name in prompt.formats}
+        return merge_names([recorded, tuple(sorted(seen - set(recorded)))])
 
     def rule_table(self) -> dict[tuple[str, str], int] | None:
         """(our format, the paper rule's format) -> generations, over the prompts' counted
@@ -168,6 +179,12 @@ class RunData:
                 return section["seed"]
         return None
 
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The run's format labels (`other` last): its study's registry (config.yaml), else its RL
+        config's, else the default one (a run recorded before registries existed)."""
+        return format_names(self.config.get("formats") or self.rl_config.get("formats"))
+
     def eval(self, phase: str, benchmark: str | None) -> EvalData | None:
         return self.evals.get(phase, {}).get(benchmark) if benchmark is not None else None
 
@@ -184,6 +201,11 @@ class SweepData:
     kind: str  # "run" or "sweep"
     axes: dict[str, list[Any]]
     runs: list[RunData]
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """Every run's format labels, in the order the runs declare them, `other` last."""
+        return merge_names([run.formats for run in self.runs])
 
 
 def collect(path: Path) -> SweepData:
@@ -339,78 +361,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object")
     return data
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading results dicts (results.json, and RL's "eval" metrics lines, which carry the same keys)
-
-
-def number(value: Any) -> float | None:
-    """A metric as a float; None for missing values. Metrics files spell NaN/inf as strings."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def headline(results: dict[str, Any] | None) -> float | None:
-    """pass@1: greedy when evaluated, else the sampled estimate."""
-    if not results:
-        return None
-    for mode in ("greedy", "sampled"):
-        value = number((results.get(mode) or {}).get("pass@1"))
-        if value is not None:
-            return value
-    return None
-
-
-def format_summary(results: dict[str, Any] | None) -> dict[str, dict[str, Any]] | None:
-    """Per-format count/share/accuracy: of the sampled generations (more of them), else the greedy."""
-    if not results:
-        return None
-    for mode in ("sampled", "greedy"):
-        formats = (results.get(mode) or {}).get("formats")
-        if formats:
-            return formats
-    return None
-
-
-def format_shares(shares: dict[str, Any] | None) -> dict[str, float]:
-    """{format: share} from a `format_summary` or an RL line's `format_share` (None counts as 0)."""
-    return {
-        name: number(value.get("share") if isinstance(value, dict) else value) or 0.0
-        for name, value in (shares or {}).items()
-    }
-
-
-def dominant(shares: dict[str, Any] | None) -> tuple[str, float] | None:
-    """The most frequent real format and its share, from {format: share} or a `format_summary`.
-
-    `other` (degenerate or unclassifiable text) is never a winning format: a run where it is the
-    most frequent label is `degenerate`, whatever real format comes next."""
-    flat = format_shares(shares)
-    if not flat:
-        return None
-    name = max(REAL_FORMATS, key=lambda fmt: flat.get(fmt, 0.0))
-    return name, flat.get(name, 0.0)
-
-
-def degenerate(shares: dict[str, Any] | None) -> float | None:
-    """The share of `other` when it is the most frequent label (the run writes mostly degenerate
-    text, not one of the pretraining formats), else None."""
-    flat = format_shares(shares)
-    other = flat.get(OTHER, 0.0)
-    return other if flat and other > 0 and other >= max(flat.get(fmt, 0.0) for fmt in REAL_FORMATS) else None
-
-
-def eval_benchmark(line: dict[str, Any]) -> str:
-    """The benchmark of an RL "eval" line (the eval suite writes `benchmark`; `split` is the short form)."""
-    if "benchmark" in line:
-        return str(line["benchmark"])
-    split = str(line.get("split", "test"))
-    return split if "-" in split else f"world-{split}"
 
 
 # ---------------------------------------------------------------------------------------------

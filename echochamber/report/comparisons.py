@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from echochamber.report.collect import RunData, SweepData, find_axis, group_settings, number
+from echochamber.report.collect import RunData, SweepData, find_axis, group_settings
 from echochamber.report.measure import (
     NEGLIGIBLE,
     at,
@@ -32,6 +32,7 @@ from echochamber.report.measure import (
     unpaired,
     winner,
 )
+from echochamber.report.results import number
 from echochamber.report.stats import Claim
 
 SIMILAR = 0.05  # pass@1 "similar": the difference lies within ±5 points

@@ -15,10 +15,15 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from echochamber.formats import FORMATS
-from echochamber.report.collect import RunData, dominant, eval_benchmark, number
+from echochamber.report.collect import RunData
+from echochamber.report.results import dominant, eval_benchmark, number
 
-FORMAT_COLORS = {"tinygsm": "#4C72B0", "omi1": "#DD8452", "omi2": "#55A868", "other": "#8C8C8C"}
+# The built-in formats keep one colour on every chart; a declared format takes the next free one.
+FORMAT_COLORS = {
+    "tinygsm": "#4C72B0", "omi1": "#DD8452", "omi2": "#55A868", "metamathqa": "#C44E52", "gsm8k": "#8172B3",
+    "other": "#8C8C8C",
+}  # fmt: skip
+_SPARE_COLORS = ("#937860", "#DA8BC3", "#CCB974", "#64B5CD", "#1B9E77", "#E6AB02", "#666666", "#A6761D")
 # Sources named after a format take its colour (a world mixture's are); others take these in turn.
 SOURCE_COLORS = ("#8172B3", "#937860", "#DA8BC3", "#CCB974", "#64B5CD", "#C44E52")
 SHARED_COLOR, NOVEL_COLOR = "#D0D0D0", "#F3E3C3"
@@ -26,6 +31,12 @@ DPI = 100
 PANEL = (4.6, 3.2)  # inches per subplot: legible at the page's column width
 
 RunChart = Callable[[RunData], Figure | None]
+
+
+def format_colors(names: Sequence[str]) -> list[str]:
+    """A colour per format label: the built-ins' own, then the spare colours in turn."""
+    spare = iter(_SPARE_COLORS * (1 + len(names) // len(_SPARE_COLORS)))
+    return [FORMAT_COLORS.get(name) or next(spare) for name in names]
 
 
 def slug(name: str) -> str:
@@ -111,8 +122,9 @@ def _format_share(run: RunData) -> Figure | None:
         return None
     figure, (ax,) = _panels(1)
     steps = [row["step"] for row in rows]
-    shares = [[number(row["format_share"].get(name)) or 0.0 for row in rows] for name in FORMATS]
-    ax.stackplot(steps, shares, labels=FORMATS, colors=[FORMAT_COLORS[name] for name in FORMATS], alpha=0.9)
+    names = run.formats
+    shares = [[number(row["format_share"].get(name)) or 0.0 for row in rows] for name in names]
+    ax.stackplot(steps, shares, labels=names, colors=format_colors(names), alpha=0.9)
     ax.set(
         xlabel="RL step", ylabel="share of rollouts", ylim=(0, 1), title=f"format share · {run.algo or 'RL'}"
     )
@@ -185,10 +197,10 @@ def _format_accuracy(run: RunData) -> Figure | None:
     if not rows:
         return None
     figure, (ax,) = _panels(1)
-    for name in FORMATS:
+    for name, color in zip(run.formats, format_colors(run.formats), strict=True):
         steps, acc = _steps(rows, lambda row, n=name: row["format_accuracy"].get(n))
         if steps:  # a format with no rollouts has accuracy None: a gap, never a 0
-            ax.plot(steps, acc, lw=1, marker=".", ms=3, color=FORMAT_COLORS[name], label=name)
+            ax.plot(steps, acc, lw=1, marker=".", ms=3, color=color, label=name)
     ax.set(xlabel="RL step", ylabel="accuracy", ylim=(0, 1), title="rollout accuracy per format")
     ax.legend(fontsize=7)
     return figure

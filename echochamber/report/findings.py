@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from echochamber.report.collect import REAL_FORMATS, RunData, SweepData, dominant, group_settings, number
+from echochamber.report.collect import RunData, SweepData, group_settings
 from echochamber.report.comparisons import comparison_findings, largest_dip
 from echochamber.report.measure import (
     HARD_BENCHMARKS,
@@ -41,6 +41,7 @@ from echochamber.report.measure import (
     share_of,
     winner,
 )
+from echochamber.report.results import dominant, merge_names, number, real_formats
 from echochamber.report.stats import (
     REPLICATION_SEEDS,
     Claim,
@@ -240,12 +241,17 @@ def _hard_transfer(sweep: SweepData) -> dict[str, Any]:
 # The mixture flip: RL amplifies the most accurate format, not the most frequent one
 
 
+def _declared(runs: list[RunData]) -> list[str]:
+    """The declared formats (not `other`) of a setting's runs."""
+    return real_formats(merge_names([run.formats for run in runs]))
+
+
 def _format_counts(runs: list[RunData], bench: str | None) -> dict[str, list[int]]:
     """Per real format, its base-model generations in each seed."""
-    counts: dict[str, list[int]] = {name: [] for name in REAL_FORMATS}
+    counts: dict[str, list[int]] = {name: [] for name in _declared(runs)}
     for run in runs:
         data = run.eval("base", bench)
-        for name in REAL_FORMATS:
+        for name in counts:
             counts[name].append(sum(p.formats[name] for p in data.prompts.values()) if data else 0)
     return counts
 
@@ -282,15 +288,16 @@ def _flip_setting(
     after: dict[str, float],
     claim: Claim,
 ) -> dict[str, Any]:
-    amplified = max(REAL_FORMATS, key=lambda name: after[name] - before[name])
-    frequent = max(REAL_FORMATS, key=before.__getitem__)
+    declared = _declared(runs)
+    amplified = max(declared, key=lambda name: after.get(name, 0.0) - before.get(name, 0.0))
+    frequent = max(declared, key=lambda name: before.get(name, 0.0))
     counts = _format_counts(runs, bench)
     rare = [name for name, n in counts.items() if max(n) > 0 and min(n) < MIN_FORMAT_COUNT]
     measured = [name for name, n in counts.items() if name != amplified and min(n) >= MIN_FORMAT_COUNT]
     accuracy = _base_accuracy(runs, bench)
     details: dict[str, Any] = {
-        "benchmark": bench, "most frequent before": f"{frequent} ({before[frequent]:.0%})",
-        "amplified by RL": f"{amplified} ({before[amplified]:.0%} → {after[amplified]:.0%})",
+        "benchmark": bench, "most frequent before": f"{frequent} ({before.get(frequent, 0.0):.0%})",
+        "amplified by RL": f"{amplified} ({before.get(amplified, 0.0):.0%} → {after.get(amplified, 0.0):.0%})",
         "flip": amplified != frequent, "base generations per format (per seed)": counts,
         "base accuracy per format": accuracy,
     }  # fmt: skip
@@ -312,12 +319,13 @@ def _flip_setting(
 
 def _base_accuracy(runs: list[RunData], bench: str | None) -> dict[str, float | None]:
     """Per real format, its pooled base-model accuracy over the seeds (None without generations)."""
-    correct = {name: 0 for name in REAL_FORMATS}
-    total = {name: 0 for name in REAL_FORMATS}
+    declared = _declared(runs)
+    correct = dict.fromkeys(declared, 0)
+    total = dict.fromkeys(declared, 0)
     for run in runs:
         data = run.eval("base", bench)
         for prompt in data.prompts.values() if data else ():
-            for name in REAL_FORMATS:
+            for name in declared:
                 correct[name] += prompt.format_correct[name]
                 total[name] += prompt.formats[name]
-    return {name: correct[name] / total[name] if total[name] else None for name in REAL_FORMATS}
+    return {name: correct[name] / total[name] if total[name] else None for name in declared}

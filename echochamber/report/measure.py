@@ -15,16 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from echochamber.report.collect import (
-    OTHER,
-    REAL_FORMATS,
-    PromptEval,
-    RunData,
-    degenerate,
-    dominant,
-    format_shares,
-    format_summary,
-)
+from echochamber.report.collect import PromptEval, RunData
+from echochamber.report.results import degenerate, dominant, format_shares, format_summary, merge_names
 from echochamber.report.stats import Claim, Estimate, estimate, evidence, overall, welch
 
 MAIN_BENCHMARKS = ("gsm8k", "world-test")  # the test set of the RL prompts' distribution
@@ -155,7 +147,8 @@ def pooled_shares(runs: Sequence[RunData], phase: str, bench: str | None) -> dic
     found = [s for run in runs if (s := shares(run, phase, bench))]
     if not found:
         return None
-    return {name: float(np.mean([s.get(name, 0.0) for s in found])) for name in (*REAL_FORMATS, OTHER)}
+    names = merge_names([list(s) for s in found])
+    return {name: float(np.mean([s.get(name, 0.0) for s in found])) for name in names}
 
 
 def winner(runs: Sequence[RunData], bench: str | None) -> tuple[str, float] | None:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from echochamber.errors import UserError
-from echochamber.formats import FORMATS
 from echochamber.report.assets import CSS, JS
 from echochamber.report.collect import (
     EvalData,
@@ -26,17 +25,13 @@ from echochamber.report.collect import (
     RunData,
     SweepData,
     collect,
-    degenerate,
-    dominant,
     find_axis,
-    format_summary,
     group_settings,
-    headline,
-    number,
 )
 from echochamber.report.figures import RUN_CHARTS, render_comparison, render_run_figures, slug
 from echochamber.report.findings import compute_findings
 from echochamber.report.measure import main_benchmark
+from echochamber.report.results import degenerate, dominant, format_summary, headline, number
 from echochamber.report.tables import context_flag as _context_flag
 from echochamber.report.tables import e as _e
 from echochamber.report.tables import findings_html, fmt, format_rules_html, pct, source_agreement_html, table
@@ -341,7 +336,7 @@ def _browser_html(sweep: SweepData) -> str:
         )
         return f'<label>{_e(label)} <select name="{name}">{items}</select></label>'
 
-    formats = [(name, name) for name in FORMATS]
+    formats = [(name, name) for name in sweep.formats]
     correct = [("true", "correct"), ("false", "wrong")]
     runs = [(name, name) for name in dict.fromkeys(e["run"] for e in entries)]
     benches = [(name, name) for name in dict.fromkeys(e["benchmark"] for e in entries)]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from echochamber.report.collect import OTHER, REAL_FORMATS, EvalData
+from echochamber.formats import PAPER_FORMATS
+from echochamber.report.collect import EvalData
 
 VERDICT_WORDS = {
     "reproduced": ("yes", "reproduced"), "not_reproduced": ("no", "not reproduced"),
     "inconclusive": ("na", "inconclusive"), "not_tested": ("na", "not tested"),
 }  # fmt: skip
-PAPER_LABELS = ("tinygsm", "omi1", "omi2")  # the paper's rule has no `other`: anything else is text (OMI2)
 
 
 def e(value: Any) -> str:
@@ -132,23 +132,18 @@ def format_rules_html(label: str, data: EvalData | None) -> str:
     crosstab = data.rule_table()
     if crosstab is None:
         return f'<p class="note">{e(label)}: the paper-rule format is not recorded (generations written before `paper_format`).</p>'
-    total = sum(crosstab.values())
-    ours = {
-        name: sum(n for (mine, _), n in crosstab.items() if mine == name) for name in (*REAL_FORMATS, OTHER)
-    }
-    paper = {name: sum(n for (_, theirs), n in crosstab.items() if theirs == name) for name in PAPER_LABELS}
+    total, names = sum(crosstab.values()), data.formats
+    ours = {name: sum(n for (mine, _), n in crosstab.items() if mine == name) for name in names}
+    paper = {name: sum(n for (_, theirs), n in crosstab.items() if theirs == name) for name in PAPER_FORMATS}
     agree = sum(n for (mine, theirs), n in crosstab.items() if mine == theirs)
-    shares = [[e(name), pct(ours[name] / total), pct(paper.get(name, 0) / total) if name in PAPER_LABELS else "—"]
-              for name in (*REAL_FORMATS, OTHER)]  # fmt: skip
-    cells = [
-        [e(mine), *[str(crosstab.get((mine, theirs), 0)) for theirs in PAPER_LABELS]]
-        for mine in (*REAL_FORMATS, OTHER)
-    ]
+    shares = [[e(name), pct(ours[name] / total), pct(paper.get(name, 0) / total) if name in PAPER_FORMATS else "—"]
+              for name in names]  # fmt: skip
+    cells = [[e(mine), *[str(crosstab.get((mine, theirs), 0)) for theirs in PAPER_FORMATS]] for mine in names]
     return (
         f"<h5>{e(label)}: format shares, ours vs the paper's rule · {pct(agree / total)} of {total} generations agree</h5>"
         + '<div class="grid">'
         + table(["format", "ours", "paper rule"], shares, "compact")
-        + table(["ours ↓ · paper rule →", *PAPER_LABELS], cells, "compact")
+        + table(["ours ↓ · paper rule →", *PAPER_FORMATS], cells, "compact")
         + "</div>"
     )
 
@@ -182,7 +177,8 @@ def _agreement(label: str, data: EvalData) -> str:
             "pretraining shards: a run before provenance, or an evaluation without --shards).</p>"
         )
     sources = data.sources()
-    formats = sorted({ours for ours, _ in crosstab}, key=lambda name: (name == OTHER, name))
+    seen = {ours for ours, _ in crosstab}
+    formats = [name for name in data.formats if name in seen]  # the registry's order, `other` last
     named = {(ours, source): n for (ours, source), n in crosstab.items() if ours in sources}
     if named:
         agree = sum(n for (ours, source), n in named.items() if ours == source)

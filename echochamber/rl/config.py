@@ -19,6 +19,7 @@ from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
 from echochamber.eval.config import EvalConfig, Evaluation
 from echochamber.eval.context import OverContext
+from echochamber.formats.registry import FormatSpec, build_registry, default_entries
 from echochamber.rl.losses import Aggregation, KLEstimator
 
 ALGORITHMS = ("ppo", "grpo", "reinforce", "ei")
@@ -193,6 +194,9 @@ class RLConfig:
     out: str  # run folder: config.yaml, metrics.jsonl, tb/, rollouts/, eval/, checkpoints/step_N/, final/
     reference: str | None = None  # KL reference model folder (default: `policy`)
     prompts: PromptConfig = field(default_factory=PromptConfig)
+    # The formats rollouts and evaluations are labelled and graded by: built-in names and declared
+    # formats (formats.registry). Changing them changes rewards where an answer rule differs.
+    formats: list[str | FormatSpec] = field(default_factory=default_entries)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  # the eval suite (world and seed: the run's)
     eval_every: int = 50  # steps between evaluations (and at step 0 and the end); 0 = never
@@ -220,7 +224,9 @@ class RLConfig:
         )  # fmt: skip
         if self.eval_every < 0:
             raise UserError(f"eval_every must be >= 0 (0 = never), got {self.eval_every}")
+        build_registry(self.formats)  # every declaration checked before anything runs
         self.eval.check_world(self.prompts.world, "prompts.world")
+        self.eval.check_formats(self.formats, "formats")
         for benchmark in self.eval.benchmarks:
             self.evaluation(benchmark)  # each benchmark checked now, not at the first evaluation
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -231,8 +237,8 @@ class RLConfig:
 
 
     def evaluation(self, benchmark: str) -> Evaluation:
-        """The periodic evaluation of one benchmark: the world of the prompts, the run's seed."""
-        return self.eval.evaluation(benchmark, self.prompts.world, self.seed)
+        """The periodic evaluation of one benchmark: the world of the prompts, the run's seed and formats."""
+        return self.eval.evaluation(benchmark, self.prompts.world, self.seed, self.formats)
 
 
 RL_PRESETS: tuple[str, ...] = preset_names("rl")

@@ -49,7 +49,7 @@ from echochamber.data.tokenizer import load_tokenizer
 from echochamber.errors import UserError
 from echochamber.eval.context import context_note, fit_prompts
 from echochamber.eval.suite import evaluate_benchmark, generation_stats
-from echochamber.formats import FORMATS
+from echochamber.formats.registry import build_registry
 from echochamber.model.presets import checkpoint_context, load_model
 from echochamber.provenance.records import check_tokenizer, trace_generations
 from echochamber.rl.config import ALGORITHMS, RLConfig
@@ -72,7 +72,7 @@ PROMPTS_FILE = "prompts.json"  # the prompt set's size and what the context chec
 EVAL_STAGE = "eval"
 # What a run computes; resuming with any of these changed would splice two different runs. The run
 # length (epochs, max_steps), evaluation, logging and memory knobs may change.
-RUN_DEFINING_KEYS = ("policy", "reference", "prompts", "rollout", "betas", "weight_decay", "grad_clip", "seed")
+RUN_DEFINING_KEYS = ("policy", "reference", "prompts", "formats", "rollout", "betas", "weight_decay", "grad_clip", "seed")
 
 
 def run_rl(
@@ -116,12 +116,14 @@ def step_metrics(
     kl: list[float] | None,
     seconds: dict[str, float],
     diagnostics: dict[str, Any],
+    names: tuple[str, ...],
 ) -> dict[str, Any]:
-    """One metrics line from a step's graded samples (all ranks), its KL sums and its diagnostics.
+    """One metrics line from a step's graded samples (all ranks), its KL sums and its diagnostics,
+    with a share, accuracy and length for every label of `names` (the run's registry's).
 
     A format with no samples has accuracy/length None, never 0 (the eval suite's convention).
     """
-    stats = generation_stats(rows)
+    stats = generation_stats(rows, names)
     formats = stats["formats"]
     tokens = sum(row["n_tokens"] for row in rows)
     line: dict[str, Any] = {
@@ -129,10 +131,10 @@ def step_metrics(
         "n_samples": len(rows),
         "reward_mean": sum(row["reward"] for row in rows) / len(rows),
         "accuracy": stats["accuracy"],
-        "format_share": {name: formats[name]["share"] for name in FORMATS},
-        "format_accuracy": {name: formats[name]["accuracy"] for name in FORMATS},
+        "format_share": {name: formats[name]["share"] for name in names},
+        "format_accuracy": {name: formats[name]["accuracy"] for name in names},
         "response_length": stats["mean_tokens"],
-        "length_by_format": {name: formats[name]["mean_tokens"] for name in FORMATS},
+        "length_by_format": {name: formats[name]["mean_tokens"] for name in names},
         "truncation_rate": stats["truncation_rate"],
         "truncation": truncation,  # the policy: "zero" (reward 0, trained) or "mask" (out of the loss)
         "status_counts": stats["status_counts"],
@@ -188,6 +190,7 @@ class _Run:
         self.policy = load_model(self.checkpoint or config.policy).to(device)
         if self.policy.config.vocab_size != self.ref.config.vocab_size:
             raise UserError(f"policy and reference have different vocabularies ({config.policy}, {config.reference})")
+        self.formats = build_registry(config.formats)
         self.total = total_steps(config, algo, len(self.records))
 
     def run(self, grader: Grader | None) -> Path:
@@ -215,8 +218,9 @@ class _Run:
         for step in range(self.start, self.total):
             records, n, params = self.steps.sampling(step)
             rollouts, seconds = generate_rollouts(
-                self.policy, self.tokenizer, records, n, params, self.grader, batch_size=self.config.rollout.batch_size
-            )
+                self.policy, self.tokenizer, records, n, params, self.grader,
+                batch_size=self.config.rollout.batch_size, formats=self.formats,
+            )  # fmt: skip
             kl, diagnostics = self.steps.update(step, rollouts, seconds)
             self.policy = self.steps.policy
             rows = [{**r.row(), "token_ids": r.token_ids} for r in rollouts]  # rank 0 traces them
@@ -248,7 +252,7 @@ class _Run:
         write_rollouts(self.out / "rollouts" / f"step_{done:06d}.jsonl.gz", rows)
         line = step_metrics(
             rows, algo=self.algo, truncation=self.config.rollout.truncation, kl=kl, seconds=seconds,
-            diagnostics=diagnostics,
+            diagnostics=diagnostics, names=self.formats.names,
         )  # fmt: skip
         writers[STAGE].log(done, line)
         bar.set_postfix(reward=f"{line['reward_mean']:.3f}", other=f"{line['format_share']['other']:.2f}", refresh=False)

@@ -34,7 +34,7 @@ from transformers import PreTrainedModel
 
 from echochamber import dist
 from echochamber.data.tokenizer import encode_documents, pad_token_id
-from echochamber.formats import FORMATS
+from echochamber.formats.registry import format_names
 from echochamber.model.presets import load_model
 from echochamber.rl.config import RLConfig
 from echochamber.rl.rollout import Rollout, sequence_logprobs
@@ -181,7 +181,8 @@ def run_round(
         "kept": len(examples),  # what the SFT trains on
         "kept_prompts": len({example.prompt_id for example in examples}),
         "kept_format_share": {
-            name: sum(e.format == name for e in examples) / len(examples) if examples else None for name in FORMATS
+            name: sum(e.format == name for e in examples) / len(examples) if examples else None
+            for name in format_names(config.formats)
         },
         "lr": settings.lr,
     }

@@ -36,6 +36,7 @@ from echochamber import dist
 from echochamber.data.records import Record
 from echochamber.data.tokenizer import encode_prompt, pad_token_id
 from echochamber.errors import UserError
+from echochamber.formats.registry import Registry
 from echochamber.model.sampler import build_sampler
 from echochamber.model.sampling import SamplingParams
 from echochamber.rl.config import PromptConfig
@@ -132,8 +133,10 @@ def generate_rollouts(
     grader: Grader,
     *,
     batch_size: int = 256,
+    formats: Registry | None = None,
 ) -> tuple[list[Rollout], dict[str, float]]:
-    """`n` graded samples per record (prompt-major) and the time spent sampling and grading.
+    """`n` graded samples per record (prompt-major), labelled and graded under `formats` (the run's
+    registry; None = the default one), and the time spent sampling and grading.
 
     Reward = 1 for a verified-correct, complete response, else 0 (the paper: no format reward).
     """
@@ -144,7 +147,7 @@ def generate_rollouts(
     samples = sampler.generate_tokens(prompt_tokens, [record.id for record in records], n, params)
     generated = time.perf_counter()
     pairs = [(i, sample) for i, row in enumerate(samples) for sample in row]
-    grades = grader.grade([sample.text for _, sample in pairs], [records[i].answer for i, _ in pairs])
+    grades = grader.grade([sample.text for _, sample in pairs], [records[i].answer for i, _ in pairs], formats)
     rollouts = []
     for (i, sample), grade in zip(pairs, grades, strict=True):
         correct, status = grade.correct, grade.status

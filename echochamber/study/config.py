@@ -1,6 +1,6 @@
-"""A study's config: one world, a pretraining mixture, pretraining, RL with one algorithm, and the
-eval suite, resolved from a preset, a YAML file and `--set` overrides (in that order). `mixture` and
-`rl` may name their own presets. pipeline.py runs it."""
+"""A study's config: one world, a pretraining mixture, pretraining, RL with one algorithm, the eval
+suite and the formats they track, resolved from a preset, a YAML file and `--set` overrides (in that
+order). `mixture` and `rl` may name their own presets. pipeline.py runs it."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from echochamber.config import (
     read_yaml,
     to_dict,
 )
+from echochamber.data.adapters import get_spec
 from echochamber.data.mixture import MixtureConfig, mixture_preset
 from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
 from echochamber.eval.config import EvalConfig, Evaluation
+from echochamber.formats.registry import FormatSpec, build_registry, builtin_names, default_entries
 from echochamber.pretrain.config import PretrainConfig
 from echochamber.rl.config import RLConfig, rl_preset
 
@@ -40,7 +42,8 @@ PLACED = {
 @dataclass
 class StudyConfig:
     """A whole study: one world that the mixture, RL prompts and world benchmarks all read, the
-    pretraining mixture, pretraining, RL with `algo`, and the eval suite."""
+    pretraining mixture, pretraining, RL with `algo`, the eval suite, and one format registry that
+    RL and every evaluation label and grade by."""
 
     mixture: MixtureConfig  # in YAML also a preset name (tinygsm+omi1+omi2) or {preset: NAME, key: value}
     pretrain: PretrainConfig
@@ -48,6 +51,9 @@ class StudyConfig:
     algo: Literal["ppo", "grpo", "reinforce", "ei"] = "ppo"
     world: WorldConfig = field(default_factory=WorldConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  # run on the pretrained model (eval/base) and the RL policy (eval/final)
+    # The formats tracked, in display order: built-in names (tinygsm, omi1, omi2, metamathqa, gsm8k)
+    # and formats declared in full (formats.registry); recognition follows their priorities.
+    formats: list[str | FormatSpec] = field(default_factory=default_entries)
 
     def validate(self) -> None:
         for dotted, value in PLACED.items():
@@ -63,12 +69,31 @@ class StudyConfig:
             if to_dict(world) != to_dict(self.world):
                 raise UserError(f"{where} differs from 'world': set the world once, under 'world'")
         self.eval.check_world(self.world, "world")
+        registry = build_registry(self.formats)
+        if build_registry(self.rl.formats).record() != registry.record():
+            raise UserError("rl.formats differs from 'formats': set the formats once, under 'formats'")
+        self.eval.check_formats(self.formats, "formats")
+        _check_tracked(self.mixture, registry.real)
         for benchmark in self.eval.benchmarks:
             self.evaluation(benchmark)  # each benchmark checked now, before any stage runs
 
     def evaluation(self, benchmark: str) -> Evaluation:
-        """The study's evaluation of one benchmark (base and final alike): its world, seed 0 unless set."""
-        return self.eval.evaluation(benchmark, self.world)
+        """The study's evaluation of one benchmark (base and final alike): its world and formats, seed
+        0 unless set."""
+        return self.eval.evaluation(benchmark, self.world, formats=self.formats)
+
+
+def _check_tracked(mixture: MixtureConfig, tracked: tuple[str, ...]) -> None:
+    """A pretraining source written in a built-in format the study does not track would have its
+    generations counted as `other`, which the report reads as degenerate text: refused before any
+    compute is spent."""
+    for source in mixture.sources:
+        style = source.world if source.world is not None else get_spec(str(source.dataset)).style
+        if style in builtin_names() and style not in tracked:
+            raise UserError(
+                f"mixture source '{source.label}' is in the {style} format, which the study's formats "
+                f"({', '.join(tracked)}) do not track: add '{style}' to formats"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +123,7 @@ def study_from_dict(data: dict[str, Any]) -> StudyConfig:
     world = _section(data, "world")
     _section(data, "mixture").setdefault("world", world)
     _section(_section(data, "rl"), "prompts").setdefault("world", world)
+    _section(data, "rl").setdefault("formats", data.setdefault("formats", default_entries()))
     for dotted, value in PLACED.items():
         section, key = dotted.split(".")
         _section(data, section).setdefault(key, value)

@@ -202,7 +202,8 @@ def stage_hashes(study: StudyConfig) -> dict[str, str]:
     for section, key in (("rollout", "grader_workers"), ("rollout", "batch_size"), ("eval", "batch_size"), ("eval", "workers")):
         rl_settings[section].pop(key)
     rl = config_hash({"after": pretrain, "algo": study.algo, "rl": rl_settings})
-    evaluation = _without(to_dict(study.eval), ("workers", "batch_size"))
+    # The formats decide every label and some answers: the evaluations read them from the study.
+    evaluation = {**_without(to_dict(study.eval), ("workers", "batch_size")), "formats": to_dict(study)["formats"]}
     base = config_hash({"after": pretrain, "eval": evaluation})
     final = config_hash({"after": rl, "eval": evaluation})
     report = config_hash({"after": [base, final]})

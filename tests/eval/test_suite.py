@@ -12,7 +12,7 @@ import pytest
 from echochamber.config import load_config
 from echochamber.data.benchmarks import benchmark_records, load_benchmark
 from echochamber.data.records import Record
-from echochamber.data.tokenizer import encode_prompt, train_bpe
+from echochamber.data.tokenizer import encode_prompt, load_tokenizer, train_bpe
 from echochamber.errors import UserError
 from echochamber.eval.config import EvalConfig, Evaluation
 from echochamber.eval.passk import vote_classes
@@ -397,3 +397,32 @@ def test_the_eval_command_runs_one_benchmark_per_folder(checkpoint, tmp_path, ca
     # Two benchmarks (the config's default) cannot share one --out folder: refused in one line.
     assert main([*args, "--out", str(tmp_path / "two")]) == 2
     assert "name one --benchmark" in capsys.readouterr().err and not (tmp_path / "two").exists()
+
+
+def test_a_folder_is_labelled_by_one_registry_recorded_in_full(checkpoint, grader, tmp_path):
+    """results.json records the registry; another one is refused in the same folder; a folder from
+    before registries resumes under the default one only."""
+    tokenizer = load_tokenizer(checkpoint)
+    catalogue = EvalConfig(limit=2, n=2, max_new_tokens=3, greedy=False).evaluation(
+        "world-test", formats=["tinygsm", "omi1", "omi2", "gsm8k"]
+    )
+    records = _problems(catalogue)
+    texts = {records[0].id: ["Work.\n#### " + records[0].answer, "Adding them up gives \\boxed{-1}."], records[1].id: ["??", f"#### {int(records[1].answer) + 1}"]}
+    sampler = _PlantedSampler({pid: [(text, False) for text in pair] for pid, pair in texts.items()})
+    results = evaluate(None, tokenizer, records, catalogue, grader=grader, sampler=sampler, out_dir=tmp_path / "a", progress=False)
+    formats = results["sampled"]["formats"]
+    assert list(formats) == ["tinygsm", "omi1", "omi2", "gsm8k", "other"]
+    assert (formats["gsm8k"]["count"], formats["omi2"]["count"], formats["other"]["count"]) == (2, 1, 1)
+    assert formats["gsm8k"]["accuracy"] == 0.5  # the right `#### N` and the wrong one
+    assert [spec["name"] for spec in results["config"]["formats"]] == ["tinygsm", "omi1", "omi2", "gsm8k"]
+    assert json.loads((tmp_path / "a" / RESULTS_FILE).read_text())["config"]["formats"] == results["config"]["formats"]
+    default = EvalConfig(limit=2, n=2, max_new_tokens=3, greedy=False).evaluation("world-test")
+    with pytest.raises(UserError, match="different formats"):
+        evaluate(None, tokenizer, records, default, grader=grader, sampler=sampler, out_dir=tmp_path / "a", progress=False)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    settings = {key: value for key, value in default.generation_settings().items() if key != "formats"}
+    (legacy / SETTINGS_FILE).write_text(json.dumps(settings))
+    assert evaluate(None, tokenizer, records, default, grader=grader, sampler=sampler, out_dir=legacy, progress=False)
+    with pytest.raises(UserError, match="different formats"):
+        evaluate(None, tokenizer, records, catalogue, grader=grader, sampler=sampler, out_dir=legacy, progress=False)

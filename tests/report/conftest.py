@@ -25,7 +25,7 @@ from echochamber.data.world import WorldConfig, world_records
 from echochamber.eval.config import EvalConfig
 from echochamber.eval.store import write_prompts
 from echochamber.eval.suite import summarize
-from echochamber.formats import FORMATS
+from echochamber.formats.registry import default_registry
 from echochamber.verify.normalize import vote_key
 
 WORLD = WorldConfig(seed=0, n_pretrain=200, n_rl=40, n_test=30, n_hard=20)
@@ -71,7 +71,8 @@ def _progress(spec: RunSpec, step: int, delay: int = 0) -> float:
 
 def _mix(spec: RunSpec, t: float) -> dict[str, float]:
     return {
-        name: (1 - t) * spec.base_mix.get(name, 0.0) + t * spec.final_mix.get(name, 0.0) for name in FORMATS
+        name: (1 - t) * spec.base_mix.get(name, 0.0) + t * spec.final_mix.get(name, 0.0)
+        for name in default_registry().names
     }
 
 
@@ -221,7 +222,7 @@ def _write_rl(folder: Path, spec: RunSpec) -> None:
         lines.append({
             "stage": "rl", "step": step, "algo": spec.algo, "n_samples": 512, "reward_mean": accuracy, "accuracy": accuracy,
             "format_share": mix,
-            "format_accuracy": {name: (min(1.0, accuracy * RELATIVE_ACCURACY[name] * 1.3) if mix[name] > 0 else None) for name in FORMATS},
+            "format_accuracy": {name: (min(1.0, accuracy * RELATIVE_ACCURACY[name] * 1.3) if mix[name] > 0 else None) for name in default_registry().names},
             "kl_k1": None if spec.algo == "ei" else 0.02 * t, "kl_k2": None if spec.algo == "ei" else 0.018 * t,
             "kl_k3": None if spec.algo == "ei" else 0.019 * t, "entropy": 0.9 - 0.5 * t,
             "response_length": 120 - 30 * t, "truncation_rate": 0.02 * (1 - t),

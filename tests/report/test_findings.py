@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from echochamber.report.collect import collect, dominant
+from echochamber.report.collect import collect
 from echochamber.report.findings import MIN_FORMAT_COUNT, compute_findings
 from echochamber.report.page import build_report
+from echochamber.report.results import dominant
 
 
 def _by_id(findings: list[dict]) -> dict[str, dict]:

@@ -23,7 +23,7 @@ from echochamber.config import load_config, save_config
 from echochamber.data.tokenizer import load_tokenizer
 from echochamber.data.world import WorldConfig
 from echochamber.errors import UserError
-from echochamber.formats import FORMATS
+from echochamber.formats.registry import default_registry
 from echochamber.model.presets import load_model
 from echochamber.rl import core
 from echochamber.rl.config import RLConfig, load_rl_config
@@ -88,7 +88,7 @@ def test_grpo_smoke_run_writes_the_run_folder(tiny_policy, two_answer_prompts, t
         missing = [key for key in REQUIRED_KEYS if key not in line]
         assert not missing, missing
         assert line["algo"] == "grpo" and line["n_samples"] == 16
-        assert set(line["format_share"]) == set(FORMATS) == set(line["format_accuracy"])
+        assert set(line["format_share"]) == set(default_registry().names) == set(line["format_accuracy"])
         assert sum(line["format_share"].values()) == pytest.approx(1.0)
         assert sum(line["status_counts"].values()) == 16
         assert line["kl_k1"] is not None and line["kl_k2"] >= 0 and line["kl_k3"] >= 0
@@ -189,7 +189,7 @@ def test_step_metrics_never_reports_a_silent_zero():
         {"format": "other", "correct": False, "truncated": False, "n_tokens": 20, "status": "parse_error", "reward": 0.0},
     ]
     seconds = {"time_generate": 1.0, "time_reward": 0.5, "time_reference": 0.25, "time_update": 0.25}
-    line = step_metrics(rows, algo="grpo", truncation="zero", kl=[3.0, 1.0, 2.0, 60.0], seconds=seconds, diagnostics={"entropy": 1.5})
+    line = step_metrics(rows, algo="grpo", truncation="zero", kl=[3.0, 1.0, 2.0, 60.0], seconds=seconds, diagnostics={"entropy": 1.5}, names=default_registry().names)
     assert line["reward_mean"] == pytest.approx(1 / 3) and line["accuracy"] == pytest.approx(1 / 3)
     assert line["format_share"] == {"tinygsm": 0.0, "omi1": 0.0, "omi2": pytest.approx(2 / 3), "other": pytest.approx(1 / 3)}
     assert line["format_accuracy"]["tinygsm"] is None and line["format_accuracy"]["omi2"] == 0.5
@@ -198,7 +198,7 @@ def test_step_metrics_never_reports_a_silent_zero():
     assert (line["kl_k1"], line["kl_k2"], line["kl_k3"]) == (0.05, pytest.approx(1 / 60), pytest.approx(1 / 30))
     assert line["tokens_per_s"] == 30.0 and line["generate_tokens_per_s"] == 60.0
     assert line["status_counts"] == {"no_answer": 1, "ok": 1, "parse_error": 1}
-    ei_line = step_metrics(rows, algo="ei", truncation="zero", kl=None, seconds=seconds, diagnostics={})
+    ei_line = step_metrics(rows, algo="ei", truncation="zero", kl=None, seconds=seconds, diagnostics={}, names=("omi2", "other"))
     assert ei_line["kl_k1"] is None  # no reference pass: unknown, not 0
 
 

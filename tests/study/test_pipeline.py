@@ -19,6 +19,9 @@ from echochamber.study import pipeline
 from echochamber.study.config import StudyConfig, load_study
 from echochamber.study.pipeline import RUN_FILE, STAGES, read_run, run_study, stage_hashes
 
+DECLARED = (
+    "[tinygsm, omi1, omi2, {name: final, priority: 60, recognise: {regex: '^Final: '}, answer: last_number}]"
+)
 ALL = [stage.name for stage in STAGES]
 
 
@@ -160,6 +163,19 @@ def test_a_report_written_mid_run_is_replaced_by_the_report_stage(tmp_path: Path
     run_study(smoke(), tmp_path / "run")
     assert recorder.names() == ALL
     assert not (tmp_path / "run" / "report" / "index.html").exists()  # the stand-in writes out.txt only
+
+
+def test_changed_formats_redo_the_evaluations_and_rl_but_not_the_model(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    """Formats decide labels and some answers (so rewards), never the data or the pretrained model."""
+    run_study(smoke(), tmp_path / "run")
+    recorder.calls.clear()
+    run_study(smoke(f"formats={DECLARED}"), tmp_path / "run")
+    assert recorder.names() == ["eval-base", "rl", "eval-final", "report"]
+    again = load_study(tmp_path / "run" / "config.yaml")  # a declared format reloads as written
+    assert again.formats == smoke(f"formats={DECLARED}").formats
+    assert stage_hashes(again) == stage_hashes(smoke(f"formats={DECLARED}"))
 
 
 def test_the_resolved_config_reloads_to_the_same_study(tmp_path: Path, recorder: Recorder) -> None:

@@ -37,6 +37,18 @@ def test_overrides_reach_nested_keys_and_presets_expand_in_order() -> None:
         ("algo=dpo", "algo"),
         ("eval.benchmarks=[world-easy]", "world-easy"),
         ("mixture=no-such-mixture", "no-such-mixture"),
+        ("rl.formats=[omi2, tinygsm, omi1]", "rl.formats differs from 'formats'"),
+        ("eval.formats=[tinygsm, omi1, omi2, gsm8k]", "eval.formats differs from formats"),
+        ("formats=[tinygsm, omi2]", "mixture source 'omi1' is in the omi1 format, which the study's formats"),
+        ("formats=[tinygsm, omi1, omi2, other]", "unknown format preset 'other'"),
+        (
+            "formats=[tinygsm, omi1, omi2, {name: x, priority: 1, recognise: {regex: '('}, answer: text}]",
+            "recognise.regex: .* is not a valid regular expression",
+        ),
+        (
+            "formats=[tinygsm, omi1, omi2, {name: other, priority: 1, recognise: boxed, answer: text}]",
+            "'other' is not a format that can be declared",
+        ),
     ],
 )
 def test_bad_study_settings_fail_with_one_clear_line(override: str, message: str) -> None:
@@ -57,3 +69,12 @@ def test_reinforce_is_a_study_algorithm_and_only_its_own_section_is_hashed() -> 
 def test_unknown_preset_lists_the_known_ones() -> None:
     with pytest.raises(UserError, match="smoke"):
         load_study(preset="nope")
+
+
+def test_one_registry_reaches_rl_and_every_evaluation_in_full() -> None:
+    study = smoke("formats=[tinygsm, omi1, omi2, metamathqa]", "rl.eval.benchmarks=[world-test]")
+    assert study.rl.formats == study.formats == ["tinygsm", "omi1", "omi2", "metamathqa"]
+    for evaluation in (study.evaluation("world-test"), study.rl.evaluation("world-test")):
+        assert evaluation.registry().names == ("tinygsm", "omi1", "omi2", "metamathqa", "other")
+        assert evaluation.record()["formats"][3]["recognise"] == {"regex": "^The answer is:[ \\t]*\\S"}
+    assert smoke().evaluation("world-test").registry().names == ("tinygsm", "omi1", "omi2", "other")
