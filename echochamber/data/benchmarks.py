@@ -3,6 +3,7 @@ answers come from (the eval suite and RL's periodic evaluation both ask here).
 
     world-test, world-hard   the controlled world's test and hard (transfer) splits, rebuilt from its
                              WorldConfig (deterministic: the same config, the same problems)
+    world-<k>step            the test split of each k-step rung declared in world.ladder
     gsm8k, math500, aime     real benchmarks in a data folder laid out like shared/data
                              (`--data`, $ECHOCHAMBER_DATA, or a shared/data beside the checkout)
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from echochamber.data.paths import ENV_VAR, data_dir
 from echochamber.data.records import Record
-from echochamber.data.world import WorldConfig, world_records
+from echochamber.data.world import WorldConfig, rung_splits, world_records
 from echochamber.errors import UserError
 
 # Real benchmarks inside a folder laid out like shared/data (see echochamber.data.paths.data_dir).
@@ -30,8 +31,12 @@ BENCHMARKS = ("world-test", "world-hard", *BENCHMARK_FILES)
 
 def check_benchmark(name: str, world: WorldConfig) -> None:
     """A one-line error for a benchmark name that names no problem set (before any compute)."""
-    if name not in BENCHMARKS:
-        raise UserError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+    known = (*BENCHMARKS, *(f"world-{split}" for split in rung_splits(world)))
+    if name not in known:
+        raise UserError(
+            f"unknown benchmark {name!r}; known benchmarks: {', '.join(known)} "
+            "(world-<k>step needs a k-step rung in world.ladder)"
+        )
 
 
 def world_problems(world: WorldConfig, split: str) -> list[Record]:

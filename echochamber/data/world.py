@@ -9,10 +9,18 @@ The solution stays structured (named quantities, ordered steps), so every output
 rendered from the same facts by echochamber.formats.render and no format can be more "right" than
 another.
 
+The difficulty ladder: `difficulty` is the easy level (the RL prompts and `test`); each rung of
+`ladder` is a harder level of exactly k steps over the same numbers. A rung puts a declared share of
+the pretraining pool at its level (rendered in every format like the rest; share 0 = a test split
+only) and has its own test split `{k}step` (benchmark `world-{k}step`), so the eval suite shows each
+rung's headroom at base and its change after RL on easy prompts.
+
 Splits never share a question text. `test` and `hard` are drawn first and do not depend on the
 pool sizes of later splits, so growing the pretraining pool never changes the test set. `hard`
-keeps only problems the normal difficulty cannot produce (more steps or larger numbers), so it is
-disjoint by construction, not only by deduplication.
+keeps only problems the pretraining pool cannot contain (more steps or larger numbers than the easy
+level and every rung with a share), so it is disjoint by construction, not only by deduplication;
+rung test splits are disjoint from `test` and from each other by their step counts. A world without
+a ladder generates exactly the problems it generated before the ladder existed.
 """
 
 from __future__ import annotations
@@ -24,84 +32,30 @@ import os
 import random
 import re
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from echochamber.config import config_hash, from_dict, to_dict
 from echochamber.data.records import Record
+from echochamber.data.world_config import SPLITS as SPLITS  # re-exported: the world's fixed split names
+from echochamber.data.world_config import Difficulty, WorldConfig, rung_splits, world_splits
 from echochamber.data.world_families import FAMILIES, NAMES, PEOPLE, RELATIVES, Family
 from echochamber.errors import UserError
 from echochamber.formats.render import RENDER_STYLES, render, solution_text
 
 # Bump when the same config would produce different problems or renderings.
 GENERATOR_VERSION = "1"
-SPLITS = ("pretrain", "rl", "test", "hard")
-# Generation order: held-out splits first, so their content depends only on (seed, their own size).
-_ORDER = ("test", "hard", "rl", "pretrain")
 # Give up on a split after this many draws in a row that were duplicates or dead ends.
 _MAX_MISSES = 5000
 
 
-@dataclass
-class Difficulty:
-    """The knob: how many steps, and how large the numbers may get."""
-
-    min_steps: int = 1
-    max_steps: int = 2
-    max_number: int = 20  # largest number stated in a question
-    max_factor: int = 5  # largest multiplier or divisor (keeps products small for tiny models)
-    max_result: int = 100  # largest value any step may produce
-
-    def validate(self) -> None:
-        # Beyond 8 steps questions outgrow GSM8K's size and families start repeating their moves.
-        if not 1 <= self.min_steps <= self.max_steps <= 8:
-            raise UserError(
-                f"difficulty needs 1 <= min_steps <= max_steps <= 8, got {self.min_steps}..{self.max_steps}"
-            )
-        if self.max_number < 10:  # below that most moves have no legal operand (values stay >= 2)
-            raise UserError(f"difficulty.max_number must be at least 10, got {self.max_number}")
-        if not 2 <= self.max_factor <= self.max_number:
-            raise UserError(f"difficulty.max_factor must be in 2..max_number, got {self.max_factor}")
-        if self.max_result < self.max_number:
-            raise UserError(
-                f"difficulty.max_result ({self.max_result}) must be >= max_number ({self.max_number})"
-            )
-
-
-def _hard_default() -> Difficulty:
-    return Difficulty(min_steps=3, max_steps=5, max_number=100, max_factor=10, max_result=1000)
-
-
-@dataclass
-class WorldConfig:
-    """Split sizes, seed, and the difficulty of the normal splits (pretrain, rl, test) and of `hard`."""
-
-    seed: int = 0
-    n_pretrain: int = 30000
-    n_rl: int = 2000
-    n_test: int = 500
-    n_hard: int = 500
-    difficulty: Difficulty = field(default_factory=Difficulty)  # easy: learnable by a ~1M model on CPU
-    hard: Difficulty = field(default_factory=_hard_default)  # transfer split: more steps, larger numbers
-
-    def validate(self) -> None:
-        for split in SPLITS:
-            if getattr(self, f"n_{split}") < 0:
-                raise UserError(f"n_{split} must be >= 0")
-        self.difficulty.validate()
-        self.hard.validate()
-        d, h = self.difficulty, self.hard
-        wider = (
-            h.max_steps > d.max_steps
-            or h.max_number > d.max_number
-            or h.max_result > d.max_result
-            or h.max_factor > d.max_factor
-        )
-        if not wider:
-            raise UserError(
-                "hard must allow more steps or larger numbers than difficulty (else it has no problems)"
-            )
+def _order(config: WorldConfig) -> tuple[str, ...]:
+    """Generation order: held-out splits first, so their content depends only on (seed, their own
+    size) and the pool's size never changes them; rung test splits come after `test` and `hard` so
+    a world without a ladder draws exactly what it drew before the ladder existed."""
+    return ("test", "hard", *rung_splits(config), "rl", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -264,26 +218,49 @@ def fits(problem: Problem, d: Difficulty) -> bool:
     )
 
 
-def _generate_split(config: WorldConfig, split: str, n: int, seen: set[str]) -> list[Problem]:
-    d = config.hard if split == "hard" else config.difficulty
+def _generate_split(config: WorldConfig, split: str, seen: set[str]) -> list[Problem]:
+    """One split's problems. The pool is the easy level's draw followed by each rung's (own streams,
+    so a ladder leaves the easy part a prefix of the ladder-free pool)."""
+    if split == "hard":
+        levels = config.pool_levels()
+        return _draw(
+            config, split, config.hard, config.n_hard, seen, lambda p: any(fits(p, d) for d in levels)
+        )
+    rungs = {rung.split: rung for rung in config.ladder}
+    if split in rungs:
+        return _draw(config, split, config.rung_level(rungs[split]), config.n_test, seen)
+    if split != "pretrain":
+        return _draw(config, split, config.difficulty, getattr(config, f"n_{split}"), seen)
+    counts = config.rung_counts()
+    problems = _draw(config, split, config.difficulty, config.n_pretrain - sum(counts.values()), seen)
+    for rung_split, n in counts.items():
+        problems += _draw(config, f"pretrain-{rung_split}", config.rung_level(rungs[rung_split]), n, seen)
+    return problems
+
+
+def _draw(
+    config: WorldConfig,
+    stream: str,
+    d: Difficulty,
+    n: int,
+    seen: set[str],
+    reject: Callable[[Problem], bool] | None = None,
+) -> list[Problem]:
+    """`n` problems of difficulty `d`, new to `seen` and not `reject`ed, from the random stream `stream`."""
     # A string seed is hashed with SHA-512 by `random`: stable across runs and Python processes.
-    rng = random.Random(f"echochamber-world:{config.seed}:{split}")
+    rng = random.Random(f"echochamber-world:{config.seed}:{stream}")
     problems: list[Problem] = []
     misses = 0
     while len(problems) < n:
         family = rng.choice(FAMILIES)
         problem = _draft(
-            rng, family, d, rng.randint(d.min_steps, d.max_steps), f"world-{split}-{len(problems):06d}"
+            rng, family, d, rng.randint(d.min_steps, d.max_steps), f"world-{stream}-{len(problems):06d}"
         )
-        if (
-            problem is None
-            or problem.question in seen
-            or (split == "hard" and fits(problem, config.difficulty))
-        ):
+        if problem is None or problem.question in seen or (reject is not None and reject(problem)):
             misses += 1
             if misses >= _MAX_MISSES:
                 raise UserError(
-                    f"world split '{split}': only {len(problems)} of {n} distinct problems found; "
+                    f"world split '{stream}': only {len(problems)} of {n} distinct problems found; "
                     "lower its size or widen its difficulty"
                 )
             continue
@@ -298,21 +275,29 @@ def _generate_cached(config_json: str, upto: str) -> dict[str, tuple[Problem, ..
     config = from_dict(WorldConfig, json.loads(config_json))
     seen: set[str] = set()
     out: dict[str, tuple[Problem, ...]] = {}
-    for split in _ORDER[: _ORDER.index(upto) + 1]:
-        out[split] = tuple(_generate_split(config, split, getattr(config, f"n_{split}"), seen))
+    order = _order(config)
+    for split in order[: order.index(upto) + 1]:
+        out[split] = tuple(_generate_split(config, split, seen))
     return out
 
 
-def generate_world(config: WorldConfig, splits: tuple[str, ...] = SPLITS) -> dict[str, list[Problem]]:
-    """Split name -> problems, deterministic in `config`. Only the splits asked for are returned
-    (splits generated before them in the fixed order are generated too, to keep them disjoint)."""
+def generate_world(config: WorldConfig, splits: tuple[str, ...] | None = None) -> dict[str, list[Problem]]:
+    """Split name -> problems (all of `world_splits` by default), deterministic in `config`. Only the
+    splits asked for are returned (splits generated before them in the fixed order are generated
+    too, to keep them disjoint)."""
     config.validate()
-    unknown = [s for s in splits if s not in SPLITS]
+    known = world_splits(config)
+    splits = known if splits is None else splits
+    unknown = [s for s in splits if s not in known]
     if unknown:
-        raise UserError(f"unknown world split '{unknown[0]}' (choose from {', '.join(SPLITS)})")
+        raise UserError(
+            f"unknown world split '{unknown[0]}' (choose from {', '.join(known)}; "
+            "a k-step rung in world.ladder adds split 'kstep')"
+        )
     if not splits:
         return {}
-    upto = max(splits, key=_ORDER.index)
+    order = _order(config)
+    upto = max(splits, key=order.index)
     generated = _generate_cached(json.dumps(to_dict(config), sort_keys=True), upto)
     return {split: list(generated[split]) for split in splits}
 
@@ -373,7 +358,8 @@ def _is_world_folder(folder: Path) -> bool:
 
 def _write_files(config: WorldConfig, world: dict[str, list[Problem]], folder: Path) -> dict[str, Any]:
     files = {}
-    for split in SPLITS:
+    splits = world_splits(config)
+    for split in splits:
         for style in RENDER_STYLES:
             name = f"{split}.{style}.jsonl"
             with open(folder / name, "w") as fh:
@@ -386,16 +372,17 @@ def _write_files(config: WorldConfig, world: dict[str, list[Problem]], folder: P
         "seed": config.seed,
         "config_hash": config_hash(config),
         "config": to_dict(config),
-        "counts": {split: len(world[split]) for split in SPLITS},
+        "counts": {split: len(world[split]) for split in splits},
         "files": files,
-        "families": {split: _family_counts(world[split]) for split in SPLITS},
+        "families": {split: _counts(p.family for p in world[split]) for split in splits},
+        "steps": {split: _counts(str(len(p.steps)) for p in world[split]) for split in splits},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _family_counts(problems: list[Problem]) -> dict[str, int]:
+def _counts(keys: Iterable[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for p in problems:
-        counts[p.family] = counts.get(p.family, 0) + 1
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
