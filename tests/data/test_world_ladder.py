@@ -156,8 +156,8 @@ def test_a_rung_split_the_ladder_lacks_is_refused(laddered) -> None:
         EvalConfig(benchmark="world-5step", world=world).validate()
     with pytest.raises(UserError, match="unknown benchmark 'world-2step'"):
         EvalConfig(benchmark="world-2step").validate()  # the default world has no ladder
-    with pytest.raises(UserError, match="unknown benchmark 'world-3step'"):
-        load_study(overrides=["eval.benchmarks=[world-test, world-3step]"])
+    with pytest.raises(UserError, match="unknown benchmark 'world-4step'"):
+        load_study(overrides=["eval.benchmarks=[world-test, world-4step]"])  # the quickstart: 2 and 3
 
 
 def test_rung_benchmarks_load_the_rung_and_rebuild_from_the_recorded_settings(laddered) -> None:
