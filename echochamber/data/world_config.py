@@ -115,8 +115,10 @@ class WorldConfig:
             )
 
     def rung_counts(self) -> dict[str, int]:
-        """Rung split -> its problems in the pretraining pool (the easy level has n_pretrain - their sum)."""
-        return {rung.split: round(rung.share * self.n_pretrain) for rung in self.ladder if rung.share > 0}
+        """Rung split -> its problems in the pretraining pool, easiest first (the easy level has
+        n_pretrain - their sum)."""
+        rungs = sorted(self.ladder, key=lambda r: r.steps)
+        return {rung.split: round(rung.share * self.n_pretrain) for rung in rungs if rung.share > 0}
 
     def rung_level(self, rung: Rung) -> Difficulty:
         return replace(self.difficulty, min_steps=rung.steps, max_steps=rung.steps)
