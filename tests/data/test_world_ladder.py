@@ -15,7 +15,9 @@ from transformers import AutoTokenizer
 
 from echochamber.config import from_dict, load_config
 from echochamber.data import world as world_module
-from echochamber.data.mixture import MixtureConfig, build_shards, open_shards
+from echochamber.data.benchmarks import load_benchmark
+from echochamber.data.mixture import MixtureConfig, build_shards
+from echochamber.data.shards import open_shards
 from echochamber.data.tokenizer import PROMPT_SEPARATOR
 from echochamber.data.world import (
     SPLITS,
@@ -29,10 +31,10 @@ from echochamber.data.world import (
     write_world,
 )
 from echochamber.errors import UserError
-from echochamber.evaluate import EvalConfig, benchmark_prompts
+from echochamber.eval.config import EvalConfig
 from echochamber.rl.config import PromptConfig
 from echochamber.rl.rollout import load_prompts
-from echochamber.study import load_study
+from echochamber.study.config import load_study
 
 SIZES = {"n_pretrain": 1500, "n_rl": 300, "n_test": 200, "n_hard": 200}
 ONE_STEP = {"min_steps": 1, "max_steps": 1}
@@ -153,21 +155,20 @@ def test_a_rung_split_the_ladder_lacks_is_refused(laddered) -> None:
     with pytest.raises(UserError, match="unknown world split '5step'"):
         generate_world(world, ("5step",))
     with pytest.raises(UserError, match="unknown benchmark 'world-5step'.*needs a k-step rung"):
-        EvalConfig(benchmark="world-5step", world=world).validate()
+        EvalConfig().evaluation("world-5step", world)
     with pytest.raises(UserError, match="unknown benchmark 'world-2step'"):
-        EvalConfig(benchmark="world-2step").validate()  # the default world has no ladder
+        EvalConfig().evaluation("world-2step")  # the default world has no ladder
     with pytest.raises(UserError, match="unknown benchmark 'world-4step'"):
         load_study(overrides=["eval.benchmarks=[world-test, world-4step]"])  # the quickstart: 2 and 3
 
 
 def test_rung_benchmarks_load_the_rung_and_rebuild_from_the_recorded_settings(laddered) -> None:
     world, problems = laddered
-    eval_config = EvalConfig(benchmark="world-3step", world=world)
-    eval_config.validate()
-    records = benchmark_prompts(eval_config)
+    evaluation = EvalConfig().evaluation("world-3step", world)
+    records = load_benchmark(evaluation.benchmark, evaluation.world)
     assert [(r.prompt, r.answer) for r in records] == [(p.question, str(p.answer)) for p in problems["3step"]]
     # The report rebuilds prompt texts from the world recorded with the generations.
-    recorded = from_dict(WorldConfig, json.loads(json.dumps(eval_config.generation_settings()["world"])))
+    recorded = from_dict(WorldConfig, json.loads(json.dumps(evaluation.generation_settings()["world"])))
     assert world_records(recorded, "3step", "gsm8k") == records
     study = load_study(
         overrides=[
