@@ -67,37 +67,56 @@ def test_held_out_text_is_attributed_to_its_source(real_shards, shared_data) -> 
         assert max(share, key=share.get) == name, (name, share)
 
 
-def test_an_evaluation_on_real_sources_gets_provenance_per_source(
-    real_shards, shared_data, planted_sampler, tmp_path
+def test_a_study_on_real_sources_records_provenance_per_source(
+    shared_data, planted_sampler, tmp_path, monkeypatch
 ) -> None:
-    """The integrated path (the eval suite with a tracer) on the real mixture: GSM8K test problems
-    answered with GSM8K train and OMI2-sample solutions that are in train.bin get each row's source
-    from the document map alone; no format rule is involved."""
-    from echochamber.eval.config import EvalConfig
-    from echochamber.eval.suite import evaluate
+    """The study path (run_study: data -> pretrain -> base evaluation, the tracer built from RUN/shards)
+    on a mixture of GSM8K train, the OMI2 sample and a world format. The model answers with GSM8K and
+    OMI2-sample solutions that are in train.bin (planted: a briefly trained model's text echoes
+    nothing); each row gets its source and dataset row from the document map alone, and results.json
+    the shares per real source. No format rule is involved."""
+    from echochamber.eval import suite
     from echochamber.provenance.records import pooled
-    from echochamber.verify.grade import Grader
+    from echochamber.study import pipeline
+    from echochamber.study.config import load_study
 
-    tracer = Tracer(real_shards)
-    sources = tracer.doc_map.source_of(np.arange(tracer.doc_map.n_documents))
-    planted = []
-    for name, file in (("gsm8k", shared_data / "gsm8k" / "train.jsonl"), ("omi2", shared_data / "samples" / "omi2.jsonl")):
-        records = {r.id: r for r in load_source(name, path=file)}
-        for index in np.flatnonzero(sources == tracer.sources.index(name))[:3]:
-            planted.append((name, records[tracer.doc_map.doc_id(int(index))].solution))
-    sampler = planted_sampler(tracer, [text for _, text in planted])
-    evaluation = EvalConfig(n=len(planted), limit=2, data=str(shared_data)).evaluation("gsm8k")
-    with Grader(workers=1) as grader:
-        results = evaluate(
-            None, tracer.tokenizer, benchmark_records("gsm8k", shared_data), evaluation, grader=grader,
-            sampler=sampler, out_dir=tmp_path, progress=False, tracer=tracer,
-        )  # fmt: skip
-    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    files = {"gsm8k": shared_data / "gsm8k" / "train.jsonl", "omi2": shared_data / "samples" / "omi2.jsonl"}
+    mixture = ", ".join(f"{{dataset: {name}, path: '{file}', limit: 400}}" for name, file in files.items())
+    study = load_study(preset="smoke", overrides=[
+        f"mixture.sources=[{mixture}, {{world: tinygsm}}]", "formats=[tinygsm, omi1, omi2, gsm8k]",
+        "pretrain.max_steps=2", "eval.benchmarks=[world-test]", "eval.limit=2", "eval.n=6",
+    ])  # fmt: skip
+    run, planted = tmp_path / "run", []  # (source, row id, solution)
+
+    def plant(*args, **kwargs):
+        """At the base evaluation, shards/ exists: three training documents of each real source."""
+        tracer, planted[:] = Tracer(run / "shards"), []
+        sources = tracer.doc_map.source_of(np.arange(tracer.doc_map.n_documents))
+        for name, file in files.items():
+            records = {r.id: r for r in load_source(name, path=file)}
+            for index in np.flatnonzero(sources == tracer.sources.index(name))[:3]:
+                record = records[tracer.doc_map.doc_id(int(index))]
+                planted.append((name, record.id, record.solution))
+        planted[:] = [planted[i // 2 + 3 * (i % 2)] for i in range(6)]  # alternating sources
+        return planted_sampler(tracer, [solution for *_, solution in planted])
+
+    monkeypatch.setattr(suite, "build_sampler", plant)
+    monkeypatch.setattr(pipeline, "STAGES", pipeline.STAGES[:3])  # RL traces through the same tracer
+    pipeline.run_study(study, run, progress=False)
+
+    folder = run / "eval" / "base" / "world-test"
+    rows = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * (1 + 6)
     for row in rows:
-        source, text = planted[sampler.solutions.index(row["text"])]
-        assert row["provenance"]["dominant_source"] == source and row["provenance"]["longest_match"]["text"] == text
-    sampled = results["sampled"]["provenance"]
-    assert sampled == pooled([row for row in rows if row["mode"] == "sampled"])
-    assert set(sampled["unique_share"]) == {"gsm8k", "omi2", "tinygsm"} and sampled["novelty"] == 0.0
-    # Half the samples are GSM8K's, half the OMI2 sample's: each source holds a large unique share.
-    assert min(sampled["unique_share"]["gsm8k"], sampled["unique_share"]["omi2"]) > 0.2, sampled
+        source, doc, solution = next(p for p in planted if p[2] == row["text"])
+        provenance = row["provenance"]
+        assert provenance["dominant_source"] == source and provenance["novelty"] == 0.0
+        assert (provenance["longest_match"]["doc"], provenance["longest_match"]["text"]) == (doc, solution)
+    results = json.loads((folder / "results.json").read_text())
+    for mode in ("greedy", "sampled"):
+        assert results[mode]["provenance"] == pooled([row for row in rows if row["mode"] == mode])
+    shares = results["sampled"]["provenance"]["unique_share"]
+    assert set(shares) == {"gsm8k", "omi2", "tinygsm"}
+    # Half the samples are GSM8K rows, half OMI2-sample rows: each holds a large unique share, and
+    # every n-gram is in its own source, so none is TinyGSM's alone.
+    assert min(shares["gsm8k"], shares["omi2"]) > 0.2 and shares["tinygsm"] == 0.0, shares
