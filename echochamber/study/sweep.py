@@ -7,7 +7,8 @@
       slurm.sh            with --emit slurm: an sbatch job array, one task per cell
       torchrun.sh         with --emit torchrun: one torchrun command per cell
 
-A cell is one point of the grid (mixture x model x algorithm x KL x ... x seed). Every cell runs
+A cell is one point of the grid (mixture x model x algorithm x KL x ... x seed), or of one of the
+partial grids a sweep lists under `grids` when each finding needs only some cells. Every cell runs
 the same `echochamber run` the emitted scripts contain, so a local sweep and a cluster sweep give the
 same folders. Finished cells are skipped and unfinished ones resumed. Locally, cells that differ only
 in what comes after pretraining (algorithm, KL) share the data, the pretrained model and its
@@ -58,6 +59,9 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     set: list[str] = field(default_factory=list)  # study overrides for every cell (key=value)
     exclude: list[dict[str, Any]] = field(default_factory=list)  # drop cells matching every param of an entry
+    # The cells as a union of partial grids instead of the full grid: each entry maps some axes to
+    # some of their values; an axis it leaves out takes its first value (list the default first).
+    grids: list[dict[str, list[Any]]] = field(default_factory=list)
 
     def validate(self) -> None:
         if _UNSAFE.search(self.name) or not self.name:
@@ -81,6 +85,16 @@ class SweepConfig:
             if not rule or unknown:
                 raise UserError(
                     f"exclude entry {rule!r} must match on axes ({', '.join([*self.axes, SEED_AXIS])})"
+                )
+        for grid in self.grids:
+            stray = next(
+                (axis for axis, values in grid.items()
+                 if axis not in self.axes or not values or any(v not in self.axes[axis] for v in values)),
+                None,
+            )  # fmt: skip
+            if not grid or stray is not None:
+                raise UserError(
+                    f"grids entry {grid!r} must list values of the axes ({', '.join(self.axes)}) for some of them"
                 )
 
 
@@ -115,10 +129,10 @@ def base_args(sweep: SweepConfig, folder: Path) -> tuple[str | None, str | None]
 
 
 def expand(sweep: SweepConfig) -> list[Cell]:
-    """Every combination of the axes (in their order), then every seed, minus the excluded ones."""
+    """Every combination of the axes (in their order), or of each of `grids` in turn (a combination
+    two grids share counted once), then every seed, minus the excluded ones."""
     cells, names = [], {}
-    for values in itertools.product(*sweep.axes.values(), sweep.seeds):
-        params = dict(zip([*sweep.axes, SEED_AXIS], values, strict=True))
+    for params in _combinations(sweep):
         if any(all(params[key] == value for key, value in rule.items()) for rule in sweep.exclude):
             continue
         overrides = list(sweep.set)
@@ -135,6 +149,17 @@ def expand(sweep: SweepConfig) -> list[Cell]:
     if not cells:
         raise UserError(f"sweep '{sweep.name}' has no cells left after its exclude rules")
     return cells
+
+
+def _combinations(sweep: SweepConfig) -> list[dict[str, Any]]:
+    grids = sweep.grids or [sweep.axes]
+    combos: dict[str, dict[str, Any]] = {}
+    for grid in grids:
+        columns = [grid.get(axis, values[:1]) for axis, values in sweep.axes.items()]
+        for values in itertools.product(*columns, sweep.seeds):
+            params = dict(zip([*sweep.axes, SEED_AXIS], values, strict=True))
+            combos.setdefault(json.dumps(params), params)
+    return list(combos.values())
 
 
 def cell_name(params: dict[str, Any]) -> str:

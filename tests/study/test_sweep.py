@@ -96,14 +96,47 @@ def test_bad_sweeps_fail_with_one_clear_line(tmp_path: Path, fields: dict, messa
         resolve_cells(sweep, folder)
 
 
-def test_the_paper_cpu_sweep_resolves_with_shared_pretraining() -> None:
+def test_grids_give_each_finding_its_cells_with_the_other_axes_at_their_first_value(tmp_path: Path) -> None:
+    path = write_sweep(
+        tmp_path,
+        axes={"algo": ["grpo", "ppo", "ei"], "kl": [0.001, 0.0, 0.1]},
+        keys={"kl": ["rl.ppo.kl_coef", "rl.grpo.kl_coef"]},
+        grids=[{"algo": ["grpo", "ppo", "ei"]}, {"algo": ["ppo"], "kl": [0.001, 0.1]}],
+        seeds=[0],
+    )
+    cells = expand(load_sweep(str(path))[0])
+    # The PPO cell at the default KL is in both grids: counted once. KL 0 is in no grid: no cell.
+    assert [(c.params["algo"], c.params["kl"]) for c in cells] == [
+        ("grpo", 0.001), ("ppo", 0.001), ("ei", 0.001), ("ppo", 0.1)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "grids", [[{"model": ["tiny"]}], [{"algo": ["reinforce"]}], [{"algo": []}], [{}]]
+)
+def test_a_grid_outside_the_axes_fails_with_one_clear_line(tmp_path: Path, grids: list) -> None:
+    with pytest.raises(UserError, match="grids entry .* must list values of the axes \\(algo\\)"):
+        load_sweep(str(write_sweep(tmp_path, grids=grids)))
+
+
+def test_the_paper_cpu_sweep_tests_each_finding_with_three_seeds_on_shared_pretraining() -> None:
     sweep, folder = load_sweep("paper-cpu")
     cells = resolve_cells(sweep, folder)
-    assert len(cells) == 20
-    assert {c.params["algo"] for c, _ in cells} == {"ppo", "grpo", "ei"}
-    assert {c.params["kl"] for c, _ in cells if c.params["algo"] != "ei"} == {0.001, 0.01}
-    # Algorithm and KL only change RL: 2 mixtures x 2 seeds pretrain.
-    assert len({stage_hashes(study)["pretrain"] for _, study in cells}) == 4
+    assert len(cells) == 8 * 3
+    settings: dict[tuple, list[int]] = {}
+    for cell, _ in cells:
+        settings.setdefault(tuple(v for k, v in cell.params.items() if k != "seed"), []).append(cell.params["seed"])
+    assert all(seeds == [0, 1, 2] for seeds in settings.values())
+    even, paper = "tinygsm+omi1+omi2-even", "tinygsm+omi1+omi2"
+    assert sorted(settings) == sorted([
+        ("tiny", even, "grpo", 0.001), ("tiny", even, "ei", 0.001),
+        *(("tiny", even, "ppo", kl) for kl in (0.0, 0.001, 0.01, 0.1)),  # the KL dose
+        ("tiny", paper, "grpo", 0.001), ("mini", even, "grpo", 0.001),  # mixture flip, model size
+    ])  # fmt: skip
+    # Algorithm and KL only change RL: (tiny on 2 mixtures + mini) x 3 seeds pretrain.
+    assert len({stage_hashes(study)["pretrain"] for _, study in cells}) == 9
+    assert all(study.rl.eval_every == 5 for _, study in cells)  # the collapse's timing resolution
+    assert all(set(study.eval.benchmarks) >= {"world-test", "world-hard"} for _, study in cells)
 
 
 class Recorder:
