@@ -43,7 +43,7 @@ class ModelSpec:
 MODEL_PRESETS: dict[str, ModelSpec] = {
     # ≈1M parameters with a ~4k vocabulary: unit tests and CPU studies.
     "tiny": ModelSpec(d_model=96, n_layers=4, n_heads=4, mlp_hidden=384, max_seq_len=512, tie_embeddings=True),
-    # ≈2.6M parameters with a 1k vocabulary (≈3.7x tiny): the second size of the CPU model-size axis,
+    # ≈2.6M parameters with a 1k vocabulary (3.8x tiny): the second size of the CPU model-size axis,
     # pretraining the quickstart's 4.9M tokens in under 20 minutes on 2 cores (docs/model-size.md).
     "mini": ModelSpec(d_model=160, n_layers=6, n_heads=4, mlp_hidden=640, max_seq_len=512, tie_embeddings=True),
     # ≈7M parameters with a ~4k vocabulary: CPU studies where tiny cannot learn the task.

@@ -10,6 +10,7 @@ findings.json, docs/statistics.md).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from echochamber.report.stats import Claim, Estimate, estimate, evidence, overal
 
 MAIN_BENCHMARKS = ("gsm8k", "world-test")  # the test set of the RL prompts' distribution
 HARD_BENCHMARKS = ("world-hard", "math500", "aime")  # transfer: harder than what RL trained on
+RUNG = re.compile(r"^world-(\d+)step$")  # a rung of the world's difficulty ladder: harder too
 NEGLIGIBLE = 0.02  # directional claims: a change within ±2 points of a rate or share is no effect
 
 Values = dict[str, float]  # prompt id -> a per-prompt value
@@ -115,10 +117,22 @@ def main_benchmark(runs: Sequence[RunData]) -> str | None:
     """The first benchmark evaluated both before and after RL, preferring the RL distribution's test set."""
     for run in runs:
         common = [name for name in run.evals.get("base", {}) if name in run.evals.get("final", {})]
-        for name in [*MAIN_BENCHMARKS, *[n for n in common if n not in HARD_BENCHMARKS]]:
+        for name in [*MAIN_BENCHMARKS, *[n for n in common if not is_harder(n)]]:
             if name in common:
                 return name
     return None
+
+
+def is_harder(bench: str) -> bool:
+    """Whether a benchmark is harder than what RL trains on (a transfer split)."""
+    return bench in HARD_BENCHMARKS or RUNG.match(bench) is not None
+
+
+def harder_benchmarks(runs: Sequence[RunData]) -> list[str]:
+    """The transfer splits any run evaluated: the ladder's rungs by their steps, then the others."""
+    names = {name for run in runs for evals in run.evals.values() for name in evals if is_harder(name)}
+    rungs = sorted((n for n in names if RUNG.match(n)), key=lambda n: int(RUNG.match(n).group(1)))
+    return [*rungs, *(n for n in HARD_BENCHMARKS if n in names)]
 
 
 def common_k(runs: Sequence[RunData], bench: str | None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,22 @@ def test_the_default_kl_is_the_rl_configs() -> None:
     from echochamber.rl.config import GRPOConfig, PPOConfig
 
     assert default_kl() == PPOConfig().kl_coef == GRPOConfig().kl_coef
+
+
+def test_transfer_is_judged_on_each_rung_of_the_ladder_with_its_base_headroom(
+    tmp_path: Path, synthetic
+) -> None:
+    """A ladder run evaluates world-<k>step splits beside world-hard: each is a transfer setting, rungs
+    first by their steps, and each states its base pass@k (whether transfer was testable at all)."""
+    run = synthetic.write_run(tmp_path / "run", synthetic.RunSpec(steps=20, samples=6))
+    for phase in ("base", "final"):
+        for rung in ("world-3step", "world-2step"):
+            folder = run / "eval" / phase / rung
+            shutil.copytree(run / "eval" / phase / "world-hard", folder)
+            results = json.loads((folder / "results.json").read_text())
+            (folder / "results.json").write_text(json.dumps({**results, "benchmark": rung}))
+    transfer = _by_id(compute_findings(collect(run)))["hard_transfer"]
+    benches = [setting["details"]["benchmark"] for setting in transfer["settings"]]
+    assert benches == ["world-2step", "world-3step", "world-hard"]
+    assert all(0 < setting["details"]["pass@6 before (headroom)"] <= 1 for setting in transfer["settings"])
+    assert transfer["verdict"] != "not_tested"

@@ -111,9 +111,7 @@ def test_grids_give_each_finding_its_cells_with_the_other_axes_at_their_first_va
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "grids", [[{"model": ["tiny"]}], [{"algo": ["reinforce"]}], [{"algo": []}], [{}]]
-)
+@pytest.mark.parametrize("grids", [[{"model": ["tiny"]}], [{"algo": ["reinforce"]}], [{"algo": []}], [{}]])
 def test_a_grid_outside_the_axes_fails_with_one_clear_line(tmp_path: Path, grids: list) -> None:
     with pytest.raises(UserError, match="grids entry .* must list values of the axes \\(algo\\)"):
         load_sweep(str(write_sweep(tmp_path, grids=grids)))
@@ -125,7 +123,9 @@ def test_the_paper_cpu_sweep_tests_each_finding_with_three_seeds_on_shared_pretr
     assert len(cells) == 8 * 3
     settings: dict[tuple, list[int]] = {}
     for cell, _ in cells:
-        settings.setdefault(tuple(v for k, v in cell.params.items() if k != "seed"), []).append(cell.params["seed"])
+        settings.setdefault(tuple(v for k, v in cell.params.items() if k != "seed"), []).append(
+            cell.params["seed"]
+        )
     assert all(seeds == [0, 1, 2] for seeds in settings.values())
     even, paper = "tinygsm+omi1+omi2-even", "tinygsm+omi1+omi2"
     assert sorted(settings) == sorted([
@@ -136,7 +136,12 @@ def test_the_paper_cpu_sweep_tests_each_finding_with_three_seeds_on_shared_pretr
     # Algorithm and KL only change RL: (tiny on 2 mixtures + mini) x 3 seeds pretrain.
     assert len({stage_hashes(study)["pretrain"] for _, study in cells}) == 9
     assert all(study.rl.eval_every == 5 for _, study in cells)  # the collapse's timing resolution
-    assert all(set(study.eval.benchmarks) >= {"world-test", "world-hard"} for _, study in cells)
+    # Every cell pretrains on the quickstart's ladder and evaluates every rung: transfer per rung.
+    assert all([rung.steps for rung in study.world.ladder] == [2, 3] for _, study in cells)
+    assert all(
+        {"world-test", "world-2step", "world-3step", "world-hard"} <= set(study.eval.benchmarks)
+        for _, study in cells
+    )
 
 
 class Recorder:
