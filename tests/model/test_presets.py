@@ -104,7 +104,7 @@ def test_loading_draws_no_progress_bar_and_leaves_the_switch_alone(tmp_path, cap
 
 
 def test_bad_input_is_a_one_line_user_error(tmp_path):
-    with pytest.raises(UserError, match="known presets: tiny, small, 150m, 1b"):
+    with pytest.raises(UserError, match="known presets: tiny, mini, small, 150m, 1b"):
         build_model("huge", VOCAB)
     with pytest.raises(UserError, match="outside the vocabulary"):
         build_model("tiny", VOCAB, eos_token_id=VOCAB)
