@@ -199,3 +199,33 @@ def micro_batch_loss(
     if aggregation == "seq_mean":
         return aggregate(per_token, mask, "seq_mean") * (mask.shape[0] / float(total_sequences))
     return aggregate(per_token, mask, "constant", constant=float(total_sequences) * max_new_tokens)
+
+
+def surrogate_with_kl(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip: float,
+    kl_coef: float,
+    kl_estimator: KLEstimator,
+    aggregation: Aggregation,
+    total_tokens: torch.Tensor | float,
+    total_sequences: torch.Tensor | float,
+    max_new_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss share, clipped [B, T], kl_to_ref [B, T]) of a critic-free micro-batch: the clipped
+    surrogate (`clipped_policy_loss`; advantages [B, 1] or [B, T]) plus kl_coef x the KL estimate to
+    the reference per token, aggregated by `micro_batch_loss`. kl_coef is 0 when the KL is placed in
+    the reward; kl_to_ref is returned either way, for the diagnostics. GRPO and REINFORCE both use it."""
+    per_token, clipped = clipped_policy_loss(logp, old_logp, advantages, mask, clip)
+    kl_to_ref = kl_estimate(logp, ref_logp, mask, kl_estimator)
+    if kl_coef > 0:
+        per_token = per_token + kl_coef * kl_to_ref
+    loss = micro_batch_loss(
+        per_token, mask, aggregation, total_tokens=total_tokens, total_sequences=total_sequences,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    return loss, clipped, kl_to_ref

@@ -40,22 +40,13 @@ import torch
 
 from echochamber.dist import Sums
 from echochamber.rl.config import REINFORCEConfig, RLConfig
-from echochamber.rl.losses import (
-    approx_kl,
-    clipped_policy_loss,
-    kl_estimate,
-    micro_batch_loss,
-    returns_to_go,
-    token_rewards,
-)
-from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
+from echochamber.rl.losses import returns_to_go, surrogate_with_kl, token_rewards
+from echochamber.rl.rollout import RolloutBatch
 from echochamber.rl.update import (
-    global_counts,
+    MicroBatch,
     global_whiten,
-    micro_batches,
     minibatch_indices,
-    optimizer_step,
-    step_counts,
+    policy_step,
     update_diagnostics,
 )
 
@@ -116,15 +107,12 @@ def reinforce_loss(
     advantages): -rho A per token (clipped as PPO's when `clip` is set), plus beta x the KL estimate
     when it is placed in the loss, aggregated by `micro_batch_loss`."""
     clip = config.clip if config.clip is not None else math.inf  # clamp(rho, -inf, inf) = rho: never clips
-    per_token, clipped = clipped_policy_loss(logp, old_logp, advantages, mask, clip)
-    kl_to_ref = kl_estimate(logp, ref_logp, mask, config.kl_estimator)
-    if config.kl_placement == "loss" and config.kl_coef > 0:
-        per_token = per_token + config.kl_coef * kl_to_ref
-    loss = micro_batch_loss(
-        per_token, mask, config.aggregation, total_tokens=total_tokens, total_sequences=total_sequences,
-        max_new_tokens=max_new_tokens,
+    kl_coef = config.kl_coef if config.kl_placement == "loss" else 0.0
+    return surrogate_with_kl(
+        logp, old_logp, ref_logp, advantages, mask, clip=clip, kl_coef=kl_coef,
+        kl_estimator=config.kl_estimator, aggregation=config.aggregation, total_tokens=total_tokens,
+        total_sequences=total_sequences, max_new_tokens=max_new_tokens,
     )  # fmt: skip
-    return loss, clipped, kl_to_ref
 
 
 class REINFORCE:
@@ -172,32 +160,17 @@ class REINFORCE:
 
     def _minibatch(self, batch: RolloutBatch, advantages: torch.Tensor, indices: torch.Tensor) -> Sums:
         """One optimizer step on the samples `indices`; returns its diagnostics (this rank's sums)."""
-        settings = self.config.reinforce
-        total_tokens, total_sequences = global_counts(batch, indices)
-        sums = Sums()
-        self.optimizer.zero_grad(set_to_none=True)
-        for micro in micro_batches(batch, indices, self.config.micro_batch_size):
-            mask = micro.response_mask
-            logp, entropy = sequence_logprobs(
-                self.policy, micro.tokens, micro.attention_mask, self.config.rollout.temperature
-            )
-            assert entropy is not None
-            loss, clipped, kl_to_ref = reinforce_loss(
-                logp, micro.old_logp, micro.ref_logp, advantages[micro.rows, : micro.cols], mask, settings,
-                total_tokens=total_tokens, total_sequences=total_sequences,
+
+        def micro_loss(
+            micro: MicroBatch, logp: torch.Tensor, total_tokens: torch.Tensor, total_sequences: torch.Tensor
+        ):
+            return reinforce_loss(
+                logp, micro.old_logp, micro.ref_logp, advantages[micro.rows, : micro.cols], micro.response_mask,
+                self.config.reinforce, total_tokens=total_tokens, total_sequences=total_sequences,
                 max_new_tokens=self.config.rollout.max_new_tokens,
             )  # fmt: skip
-            loss.backward()
-            with torch.no_grad():
-                sums.add(
-                    Sums(
-                        entropy=(entropy * mask).sum(), clipped=(clipped * mask).sum(),
-                        approx_kl=approx_kl(logp, micro.old_logp, mask).sum(),
-                        kl_to_ref=(kl_to_ref * mask).sum(), tokens=mask.sum(), loss=loss,
-                    )
-                )  # fmt: skip
-        sums.add(step_counts(grad_norm=optimizer_step(self.policy, self.optimizer, self.config.grad_clip)))
-        return sums
+
+        return policy_step(self.policy, self.optimizer, batch, indices, self.config, micro_loss)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "updates": self.updates}

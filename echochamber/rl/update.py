@@ -6,21 +6,25 @@ optimizer steps (`minibatch_indices`). An optimizer step runs its samples in mic
 minibatch's global token and sequence counts (`global_counts`, see losses.micro_batch_loss) so that
 the shares of all micro-batches on all ranks sum to the minibatch's loss; then the gradients are
 summed over ranks, clipped and applied (`optimizer_step`). Diagnostics are summed once over ranks at
-the end (`dist.Sums`; `step_counts` for the numbers every rank holds alike; `update_diagnostics`). What is an algorithm's
-own (advantages, losses, what it logs) stays in grpo.py, ppo.py and reinforce.py.
+the end (`dist.Sums`; `step_counts` for the numbers every rank holds alike; `update_diagnostics`).
+A critic-free algorithm (GRPO, REINFORCE) hands `policy_step` its loss for one micro-batch and gets
+the whole optimizer step. What is an algorithm's own (advantages, losses, what it logs) stays in
+grpo.py, ppo.py and reinforce.py.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from echochamber import dist
 from echochamber.dist import Sums
-from echochamber.rl.rollout import RolloutBatch
+from echochamber.rl.config import RLConfig
+from echochamber.rl.losses import approx_kl
+from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
 
 
 def minibatch_indices(
@@ -80,7 +84,9 @@ def global_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
     return ((values - mean) * torch.rsqrt(var + eps)).to(values.dtype) * mask
 
 
-def optimizer_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> float:
+def optimizer_step(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None
+) -> float:
     """Sum the gradients over ranks, clip them to `grad_clip` (None: only measure), step; returns the
     global gradient norm before clipping."""
     dist.sum_gradients(module)
@@ -94,6 +100,48 @@ def step_counts(**norms: float) -> Sums:
     (global) values, so each rank adds its 1/world share and the global sum counts them once."""
     share = 1.0 / dist.world_size()
     return Sums(**{name: norm * share for name, norm in norms.items()}, steps=share)
+
+
+MicroLoss = Callable[
+    ["MicroBatch", torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+]
+"""(micro-batch, its log-probs [m, cols], the minibatch's global tokens, sequences) -> (loss share,
+clipped [m, cols], kl_to_ref [m, cols]): what a critic-free algorithm supplies to `policy_step`."""
+
+
+def policy_step(
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: RolloutBatch,
+    indices: torch.Tensor,
+    config: RLConfig,
+    micro_loss: MicroLoss,
+) -> Sums:
+    """One optimizer step of a critic-free update (GRPO, REINFORCE) on the samples `indices`: each
+    micro-batch's log-probs at the sampling temperature, its loss share from the algorithm's
+    `micro_loss`, backward; then `optimizer_step`. Returns this rank's sums: entropy, clipped tokens,
+    approx_kl (vs the sampling policy) and kl_to_ref per response token, the loss, the step."""
+    total_tokens, total_sequences = global_counts(batch, indices)
+    sums = Sums()
+    optimizer.zero_grad(set_to_none=True)
+    for micro in micro_batches(batch, indices, config.micro_batch_size):
+        mask = micro.response_mask
+        logp, entropy = sequence_logprobs(
+            policy, micro.tokens, micro.attention_mask, config.rollout.temperature
+        )
+        assert entropy is not None
+        loss, clipped, kl_to_ref = micro_loss(micro, logp, total_tokens, total_sequences)
+        loss.backward()
+        with torch.no_grad():
+            sums.add(
+                Sums(
+                    entropy=(entropy * mask).sum(), clipped=(clipped * mask).sum(),
+                    approx_kl=approx_kl(logp, micro.old_logp, mask).sum(),
+                    kl_to_ref=(kl_to_ref * mask).sum(), tokens=mask.sum(), loss=loss,
+                )
+            )  # fmt: skip
+    sums.add(step_counts(grad_norm=optimizer_step(policy, optimizer, config.grad_clip)))
+    return sums
 
 
 def update_diagnostics(sums: Sums, device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
