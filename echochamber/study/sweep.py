@@ -24,8 +24,9 @@ import re
 import shlex
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
@@ -211,9 +212,8 @@ def run_sweep(
     cells = resolve_cells(sweep, folder)
     write_sweep_file(sweep, [cell for cell, _ in cells], out)
     preset = base_args(sweep, folder)[1] or sweep.base
-    # The first cell needing a shared stage (same hash) computes it, in the first wave; the other
-    # cells link to it once it is done. Sequential cells link just before they run, so they also
-    # reuse what an earlier cell of their own wave computed.
+    # The first cell needing a shared stage (same hash) computes it; the other cells link to it once
+    # it is done, just before they run.
     owners: dict[tuple[str, str], str] = {}
     for cell, study in cells:
         for name in SHARED_STAGES:
@@ -232,11 +232,13 @@ def run_sweep(
             return None
         return cell_dir
 
-    first = set(owners.values())
-    waves = [[c for c in cells if c[0].name in first], [c for c in cells if c[0].name not in first]]
-    failed = []
-    for wave in waves:
-        failed += _run_wave(wave, prepare, jobs, preset)
+    # A cell waits for the cells that pretrain and evaluate its base model; not for the owner of its
+    # data, which takes seconds to redo (a model size shares the mixture's data, not its pretraining).
+    waits = {
+        cell.name: {owners[(name, stage_hashes(study)[name])] for name in SHARED_STAGES[1:]} - {cell.name}
+        for cell, study in cells
+    }
+    failed = _schedule(cells, waits, prepare, jobs, preset)
     from echochamber.report.page import build_report
 
     index = build_report(out)
@@ -248,36 +250,61 @@ def run_sweep(
     return index
 
 
-def _run_wave(
-    wave: list[tuple[Cell, StudyConfig]],
+def _schedule(
+    cells: list[tuple[Cell, StudyConfig]],
+    waits: dict[str, set[str]],
     prepare: Callable[[Cell, StudyConfig], Path | None],
     jobs: int,
     preset: str,
 ) -> list[str]:
-    """Run cells in this process (jobs=1) or in a pool of fresh processes; returns the failed names."""
-    failed = []
+    """Run each cell once the cells it waits for are over (finished or failed: a failed owner's
+    dependants then compute what they cannot link), `jobs` at a time: in this process (jobs=1) or in
+    a pool of fresh processes. Cells others wait for start first, then those that pretrain their own
+    model, then the rest, each in sweep order: a slow pretraining (a larger model) runs beside the
+    cells that share a faster one instead of holding them all back. Returns the failed names."""
+    waited = {owner for owners in waits.values() for owner in owners}
+    queue = sorted(cells, key=lambda item: (item[0].name not in waited, bool(waits[item[0].name])))
+    over: set[str] = set()
+    failed: list[str] = []
+
+    def finish(name: str, outcome: Callable[[], Any]) -> None:
+        if _failed(name, outcome):
+            failed.append(name)
+        over.add(name)
+
+    def next_ready() -> tuple[Cell, StudyConfig, Path | None] | None:
+        for item in queue:
+            if waits[item[0].name] <= over:
+                queue.remove(item)
+                return item[0], item[1], prepare(*item)
+        return None
+
     if jobs == 1:
-        for cell, study in wave:
-            cell_dir = prepare(cell, study)
-            if cell_dir is not None and _failed(
-                cell.name, lambda c=cell, s=study, d=cell_dir: _run_cell(c.name, s, d, preset, None)
-            ):
-                failed.append(cell.name)
+        while (ready := next_ready()) is not None:
+            cell, study, cell_dir = ready
+            if cell_dir is None:
+                over.add(cell.name)
+            else:
+                finish(cell.name, partial(_run_cell, cell.name, study, cell_dir, preset, None))
         return failed
     threads = max(1, (os.cpu_count() or 1) // jobs)
     # spawn, one cell per process: no torch or grader state leaks between cells, and each process
     # gets its share of the cores (intra-op threads, tokenizer workers) instead of all of them.
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = []
-        for cell, study in wave:
-            cell_dir = prepare(cell, study)
-            if cell_dir is not None:
-                futures.append(
-                    (cell.name, pool.submit(_run_cell, cell.name, study, cell_dir, preset, threads))
-                )
-        for name, future in futures:
-            if _failed(name, future.result):
-                failed.append(name)
+        running: dict[Future[None], str] = {}
+        while queue or running:
+            while len(running) < jobs and (ready := next_ready()) is not None:
+                cell, study, cell_dir = ready
+                if cell_dir is None:
+                    over.add(cell.name)
+                else:
+                    running[pool.submit(_run_cell, cell.name, study, cell_dir, preset, threads)] = cell.name
+            if not running:
+                continue  # skipped cells released their dependants (an owner precedes its dependants
+                # in the sweep's order, so some cell is always ready)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                finish(running.pop(future), future.result)
     return failed
 
 

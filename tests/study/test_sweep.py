@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -150,10 +152,13 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, bool]] = []
         self.crash: tuple[str, str] | None = None  # (cell name, stage)
+        self.slow: tuple[str, str] | None = None  # (cell name, stage) that takes a second
 
     def stage(self, stage: pipeline.Stage) -> pipeline.Stage:
         def run(study: StudyConfig, run_dir: Path, ctx: object, resume: bool) -> None:
             self.calls.append((run_dir.name, stage.name, resume))
+            if self.slow == (run_dir.name, stage.name):
+                time.sleep(1.0)
             (run_dir / stage.folder).mkdir(parents=True, exist_ok=True)
             if self.crash == (run_dir.name, stage.name):
                 self.crash = None
@@ -212,6 +217,35 @@ def emitted_commands(script: Path, prefix: str) -> list[list[str]]:
         for line in script.read_text().splitlines()
         if prefix in line
     ]
+
+
+def test_a_slow_pretraining_does_not_hold_back_the_cells_that_share_another(
+    tmp_path: Path, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--jobs 2: the cells others wait for and those that pretrain their own model (a larger size,
+    here another lr) start first; a cell that links to a finished owner starts while the slow
+    pretraining still runs, never before its own owner is over. (Threads stand in for the processes.)"""
+    monkeypatch.setattr(
+        "echochamber.study.sweep.ProcessPoolExecutor", lambda jobs, **_: ThreadPoolExecutor(jobs)
+    )
+    monkeypatch.setattr("echochamber.study.sweep._run_cell", lambda name, study, cell_dir, preset, threads:
+                        pipeline.run_study(study, cell_dir, preset=preset, resume=True, progress=False))  # fmt: skip
+    path = write_sweep(
+        tmp_path,
+        axes={"algo": ["ppo", "grpo"], "pretrain.lr": [0.001, 0.002]},
+        grids=[{"algo": ["ppo", "grpo"]}, {"pretrain.lr": [0.002]}],
+        seeds=[0],
+    )
+    owner, slow, linked = "algo-ppo_lr-0.001_seed-0", "algo-ppo_lr-0.002_seed-0", "algo-grpo_lr-0.001_seed-0"
+    recorder.slow = (slow, "pretrain")
+    run_sweep(str(path), tmp_path / "sweep", jobs=2)
+    calls = [(cell, stage) for cell, stage, _ in recorder.calls]
+    first = {
+        cell: calls.index(next(call for call in calls if call[0] == cell)) for cell in (owner, slow, linked)
+    }
+    assert first[linked] > calls.index((owner, "report"))  # after its owner is over
+    assert first[linked] < calls.index((slow, "eval-base"))  # while the slow pretraining runs
+    assert (linked, "pretrain") not in calls  # linked, not redone
 
 
 def test_emit_slurm_writes_an_array_job_whose_commands_rebuild_each_cell(tmp_path: Path) -> None:
