@@ -231,6 +231,10 @@ def test_update_does_not_depend_on_the_micro_batch_size(tiny_policy, fitted_text
     model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
     shift = 0.3 * torch.randn(batch.old_logp.shape, generator=torch.Generator().manual_seed(0))
     batch.old_logp = (batch.old_logp + shift) * batch.response_mask
+    # The reference is the policy itself, so its KL would be ~0 and compared as float noise, which
+    # differs between kernels (AVX2 vs AVX-512): shift it too, so kl_loss is a real number.
+    ref_shift = 0.2 * torch.randn(batch.ref_logp.shape, generator=torch.Generator().manual_seed(1))
+    batch.ref_logp = (batch.ref_logp + ref_shift) * batch.response_mask
     results = []
     for micro in (1, 3, 4):
         policy = copy.deepcopy(model)
@@ -238,7 +242,8 @@ def test_update_does_not_depend_on_the_micro_batch_size(tiny_policy, fitted_text
         config.micro_batch_size = micro
         diagnostics = build(policy, model, tokenizer, config).update(batch)
         results.append(({name: p.grad for name, p in policy.named_parameters()}, diagnostics))
-    assert results[0][1]["approx_kl"] > 1e-3 and 0 < results[0][1]["clip_fraction"] < 1  # the planted condition
+    planted = results[0][1]
+    assert planted["approx_kl"] > 1e-3 and abs(planted["kl_loss"]) > 1e-3 and 0 < planted["clip_fraction"] < 1
     # Float noise is relative to the largest gradient: some weights' gradients are ~1e-6 of it.
     scale = max(float(grad.abs().max()) for grad in results[0][0].values())
     for grads, diagnostics in results[1:]:
