@@ -101,6 +101,24 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> 
     return maj_at_ks(answers, correct, [k])[k]
 
 
+def crossover(rl: Sequence[float], base: Sequence[float], tolerance: float = 1e-9) -> int | None:
+    """Where the base model's pass@k curve catches the RL policy's, for curves given at k = 1..K.
+
+    The smallest k such that base(j) >= rl(j) for every j from k to K (within `tolerance`, so two
+    curves that both reach 1.0 count as level): from there on, drawing k samples from the base
+    model solves at least as many prompts as drawing them from the RL policy (the crossover of Yue
+    et al. 2025, arXiv 2504.13837). 1 means the base curve is never below the RL one; None means the
+    RL policy is still ahead at k = K, so no crossover happens within the samples drawn. A curve that
+    dips below and recovers gives the last crossing, the one whose base lead lasts to K.
+    """
+    if len(rl) != len(base) or not rl:
+        raise ValueError(f"crossover needs two curves of one non-zero length, got {len(rl)} and {len(base)}")
+    k = len(rl)
+    while k >= 1 and base[k - 1] >= rl[k - 1] - tolerance:
+        k -= 1
+    return None if k == len(rl) else k + 1
+
+
 def default_ks(n: int) -> list[int]:
     """1, 2, 4, ... up to n (and n itself, so pass@n / maj@n are always reported)."""
     ks = [2**i for i in range(n.bit_length()) if 2**i <= n]

@@ -11,6 +11,8 @@ not. One module per step:
     findings.py     the findings about one setting (`compute_findings`: collapse, its timing,
                     pass@k / maj@k, transfer, the mixture flip)
     comparisons.py  the findings that compare settings (KL, algorithm, model size)
+    curves.py       pass@k / maj@k at every k, base against RL, and where the base curve
+                    crosses the RL curve (per seed and with intervals over seeds)
     figures.py      that data -> PNG charts (matplotlib's Agg canvas)
     tables.py       the page's findings table (from the findings objects) and format-rule tables
     page.py         data + findings + charts -> index.html and findings.json (`build_report`,

@@ -29,7 +29,7 @@ from typing import Any
 
 from echochamber.config import read_yaml
 from echochamber.errors import UserError
-from echochamber.eval.passk import default_ks, maj_at_ks, pass_at_k
+from echochamber.eval.passk import maj_at_ks, pass_at_k
 from echochamber.eval.store import GENERATIONS_FILE, PROMPTS_FILE, RESULTS_FILE, SETTINGS_FILE, read_prompts
 from echochamber.formats.registry import format_names
 from echochamber.report.results import merge_names, number
@@ -59,7 +59,7 @@ class PromptEval:
     # provenance; `untraced` counts the others.
     source_pairs: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     untraced: int = 0
-    pass_at: dict[int, float] = field(default_factory=dict)  # unbiased pass@k from the sampled generations
+    pass_at: dict[int, float] = field(default_factory=dict)  # unbiased pass@k, k = 1..n_sampled
     maj_at: dict[int, float] = field(default_factory=dict)
 
     def count(self, row: dict[str, Any]) -> None:
@@ -305,7 +305,7 @@ def load_eval(folder: Path, source: str) -> EvalData:
         if not prompt.n_sampled and prompt.greedy is not None:
             prompt.count(prompt.greedy)
     if votes:
-        _score_samples(prompts, votes, results)
+        _score_samples(prompts, votes)
     texts, note = _prompt_texts(folder, prompts)
     return EvalData(benchmark, folder, source, results, prompts, texts, note)
 
@@ -321,18 +321,14 @@ def _vote(row: dict[str, Any]) -> Hashable | None:
 
 
 def _score_samples(
-    prompts: dict[str, PromptEval],
-    votes: dict[str, list[tuple[Hashable | None, bool]]],
-    results: dict[str, Any] | None,
+    prompts: dict[str, PromptEval], votes: dict[str, list[tuple[Hashable | None, bool]]]
 ) -> None:
-    """Per-prompt pass@k and maj@k, with the eval suite's estimators and votes (so their means are
-    results.json's numbers)."""
-
-    sampled = (results or {}).get("sampled") or {}
-    reported = sorted(int(key.split("@")[1]) for key in sampled if key.startswith("pass@"))
+    """Per-prompt pass@k and maj@k at every k from 1 to the prompt's n samples, with the eval
+    suite's estimators and votes (so their means at results.json's ks are its numbers), for the
+    k = 1..n curves. Every k costs what the largest does: maj_at_ks counts all subset sizes at once."""
     for prompt_id, pairs in votes.items():
         n = len(pairs)
-        ks = [k for k in (reported or default_ks(n)) if k <= n]
+        ks = range(1, n + 1)
         correct = [ok for _, ok in pairs]
         prompt = prompts[prompt_id]
         prompt.pass_at = {k: pass_at_k(n, sum(correct), k) for k in ks}

@@ -15,7 +15,9 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from echochamber.eval.passk import crossover
 from echochamber.report.collect import RunData
+from echochamber.report.curves import curve_summary, run_curves
 from echochamber.report.results import dominant, eval_benchmark, number
 
 # The built-in formats keep one colour on every chart; a declared format takes the next free one.
@@ -235,45 +237,25 @@ def _kl(run: RunData) -> Figure | None:
 
 
 def _passk(run: RunData) -> Figure | None:
-    """pass@k and maj@k against k, before (dashed) and after (solid) RL, one panel per benchmark."""
-    panels = []
-    for bench in run.benchmarks():
-        curves = {}
-        for phase in ("base", "final"):
-            data = run.eval(phase, bench)
-            sampled = ((data.results if data else None) or {}).get("sampled") or {}
-            ks = sorted(int(key.split("@")[1]) for key in sampled if key.startswith("pass@"))
-            if ks:
-                curves[phase] = (ks, sampled)
-        if curves:
-            panels.append((bench, curves))
+    """Unbiased pass@k and maj@k at every k = 1..K, before (dashed) and after (solid) RL, one panel
+    per benchmark (each rung of a ladder its own), on the prompts both evaluated; a dotted line
+    marks the crossover, the k from which the base curve stays at or above the RL one."""
+    panels = [found for bench in run.benchmarks() if (found := run_curves(run, bench)) is not None]
     if not panels:
         return None
     figure, axes = _panels(len(panels), sharex=False)
-    for ax, (bench, curves) in zip(axes, panels, strict=True):
-        for phase, (ks, sampled) in curves.items():
-            style = "--" if phase == "base" else "-"
-            label = "before" if phase == "base" else "after"
-            ax.plot(
-                ks,
-                [sampled[f"pass@{k}"] for k in ks],
-                style,
-                marker="o",
-                ms=3,
-                color="#4C72B0",
-                label=f"pass@k {label}",
-            )
-            ax.plot(
-                ks,
-                [sampled[f"maj@{k}"] for k in ks],
-                style,
-                marker="^",
-                ms=3,
-                color="#C44E52",
-                label=f"maj@k {label}",
-            )
+    for ax, curves in zip(axes, panels, strict=True):
+        for phase, style, label in (("base", "--", "before"), ("final", "-", "after")):
+            ax.plot(curves.ks, curves.passk[phase], style, lw=1.2, color="#4C72B0", label=f"pass@k {label}")
+            ax.plot(curves.ks, curves.majk[phase], style, lw=1.2, color="#C44E52", label=f"maj@k {label}")
+        k = crossover(curves.passk["final"], curves.passk["base"])
+        if k is not None and k > 1:
+            ax.axvline(k, ls=":", color="#444444", lw=1, label=f"base ≥ RL from k={k}")
         ax.set_xscale("log", base=2)
-        ax.set(xlabel="k", ylim=(0, 1), title=bench)
+        ticks = [k for k in curves.ks if k & (k - 1) == 0]  # the powers of two, written plainly
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.set(xlabel="k", ylim=(0, 1))
+        ax.set_title(f"{curves.benchmark} · {curves.prompts} prompts\n{curve_summary(curves)}", fontsize=8)
         ax.legend(fontsize=7)
     return figure
 
@@ -287,7 +269,7 @@ RUN_CHARTS: dict[str, tuple[str, str, RunChart]] = {
         _echo_share,
     ),
     "accuracy": ("Training accuracy; pass@1, pass@k and maj@k over RL steps", "RL has not run", _accuracy),
-    "passk": ("pass@k and maj@k against k, before and after RL", "no sampled evaluation", _passk),
+    "passk": ("pass@k and maj@k at k = 1..K, before and after RL", "no sampling before and after RL", _passk),
     "format_accuracy": ("Accuracy per format over RL steps", "RL has not run", _format_accuracy),
     "kl": ("KL, entropy and response length over RL steps", "RL has not run", _kl),
     "pretrain": ("Pretraining loss", "pretraining has not run", _pretrain_loss),

@@ -28,6 +28,7 @@ from echochamber.report.collect import (
     find_axis,
     group_settings,
 )
+from echochamber.report.curves import crossover_html
 from echochamber.report.figures import RUN_CHARTS, render_comparison, render_run_figures, slug
 from echochamber.report.findings import compute_findings
 from echochamber.report.measure import main_benchmark
@@ -120,6 +121,7 @@ def render_page(
         ("findings", "Findings", findings_html(findings)),
         *([("cells", "Cells", _cells_html(sweep))] if sweep.kind == "sweep" else []),
         ("comparisons", "KL and algorithm comparisons", _comparisons_html(sweep, comparisons)),
+        ("crossover", "pass@k at large k: does the base model catch up?", crossover_html(sweep)),
         *[(f"run-{i}", f"Run {run.name}", _run_html(run, charts[i])) for i, run in enumerate(sweep.runs)],
         ("browser", "Generation browser", _browser_html(sweep)),
     ]

@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import pytest
 
-from echochamber.eval.passk import default_ks, maj_at_k, maj_at_ks, pass_at_k, vote_classes
+from echochamber.eval.passk import crossover, default_ks, maj_at_k, maj_at_ks, pass_at_k, vote_classes
 from echochamber.verify.normalize import vote_key
 
 
@@ -203,3 +203,22 @@ def test_default_ks():
     assert default_ks(64) == [1, 2, 4, 8, 16, 32, 64]
     assert default_ks(1) == [1]
     assert default_ks(6) == [1, 2, 4, 6]
+
+
+@pytest.mark.parametrize(
+    ("rl", "base", "expected"),
+    [
+        ([0.5, 0.6, 0.7], [0.2, 0.4, 0.6], None),  # RL ahead at the largest k: no crossover
+        ([0.5, 0.6, 0.7], [0.2, 0.6, 0.9], 2),  # level at k = 2, ahead after
+        ([0.5, 0.6, 0.7], [0.6, 0.7, 0.8], 1),  # the base curve is never below
+        ([0.5, 0.6, 0.7, 0.8], [0.2, 0.7, 0.5, 0.9], 4),  # crosses, falls back, crosses for good at 4
+        ([0.4, 1.0], [0.2, 1.0 - 1e-12], 2),  # both reach 1: level within the tolerance
+    ],
+)
+def test_crossover_is_where_the_base_curve_stays_at_or_above_to_the_end(rl, base, expected):
+    assert crossover(rl, base) == expected
+
+
+def test_crossover_refuses_curves_of_different_lengths():
+    with pytest.raises(ValueError, match="one non-zero length"):
+        crossover([0.5, 0.6], [0.5])
