@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from echochamber.report.collect import RunData, SweepData, find_axis, group_settings
+from echochamber.report.dose import kl_dose_trend
 from echochamber.report.measure import (
     NEGLIGIBLE,
     at,
@@ -44,12 +45,13 @@ RECOVERED = 0.05  # a training-accuracy dip has recovered when accuracy returns 
 
 
 def comparison_findings(sweep: SweepData) -> list[dict[str, Any]]:
-    return [*_kl(sweep), *_algorithms(sweep), _model_size(sweep)]
+    return [*_kl(sweep), kl_dose_trend(sweep), *_algorithms(sweep), _model_size(sweep)]
 
 
 def _kl(sweep: SweepData) -> list[dict[str, Any]]:
-    """Stronger KL than the default keeps more of the other formats at similar pass@1; KL 0 behaves
-    like the default (same winner, similar pass@1). All paired by seed: the cells share pretraining."""
+    """Each KL stronger than the default keeps more of the other formats at similar pass@1 (one
+    setting per dose); KL 0 behaves like the default (same winner, similar pass@1). All paired by
+    seed: the cells share pretraining. The trend over all doses at once is dose.kl_dose_trend."""
     axis = find_axis(sweep, "kl_coef", "kl")
     default = default_kl()
     keeps, similar = Claim("directional", NEGLIGIBLE), Claim("equivalence", SIMILAR)
@@ -62,14 +64,14 @@ def _kl(sweep: SweepData) -> list[dict[str, Any]]:
             continue
         at_default = find_value(by_kl, default)
         low = at_default if at_default is not None else min(by_kl)
-        high = max(by_kl)
         top = winner(by_kl[low], bench)
-        if high > low and top is not None:
+        for high in sorted(dose for dose in by_kl if dose > low) if top is not None else ():
             details = {"benchmark": bench, "format": top[0], "KL": f"{low:g} vs {high:g}"}
             share = paired(by_kl[low], by_kl[high], at("final", bench, share_of(top[0])))
-            found["keeps"].append(judge(key, keeps, share, details))
+            setting = f"{key} · KL {high:g}"
+            found["keeps"].append(judge(setting, keeps, share, details))
             found["similar"].append(
-                judge(key, similar, paired(by_kl[high], by_kl[low], at("final", bench, pass1)), details)
+                judge(setting, similar, paired(by_kl[high], by_kl[low], at("final", bench, pass1)), details)
             )
         zero = find_value(by_kl, 0.0)
         top = winner(by_kl[at_default], bench) if at_default is not None else None
@@ -91,14 +93,15 @@ def _kl(sweep: SweepData) -> list[dict[str, Any]]:
     return [
         finding(
             "kl_keeps_formats",
-            "A stronger KL penalty than the default keeps more of the other formats: the default's winning format "
-            f"has a lower share after RL at the strongest KL (interval above 0; within ±{NEGLIGIBLE:.0%} is no change).",
-            keeps, "Δ share of the winning format (default − strongest KL)", found["keeps"], no_axis,
+            "A stronger KL penalty than the default keeps more of the other formats: at each stronger KL (one "
+            "setting per dose, paired by seed with the default), the default's winning format has a lower share "
+            f"after RL (interval above 0; within ±{NEGLIGIBLE:.0%} is no change).",
+            keeps, "Δ share of the winning format (default − stronger KL)", found["keeps"], no_axis,
         ),
         finding(
             "kl_similar_pass1",
-            f"... at similar pass@1: the strongest KL's pass@1 is within ±{SIMILAR:.0%} of the default's.",
-            similar, "Δ pass@1 (strongest KL − default)", found["similar"], no_axis,
+            f"... at similar pass@1: each stronger KL's pass@1 is within ±{SIMILAR:.0%} of the default's.",
+            similar, "Δ pass@1 (stronger KL − default)", found["similar"], no_axis,
         ),
         finding(
             "kl0_same_format",

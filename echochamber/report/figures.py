@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from echochamber.eval.passk import crossover
 from echochamber.report.collect import RunData
 from echochamber.report.curves import curve_summary, run_curves
+from echochamber.report.dose import DoseSeries
 from echochamber.report.results import dominant, eval_benchmark, number
 
 # The built-in formats keep one colour on every chart; a declared format takes the next free one.
@@ -309,4 +310,34 @@ def render_comparison(
     for ax in axes:
         ax.legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
+    return save(figure, path)
+
+
+def render_dose(series: DoseSeries, path: Path) -> Path:
+    """After RL against the KL dose (evenly spaced: the sweep's doses step x10): the shares of the
+    default's winning format and of the runner-up, and pass@1 / pass@k, each a mean with its 95 %
+    interval over seeds (over prompts with one seed) as error bars."""
+    figure, axes = _panels(2, title_room=0.3)
+    x = list(range(len(series.doses)))
+    panels = {0: [f"{series.winner} share", f"{series.runner_up} share"], 1: ["pass@1", f"pass@{series.k}"]}
+    colors = [*format_colors([series.winner, series.runner_up or "other"]), "#4C72B0", "#C44E52"]
+    for index, labels in panels.items():
+        for j, label in enumerate(labels):
+            if label not in series.curves:
+                continue
+            points = [(i, e) for i, e in zip(x, series.curves[label], strict=True) if e is not None]
+            means = [e.effect for _, e in points]
+            low = [e.effect - e.interval[0] if e.interval else 0.0 for _, e in points]
+            high = [e.interval[1] - e.effect if e.interval else 0.0 for _, e in points]
+            axes[index].errorbar(
+                [i for i, _ in points], means, yerr=[low, high], marker="o", ms=4, capsize=3, lw=1,
+                color=colors[2 * index + j], label=label,
+            )  # fmt: skip
+    seeds = max((e.n_seeds for curve in series.curves.values() for e in curve if e), default=0)
+    basis = f"{seeds} seeds" if seeds >= 2 else "1 seed: intervals over prompts"
+    for ax, what in zip(axes, ("share of generations", "accuracy"), strict=True):
+        ax.set_xticks(x, [f"{d:g}" + (" (default)" if d == series.default else "") for d in series.doses])
+        ax.set(xlabel="KL coefficient", ylabel=what, ylim=(0, 1))
+        ax.legend(fontsize=7)
+    figure.suptitle(f"KL dose · {series.setting} · {series.benchmark} after RL ({basis})", fontsize=10)
     return save(figure, path)

@@ -29,7 +29,8 @@ from echochamber.report.collect import (
     group_settings,
 )
 from echochamber.report.curves import crossover_html
-from echochamber.report.figures import RUN_CHARTS, render_comparison, render_run_figures, slug
+from echochamber.report.dose import dose_series
+from echochamber.report.figures import RUN_CHARTS, render_comparison, render_dose, render_run_figures, slug
 from echochamber.report.findings import compute_findings
 from echochamber.report.measure import main_benchmark
 from echochamber.report.results import degenerate, dominant, format_summary, headline, number
@@ -99,6 +100,9 @@ def _comparisons(sweep: SweepData, out: Path) -> list[tuple[str, str, Path | Non
             path = out / f"compare-{slug(section)}-{slug(key)}.png"
             if len({str(run.params.get(axis)) for run in runs}) >= 2:  # seeds of one value compare nothing
                 found.append((section, key, render_comparison(runs, label, f"{section} · {key}", path)))
+    for series in dose_series(sweep):  # KL as a dose: the end of RL against KL, with seed intervals
+        path = out / f"dose-KL-{slug(series.setting)}.png"
+        found.append((COMPARISONS[0][0], f"{series.setting} · dose", render_dose(series, path)))
     return found
 
 

@@ -33,12 +33,12 @@ def test_sweep_findings_are_paired_by_seed_and_not_replicated_with_two_seeds(swe
     findings = _by_id(compute_findings(collect(sweep_dir)))
     assert list(findings) == [
         "collapse", "collapse_with_gain", "majk_rises", "passk_flat", "hard_transfer", "mixture_flip",
-        "kl_keeps_formats", "kl_similar_pass1", "kl0_same_format", "kl0_similar_pass1", "ei_below_ppo",
-        "ei_shifts_less", "model_size",
+        "kl_keeps_formats", "kl_similar_pass1", "kl0_same_format", "kl0_similar_pass1", "kl_dose_trend",
+        "ei_below_ppo", "ei_shifts_less", "model_size",
     ]  # fmt: skip
     assert all(item["evidence"] == "single_seed" for item in findings.values())  # two seeds at most
     keeps = findings["kl_keeps_formats"]["settings"][0]
-    assert keeps["setting"] == "algo=ppo" and keeps["basis"] == "2 seeds"
+    assert keeps["setting"] == "algo=ppo · KL 0.01" and keeps["basis"] == "2 seeds"  # one setting per dose
     assert [row["seed"] for row in keeps["per_seed"]] == [0, 1]  # one paired difference per seed
     assert all(row["effect"] > 0.1 for row in keeps["per_seed"])  # KL 0.01 keeps OMI2 in every seed
     collapse = {s["setting"]: s for s in findings["collapse"]["settings"]}
