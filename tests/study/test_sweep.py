@@ -138,6 +138,7 @@ def test_the_paper_cpu_sweep_tests_each_finding_with_three_seeds_on_shared_pretr
     # Algorithm and KL only change RL: (tiny on 2 mixtures + mini) x 3 seeds pretrain.
     assert len({stage_hashes(study)["pretrain"] for _, study in cells}) == 9
     assert all(study.rl.eval_every == 5 for _, study in cells)  # the collapse's timing resolution
+    assert all((study.eval.n, study.eval.limit) == (64, 32) for _, study in cells)  # pass@k to k = 64
     # Every cell pretrains on the quickstart's ladder and evaluates every rung: transfer per rung.
     assert all([rung.steps for rung in study.world.ladder] == [2, 3] for _, study in cells)
     assert all(
