@@ -99,10 +99,17 @@ def _cmd_rl(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if args.markdown:
+        from echochamber.report.markdown import markdown_report
+
+        index, text = markdown_report(Path(args.dir), out)
+        print(f"wrote {index}", file=sys.stderr)
+        print(text, end="")
+        return 0
     from echochamber.report.page import build_report
 
-    index = build_report(Path(args.dir), Path(args.out) if args.out else None)
-    print(f"wrote {index}")
+    print(f"wrote {build_report(Path(args.dir), out)}")
     return 0
 
 
@@ -239,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="self-contained HTML report (+ PNG figures) of a run or sweep folder")
     report.add_argument("dir", metavar="RUN_OR_SWEEP_DIR", help="run folder (run.json) or sweep folder (sweep.json)")
     report.add_argument("--out", help="output folder (default DIR/report)")
+    report.add_argument(
+        "--markdown", action="store_true",
+        help="also print the findings, per-rung transfer and format-share tables as Markdown (for a README)",
+    )  # fmt: skip
     report.set_defaults(func=_cmd_report)
     run = sub.add_parser("run", help="a whole study: data, pretrain, eval, RL, eval, report (default: the quickstart)")
     run.add_argument("config", nargs="?", help="study YAML (default: the quickstart preset)")

@@ -18,6 +18,8 @@ not. One module per step:
     page.py         data + findings + charts -> index.html and findings.json (`build_report`,
                     the entry point); the PNGs are embedded as base64 and also written beside it
     assets.py       the page's inline CSS and the generation browser's JS
+    markdown.py     `--markdown`: the findings (read back from findings.json), per-rung transfer and
+                    format-share tables as Markdown, for a README
 
 A stage that has not run yet (no RL, no evaluation) never crashes the report: its section says so.
 """

@@ -140,7 +140,8 @@ def crossover_html(sweep: SweepData) -> str:
         first, last = found.deltas[0], found.deltas[-1]
         rows.append([
             e(found.setting), e(found.benchmark), e(first.basis), e(_delta(first)),
-            f"k={found.k_max}: {e(_delta(last))}", e(spans(found.ks_where("rl"))), e(spans(found.ks_where("base"))),
+            f"k={found.k_max}: {e(_delta(last))}", e(spans(found.ks_where("rl"))),
+            e(spans(found.ks_where("base"))),
             e("; ".join(f"seed {s}: {seed_words(k, found.k_max)}" for s, k in found.per_seed.items())),
         ])  # fmt: skip
     if not rows:
@@ -151,7 +152,7 @@ def crossover_html(sweep: SweepData) -> str:
     ]  # fmt: skip
     note = (
         "<p class=sub>Intervals: 95 % over seeds (over prompts for one seed); "
-        "“ahead” = the interval of Δ pass@k excludes 0. Curves per run: the pass@k chart of each run.</p>"
+        "“ahead” = the interval of Δ pass@k excludes 0. The curves: each run's pass@k chart.</p>"
     )
     return table(header, rows, "compact") + note
 

@@ -56,7 +56,8 @@ def _number(value: float | None, unit: str) -> str:
     return f"{100 * value:+.1f} pts" if unit.startswith("Δ") else f"{100 * value:.1f}%"
 
 
-def _effect(result: dict[str, Any], unit: str) -> str:
+def effect_words(result: dict[str, Any], unit: str) -> str:
+    """ "+12.0 pts [+3.1 pts, +20.9 pts] · 3 seeds": a finding's or setting's effect in its unit."""
     if result["effect"] is None:
         return "—"
     interval = result["interval"]
@@ -88,7 +89,7 @@ def _setting_html(result: dict[str, Any], unit: str) -> str:
     per_seed = ", ".join(f"{item['seed']}: {_number(item['effect'], unit)}" for item in result["per_seed"])
     lines = [
         f"<b>{e(result['setting'])}</b>: {_badge(result)}",
-        f'<div class="ci">{e(_effect(result, unit))}</div>',
+        f'<div class="ci">{e(effect_words(result, unit))}</div>',
         *([f'<div class="ci">per seed: {e(per_seed)}</div>'] if len(result["per_seed"]) > 1 else []),
         *([f"<div>{e(fmt(result['details']))}</div>"] if result["details"] else []),
         *([f'<div class="note">{e(result["note"])}</div>'] if result["note"] else []),
@@ -107,7 +108,7 @@ def findings_html(findings: list[dict[str, Any]]) -> str:
         )
         rows.append([
             f"<code>{e(item['id'])}</code>", e(item["title"]), _badge(item) + note,
-            e(_effect(item, item["unit"])) + where + f'<div class="ci">{e(item["unit"])}</div>',
+            e(effect_words(item, item["unit"])) + where + f'<div class="ci">{e(item["unit"])}</div>',
             "".join(_setting_html(result, item["unit"]) for result in item["settings"]) or "—",
         ])  # fmt: skip
     intro = (

@@ -277,10 +277,35 @@ def kl_algo_sweep(folder: Path) -> Path:
     return write_sweep(folder, cells, axes)
 
 
+def write_planted_eval(folder: Path, correct: list[int], n: int) -> None:
+    """One evaluation with known per-prompt counts: prompt i has `correct[i]` right samples of n
+    (answer "7", in TinyGSM form); the wrong ones all answer "8", so a majority of right samples wins."""
+    folder.mkdir(parents=True)
+    rows = [
+        {"prompt_id": f"p{i}", "mode": "sampled", "sample_index": s, "gold": "7", "correct": s < c,
+         "answer": "7" if s < c else "8", "vote": "7" if s < c else "8", "format": "tinygsm",
+         "truncated": False}
+        for i, c in enumerate(correct) for s in range(n)
+    ]  # fmt: skip
+    (folder / "generations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def write_planted_run(folder: Path, counts: dict[str, tuple[list[int], list[int]]], n: int) -> Path:
+    """A run folder with only eval/base and eval/final: benchmark -> (correct counts before, after)."""
+    (folder / "eval").mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"name": folder.name}))
+    for bench, (base, final) in counts.items():
+        write_planted_eval(folder / "eval" / "base" / bench, base, n)
+        write_planted_eval(folder / "eval" / "final" / bench, final, n)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic() -> SimpleNamespace:
     """The builders, for tests that need their own variant of a run or sweep."""
-    return SimpleNamespace(RunSpec=RunSpec, write_run=write_run, write_sweep=write_sweep)
+    return SimpleNamespace(
+        RunSpec=RunSpec, write_run=write_run, write_sweep=write_sweep, write_planted_run=write_planted_run
+    )
 
 
 @pytest.fixture(scope="session")

@@ -17,24 +17,9 @@ from echochamber.report.page import build_report
 N = 16  # samples per prompt
 
 
-def write_eval(folder: Path, correct: list[int]) -> None:
-    """One evaluation: prompt i has `correct[i]` right samples of N (answer "7"); the wrong ones
-    all answer "8", so a majority of right samples wins the vote."""
-    folder.mkdir(parents=True)
-    rows = [
-        {"prompt_id": f"p{i}", "mode": "sampled", "sample_index": s, "gold": "7", "answer": "7" if s < c else "8",
-         "vote": "7" if s < c else "8", "correct": s < c, "format": "tinygsm", "truncated": False}
-        for i, c in enumerate(correct) for s in range(N)
-    ]  # fmt: skip
-    (folder / "generations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
-def write_run(folder: Path, base: list[int], final: list[int], bench: str = "world-2step") -> Path:
-    (folder / "eval").mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"name": folder.name}))
-    write_eval(folder / "eval" / "base" / bench, base)
-    write_eval(folder / "eval" / "final" / bench, final)
-    return folder
+def write_run(synthetic, folder: Path, base: list[int], final: list[int]) -> Path:
+    """A run with one planted benchmark, world-2step, at N samples per prompt (conftest.py)."""
+    return synthetic.write_planted_run(folder, {"world-2step": (base, final)}, N)
 
 
 # The base model spreads its skill (2 of 16 right on each of 10 prompts); RL sharpens it onto 4
@@ -44,8 +29,10 @@ def write_run(folder: Path, base: list[int], final: list[int], bench: str = "wor
 BASE, SHARPENED = [2] * 10, [16] * 4 + [0] * 6
 
 
-def test_curves_hold_every_k_and_the_base_overtakes_a_sharpened_policy_at_k_4(tmp_path: Path) -> None:
-    run = collect(write_run(tmp_path / "run", BASE, SHARPENED)).runs[0]
+def test_curves_hold_every_k_and_the_base_overtakes_a_sharpened_policy_at_k_4(
+    tmp_path: Path, synthetic
+) -> None:
+    run = collect(write_run(synthetic, tmp_path / "run", BASE, SHARPENED)).runs[0]
     curves = run_curves(run, "world-2step")
     assert curves is not None and curves.ks == list(range(1, N + 1)) and curves.prompts == 10
     for k in curves.ks:
@@ -70,9 +57,11 @@ def test_curves_hold_every_k_and_the_base_overtakes_a_sharpened_policy_at_k_4(tm
     assert found.ks_where("rl") == []  # 4 of 10 prompts gain, 6 lose: no k where RL is surely ahead
 
 
-def test_a_policy_that_solves_more_prompts_stays_ahead_and_the_report_says_so(tmp_path: Path) -> None:
+def test_a_policy_that_solves_more_prompts_stays_ahead_and_the_report_says_so(
+    tmp_path: Path, synthetic
+) -> None:
     # RL keeps every prompt the base could solve and learns one more: ahead at every k, no crossover.
-    run_dir = write_run(tmp_path / "run", [2] * 6 + [0] * 4, [12] * 7 + [0] * 3)
+    run_dir = write_run(synthetic, tmp_path / "run", [2] * 6 + [0] * 4, [12] * 7 + [0] * 3)
     (found,) = crossovers(collect(run_dir))
     assert found.per_seed == {None: None}
     assert found.ks_where("base") == []
@@ -81,11 +70,13 @@ def test_a_policy_that_solves_more_prompts_stays_ahead_and_the_report_says_so(tm
     assert (run_dir / "report" / "run-passk.png").is_file()
 
 
-def test_over_seeds_each_seed_has_its_crossover_and_the_interval_is_over_seeds(tmp_path: Path) -> None:
+def test_over_seeds_each_seed_has_its_crossover_and_the_interval_is_over_seeds(
+    tmp_path: Path, synthetic
+) -> None:
     cells = []
     for seed, solved in ((0, 4), (1, 5), (2, 4)):
         name = f"s{seed}"
-        write_run(tmp_path / "sweep" / "cells" / name, BASE, [16] * solved + [0] * (10 - solved))
+        write_run(synthetic, tmp_path / "sweep" / "cells" / name, BASE, [16] * solved + [0] * (10 - solved))
         cells.append({"name": name, "params": {"seed": seed}, "dir": f"cells/{name}"})
     sweep = {"name": "sweep", "axes": {"seed": [0, 1, 2]}, "cells": cells}
     (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(sweep))
