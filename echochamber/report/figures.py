@@ -330,8 +330,8 @@ def render_dose(series: DoseSeries, path: Path) -> Path:
             low = [e.effect - e.interval[0] if e.interval else 0.0 for _, e in points]
             high = [e.interval[1] - e.effect if e.interval else 0.0 for _, e in points]
             axes[index].errorbar(
-                [i for i, _ in points], means, yerr=[low, high], marker="o", ms=4, capsize=3, lw=1,
-                color=colors[2 * index + j], label=label,
+                [i for i, _ in points], means, yerr=[low, high], marker="os"[j], ms=4, capsize=3, lw=1,
+                ls=("-", "--")[j], color=colors[2 * index + j], label=label,
             )  # fmt: skip
     seeds = max((e.n_seeds for curve in series.curves.values() for e in curve if e), default=0)
     basis = f"{seeds} seeds" if seeds >= 2 else "1 seed: intervals over prompts"
