@@ -19,7 +19,7 @@ from typing import Any
 
 from echochamber.eval.passk import crossover
 from echochamber.report.collect import PromptEval, RunData, SweepData, group_settings
-from echochamber.report.measure import gain, over_seeds, pass_at
+from echochamber.report.measure import gain, harder_benchmarks, main_benchmark, over_seeds, pass_at
 from echochamber.report.stats import Estimate
 from echochamber.report.tables import e, pct, table
 
@@ -35,6 +35,14 @@ class Curves:
     passk: dict[str, list[float]]  # phase -> curve
     majk: dict[str, list[float]]
     prompts: int  # how many prompts each point averages
+
+
+def ladder_order(runs: list[RunData]) -> list[str]:
+    """The runs' benchmarks in reading order: the RL level, each rung of the ladder easiest first,
+    world-hard and the real benchmarks, then any other."""
+    main = main_benchmark(runs)
+    first = [*([main] if main else []), *harder_benchmarks(runs)]
+    return [*first, *sorted({b for run in runs for b in run.benchmarks()} - set(first))]
 
 
 def depth(pass_at: dict[int, float]) -> int:
@@ -90,7 +98,7 @@ def crossovers(sweep: SweepData) -> list[Crossover]:
     """Per setting (its seeds together) and benchmark with sampled evaluations before and after RL."""
     found = []
     for setting, runs in group_settings(sweep).items():
-        for bench in sorted({b for run in runs for b in run.benchmarks()}):
+        for bench in ladder_order(runs):
             curves = {run.seed: c for run in runs if (c := run_curves(run, bench)) is not None}
             if not curves:
                 continue

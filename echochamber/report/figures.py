@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from echochamber.eval.passk import crossover
 from echochamber.report.collect import RunData
-from echochamber.report.curves import curve_summary, run_curves
+from echochamber.report.curves import curve_summary, ladder_order, run_curves
 from echochamber.report.dose import DoseSeries
 from echochamber.report.results import dominant, eval_benchmark, number
 
@@ -241,7 +241,7 @@ def _passk(run: RunData) -> Figure | None:
     """Unbiased pass@k and maj@k at every k = 1..K, before (dashed) and after (solid) RL, one panel
     per benchmark (each rung of a ladder its own), on the prompts both evaluated; a dotted line
     marks the crossover, the k from which the base curve stays at or above the RL one."""
-    panels = [found for bench in run.benchmarks() if (found := run_curves(run, bench)) is not None]
+    panels = [found for bench in ladder_order([run]) if (found := run_curves(run, bench)) is not None]
     if not panels:
         return None
     figure, axes = _panels(len(panels), sharex=False)

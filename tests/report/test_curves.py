@@ -94,3 +94,10 @@ def test_a_greedy_only_evaluation_has_no_curve(tmp_path: Path, synthetic) -> Non
     run_dir = synthetic.write_run(tmp_path / "run", synthetic.RunSpec(samples=1))
     assert run_curves(collect(run_dir).runs[0], "world-test") is None
     assert crossovers(collect(run_dir)) == []
+
+
+def test_benchmarks_read_from_the_rl_level_up_the_ladder(tmp_path: Path, synthetic) -> None:
+    planted = {name: (BASE, SHARPENED) for name in ("world-hard", "world-3step", "world-test", "world-2step")}
+    run_dir = synthetic.write_planted_run(tmp_path / "run", planted, N)
+    order = ["world-test", "world-2step", "world-3step", "world-hard"]
+    assert [found.benchmark for found in crossovers(collect(run_dir))] == order
