@@ -48,9 +48,12 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def findings_markdown(findings: Sequence[dict[str, Any]]) -> str:
-    """One row per finding of findings.json: what the page's findings table says, in Markdown."""
+    """One row per tested finding of findings.json (what the page's findings table says, in
+    Markdown), then one line naming those this run could not test (a lone run has no KL or
+    algorithm axis: a table of "not tested" rows would bury the ones it did)."""
     rows = []
-    for item in findings:
+    untested = [f"`{item['id']}`" for item in findings if item["verdict"] == "not_tested"]
+    for item in (item for item in findings if item["verdict"] != "not_tested"):
         verdict = VERDICT_WORDS[item["verdict"]][1]
         where = f" ({item['setting']})" if item["setting"] and len(item["settings"]) > 1 else ""
         note = f" — {item['note']}" if item["note"] else ""
@@ -59,7 +62,10 @@ def findings_markdown(findings: Sequence[dict[str, Any]]) -> str:
             f"{effect_words(item, item['unit'])}{where}", item["seeds"],
         ])  # fmt: skip
     header = ["finding", "claim", "verdict", "evidence", "effect [95 % interval]", "seeds"]
-    return md_table(header, rows)
+    text = md_table(header, rows) if rows else "No finding could be tested in this folder."
+    if untested:
+        text += f"\n\nNot tested here (findings.json says what each needs): {', '.join(untested)}."
+    return text
 
 
 def _pct(found: Estimate | None) -> str:

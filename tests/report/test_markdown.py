@@ -54,7 +54,11 @@ def test_the_findings_table_is_findings_json_row_for_row(tmp_path: Path, run_dir
     index, text = markdown_report(run_dir, tmp_path / "report")
     findings = json.loads((index.parent / "findings.json").read_text())
     rows = rows_of(text, "Findings")
-    assert [row[0] for row in rows] == [f"`{item['id']}`" for item in findings]
+    tested = [item for item in findings if item["verdict"] != "not_tested"]
+    untested = [f"`{item['id']}`" for item in findings if item["verdict"] == "not_tested"]
+    assert [row[0] for row in rows] == [f"`{item['id']}`" for item in tested] and untested
+    assert f"Not tested here (findings.json says what each needs): {', '.join(untested)}." in text
+    findings = tested
     for row, item in zip(rows, findings, strict=True):
         assert row[2].startswith(f"**{VERDICT_WORDS[item['verdict']][1]}**")
         assert row[5] == str(item["seeds"])
@@ -84,7 +88,7 @@ def test_the_findings_table_is_findings_json_row_for_row(tmp_path: Path, run_dir
 
 def test_a_pipe_in_a_note_cannot_break_the_table() -> None:
     item = {
-        "id": "collapse", "title": "a | b", "verdict": "not_tested", "evidence": "single_seed", "seeds": 0,
+        "id": "collapse", "title": "a | b", "verdict": "inconclusive", "evidence": "single_seed", "seeds": 0,
         "effect": None, "interval": None, "per_seed": [], "setting": None, "unit": "share", "settings": [],
         "note": "no run | not run",
     }  # fmt: skip
