@@ -6,9 +6,9 @@ and a plain function from a row to (prompt, solution, gold answer). Rules worth 
   the wrong Mixtral solutions too); other sources keep every row.
 - pretraining-only text (FineMath, Algebraic-Stack) has prompt "" and the document in `solution`;
   TinyGSM and the text sources have no gold answer (answer "").
-- a gold answer the rules cannot extract (GSM8K without `#### N`, MATH without `\\boxed{}`, a
-  non-integer AIME answer) is None here and a `UserError` naming the row when it is read
-  (sources.py), never a silent empty answer.
+- a gold answer the rules cannot extract (GSM8K without `#### N`, MetaMathQA without its closing
+  `The answer is: X` line, MATH without `\\boxed{}`, a non-integer AIME answer) is None here and a
+  `UserError` naming the row when it is read (sources.py), never a silent empty answer.
 Reading the rows (local files, save_to_disk folders, the hub) is sources.py's.
 """
 
@@ -49,6 +49,7 @@ class SourceSpec:
 # --- gold-answer extraction ------------------------------------------------------------------------
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
+_METAMATH_ANSWER = "The answer is:"
 
 
 def last_boxed(text: str) -> str | None:
@@ -74,6 +75,15 @@ def gsm8k_answer(solution: str) -> str | None:
     if marker < 0:
         return None
     answer = solution[marker + 4 :].strip().replace(",", "")
+    return answer or None
+
+
+def metamath_answer(response: str) -> str | None:
+    """The X of MetaMathQA's final `The answer is: X` line ("The answer is: \\frac{3}{4}" -> "\\frac{3}{4}")."""
+    marker = response.rfind(_METAMATH_ANSWER)
+    if marker < 0:
+        return None
+    answer = response[marker + len(_METAMATH_ANSWER) :].split("\n", 1)[0].strip()
     return answer or None
 
 
@@ -114,6 +124,11 @@ def _math(row: Row) -> Fields:
 def _aime(row: Row) -> Fields:
     solution = row.get("solution")  # AIME dumps of later years carry no solutions
     return str(row["problem"]), "" if solution is None else str(solution), aime_answer(row["answer"])
+
+
+def _metamathqa(row: Row) -> Fields:
+    # `query` is the (possibly rephrased) question the response answers; `original_question` is not used.
+    return str(row["query"]), str(row["response"]), metamath_answer(str(row["response"]))
 
 
 def _text(row: Row) -> Fields:
@@ -170,6 +185,14 @@ SOURCES: dict[str, SourceSpec] = {
         ),
         SourceSpec(
             "aime", "AI-MO/aimo-validation-aime", ("problem", "answer"), "math", _aime, "an integer 'answer'"
+        ),
+        SourceSpec(
+            "metamathqa",
+            "meta-math/MetaMathQA",
+            ("query", "response"),
+            "metamathqa",
+            _metamathqa,
+            "a final 'The answer is: X' line of 'response'",
         ),
         SourceSpec(
             "finemath", "HuggingFaceTB/finemath", ("text",), "text", _text, hub_config="finemath-3plus"

@@ -94,9 +94,8 @@ def _dataset_table(
     from echochamber.data.sources import load_dataset_rows, records_dataset
 
     with progress_bars(progress):
-        rows = load_dataset_rows(
-            source.dataset, path=source.path, hub=source.hub, split=source.split, limit=source.limit
-        )
+        path, hub = config.location(source)
+        rows = load_dataset_rows(source.dataset, path=path, hub=hub, split=source.split, limit=source.limit)
         workers = config.worker_count()
         table = records_dataset(source.dataset, rows, num_proc=workers if workers > 1 else None)
     table = table.select_columns(["id", "prompt", "solution"])  # ids go into the document map

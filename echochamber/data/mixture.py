@@ -29,6 +29,7 @@ import numpy as np
 
 from echochamber import __version__
 from echochamber.config import config_hash, load_config, preset_names, read_preset, to_dict
+from echochamber.data.adapters import SOURCES
 from echochamber.data.docmap import DOC_MAP_DIR, write_document_map
 from echochamber.data.documents import (
     Rendered,
@@ -119,6 +120,10 @@ class MixtureConfig:
     world: WorldConfig = field(default_factory=WorldConfig)  # the controlled world the world sources render
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     val_docs: int = 64  # documents held out per source for validation loss (from the pretrain pool)
+    # Local copies by dataset adapter name, read instead of the hub (or of a source's own `path`) by
+    # every source of that dataset: `--set mixture.paths.omi1=/data/omi1` (a file, a folder of files
+    # or a save_to_disk folder). Datasets the mixture does not use may be listed (one list, many mixtures).
+    paths: dict[str, str] = field(default_factory=dict)
     # Tokenizer processes (0: one per CPU core). Changes speed, never bytes: left out of the spec hash.
     workers: int = 0
 
@@ -135,6 +140,16 @@ class MixtureConfig:
             raise UserError(f"val_docs must be >= 0, got {self.val_docs}")
         if self.workers < 0:
             raise UserError(f"workers must be >= 0 (0: one per CPU core), got {self.workers}")
+        unknown = sorted(set(self.paths) - set(SOURCES))
+        if unknown:
+            raise UserError(f"mixture.paths: unknown dataset {unknown[0]!r} (known: {', '.join(SOURCES)})")
+
+    def location(self, source: SourceConfig) -> tuple[str | None, str | None]:
+        """(local path, hub id) a dataset source is read from: `paths` wins over the source's own."""
+        assert source.dataset is not None
+        if source.dataset in self.paths:
+            return self.paths[source.dataset], None
+        return source.path, source.hub
 
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
@@ -149,6 +164,8 @@ def spec_hash(config: MixtureConfig) -> str:
     """Identifies the data a spec produces; the worker count changes speed, not bytes."""
     spec = to_dict(config)
     spec.pop("workers")
+    if not spec["paths"]:  # added later: mixtures without local copies keep the hash they had
+        spec.pop("paths")
     return config_hash(spec)
 
 
@@ -200,7 +217,7 @@ def _build_into(config: MixtureConfig, folder: Path, expected_hash: str, progres
     sources = load_sources(config, progress)
     tokenizer_dir = folder / "tokenizer"
     if config.tokenizer.path is not None:
-        tokenizer = load_tokenizer(config.tokenizer.path)
+        tokenizer = load_tokenizer(config.tokenizer.path, hub=True)
     else:
         texts = _training_texts(sources, config.tokenizer.train_docs, config.seed)
         tokenizer = train_bpe(texts, config.tokenizer.vocab_size, config.tokenizer.min_frequency)

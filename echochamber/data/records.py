@@ -7,7 +7,7 @@ from typing import Any
 
 # Solution styles a record can carry. The first three are the study's output formats
 # (see echochamber.formats); the rest are pretraining/eval styles that are not tracked as formats.
-SOLUTION_STYLES = ("tinygsm", "omi1", "omi2", "gsm8k", "math", "text")
+SOLUTION_STYLES = ("tinygsm", "omi1", "omi2", "gsm8k", "math", "metamathqa", "text")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 PROMPT_SEPARATOR = "\n\n"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 # 256 byte symbols + the special tokens: a smaller vocabulary could not represent every input.
@@ -50,7 +51,7 @@ class TokenizerConfig:
     """Which tokenizer a mixture uses: a BPE trained on its documents, or an existing HF folder."""
 
     vocab_size: int = 1024  # BPE vocabulary size (special tokens included); ignored when `path` is set
-    path: str | None = None  # a local HF tokenizer folder (e.g. Llama-2's, as in the paper)
+    path: str | None = None  # an HF tokenizer folder, or a hub id (meta-llama/Llama-2-7b-hf, as in the paper)
     min_frequency: int = 2  # a pair must occur this often to be merged
     # BPE training reads a seeded sample of this many training documents (None: all of them). Training
     # time grows with the text (~0.2 s per 1000 world documents) while merges settle early: on the
@@ -98,18 +99,22 @@ def _bpe_pipeline() -> Tokenizer:
     return backend
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """An HF tokenizer from a local folder; it must define an EOS token (documents end with it)."""
+def load_tokenizer(path: str | Path, *, hub: bool = False) -> PreTrainedTokenizerBase:
+    """An HF tokenizer from a local folder; it must define an EOS token (documents end with it).
+
+    With `hub`, a `path` that is no folder but looks like a hub id (owner/name, as a mixture's
+    `tokenizer.path: meta-llama/Llama-2-7b-hf`) is loaded from the hub or its local cache."""
     from transformers import AutoTokenizer
 
-    path = Path(path)
-    if not path.is_dir():
+    from_hub = hub and not Path(path).exists() and _HUB_ID.fullmatch(str(path)) is not None
+    if not from_hub and not Path(path).is_dir():
         raise UserError(f"tokenizer folder not found: {path}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=not from_hub)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load a tokenizer from {path}: {first_line}") from None
+        where = f"the hub id {path} (no local folder of that name; without a network, download it and give its folder)" if from_hub else path
+        raise UserError(f"cannot load a tokenizer from {where}: {first_line}") from None
     if tokenizer.eos_token_id is None:
         raise UserError(f"tokenizer in {path} has no EOS token; documents must end with one")
     return tokenizer
@@ -343,13 +348,27 @@ def check_round_trip(tokenizer: PreTrainedTokenizerBase, prompt: str, solution: 
     normalises Unicode): the model would then learn, and be prompted with, different text."""
     text = prompt + PROMPT_SEPARATOR + solution if prompt else solution
     ids = encode_document(tokenizer, prompt, solution)[:-1]
-    decoded = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    start = len(encode_prompt(tokenizer, prompt)) if prompt else 0
+    # Each part decoded as it was encoded: the prompt as the start of an input, the solution as a
+    # continuation (a SentencePiece decoder strips one leading space from the start of an input, so
+    # a plain-text document beginning with spaces would otherwise seem to lose one).
+    decoded = _decode(tokenizer, ids[:start]) + _decode_continuation(tokenizer, ids[start:])
     if decoded != text:
         diff = len(os.path.commonprefix([decoded, text]))
         raise UserError(
             f"tokenizer does not round-trip document text (first difference at character {diff}: "
             f"{text[diff : diff + 20]!r} came back as {decoded[diff : diff + 20]!r})"
         )
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) if ids else ""
+
+
+def _decode_continuation(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """Text of ids that continue an input (`_encode_after_boundary`'s inverse): decoded after the EOS."""
+    eos = tokenizer.eos_token
+    return _decode(tokenizer, [tokenizer.eos_token_id, *ids]).removeprefix(eos) if ids else ""
 
 
 def tokenizer_hash(folder: Path) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from echochamber.errors import UserError
@@ -11,14 +11,14 @@ from echochamber.model.presets import get_spec
 
 # Keys that define what a run computes; resuming with any of them changed would splice two runs.
 RUN_DEFINING_KEYS = (
-    "model", "seq_len", "batch_size", "max_steps", "max_tokens", "lr", "weight_decay", "betas",
+    "model", "seq_len", "batch_size", "max_steps", "max_tokens", "epochs", "lr", "weight_decay", "betas",
     "warmup_steps", "min_lr_ratio", "grad_clip", "seed", "dtype",
 )  # fmt: skip
 
 
 @dataclass
 class PretrainConfig:
-    """One pretraining run. Exactly one of `max_steps` / `max_tokens` sets its length."""
+    """One pretraining run. Its length: `max_steps` or `max_tokens` (not both), else `epochs`."""
 
     shards: str  # folder written by the mixture stage (manifest.json, train.bin, val/, tokenizer/)
     out: str  # run folder: config.yaml, metrics.jsonl, tb/, checkpoints/step_N/, final/
@@ -28,6 +28,9 @@ class PretrainConfig:
     micro_batch_size: int = 32  # sequences per forward/backward on one process (memory knob)
     max_steps: int | None = None  # optimizer steps to train for
     max_tokens: int | None = None  # or a token budget: steps = ceil(max_tokens / (batch_size·seq_len))
+    # Or passes over the shards' train.bin (when neither is set): a mixture's repeat factors are already
+    # the paper's k x passes, so the paper presets pretrain for 1 epoch of the mixture as built.
+    epochs: float | None = None
     lr: float = 1e-3
     weight_decay: float = 0.1  # on matrices only; embeddings and 1-D parameters are not decayed (OLMo)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -54,10 +57,14 @@ class PretrainConfig:
                      "checkpoint_every", "keep_checkpoints"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if (self.max_steps is None) == (self.max_tokens is None):
-            raise UserError("set exactly one of max_steps and max_tokens")
-        if (self.max_steps if self.max_steps is not None else self.max_tokens) < 1:
+        if self.max_steps is not None and self.max_tokens is not None:
+            raise UserError("set max_steps or max_tokens, not both")
+        if self.max_steps is None and self.max_tokens is None and self.epochs is None:
+            raise UserError("set the run's length: max_steps, max_tokens or epochs")
+        if any(value is not None and value < 1 for value in (self.max_steps, self.max_tokens)):
             raise UserError("max_steps / max_tokens must be at least 1")
+        if self.epochs is not None and self.epochs <= 0:
+            raise UserError(f"epochs must be > 0, got {self.epochs}")
         if self.batch_size % self.micro_batch_size:
             raise UserError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
@@ -73,10 +80,19 @@ class PretrainConfig:
         """The context of the model this run builds: the preset's, or seq_len when that is longer."""
         return max(self.seq_len, get_spec(self.model).max_seq_len)
 
+    def for_shards(self, train_tokens: int) -> PretrainConfig:
+        """This config with its length in tokens: `epochs` passes over `train_tokens` become
+        `max_tokens` (max_steps and max_tokens, when set, win over epochs)."""
+        if self.max_steps is not None or self.max_tokens is not None:
+            return self
+        assert self.epochs is not None
+        return replace(self, max_tokens=max(1, math.ceil(self.epochs * train_tokens)))
+
     def total_steps(self) -> int:
         if self.max_steps is not None:
             return self.max_steps
-        assert self.max_tokens is not None
+        if self.max_tokens is None:
+            raise ValueError("a length in epochs needs the shards' size first (for_shards)")
         return math.ceil(self.max_tokens / (self.batch_size * self.seq_len))
 
 

@@ -71,6 +71,7 @@ def _train(config: PretrainConfig, resume: bool, env: dist.Process) -> Path:
     # "auto" becomes the dtype this hardware computes in, so config.yaml records what was used.
     config = replace(config, dtype=resolve_dtype(config.dtype, env.device))
     shards = _open_shards(config.shards)
+    config = config.for_shards(int(shards.manifest["train_tokens"]))  # a length in epochs becomes tokens
     out = Path(config.out)
     ensure_writable(out, env.rank)
     per_rank = _per_rank_batch(config, env)

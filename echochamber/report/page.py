@@ -238,7 +238,8 @@ def _run_html(run: RunData, charts: dict[str, Path]) -> str:
     facts = [
         ("parameters", fmt(run.params) if run.params else "—"),
         ("stages", _stages_line(run)),
-        ("pretraining", f"{len(run.pretrain)} logged steps" if run.pretrain else "not run"),
+        ("pretraining", f"{len(run.pretrain)} logged steps" if run.pretrain else
+         f"the checkpoint {run.config['pretrained']}" if run.config.get("pretrained") else "not run"),  # fmt: skip
         (
             "RL",
             f"{run.algo or '?'}, {len(run.rl)} steps, KL coefficient {fmt(run.kl_coef)}"

@@ -54,6 +54,10 @@ class StudyConfig:
     # The formats tracked, in display order: built-in names (tinygsm, omi1, omi2, metamathqa, gsm8k)
     # and formats declared in full (formats.registry); recognition follows their priorities.
     formats: list[str | FormatSpec] = field(default_factory=default_entries)
+    # An existing HF model folder (weights + tokenizer, e.g. the paper's released checkpoints) that
+    # stands in for the data and pretraining stages: RUN/pretrain/final links to it, and `mixture` and
+    # `pretrain` only record what it was trained on. Its context and tokenizer are checked at the start.
+    pretrained: str | None = None
 
     def validate(self) -> None:
         for dotted, value in PLACED.items():

@@ -10,8 +10,9 @@
       eval/final/<benchmark>/  the RL policy
       report/index.html
 
-A stage's hash is the hash of its own resolved config plus the hashes of the stages it reads, so
-changing an RL key re-runs RL, the final evaluation and the report, never pretraining. A stage is
+A stage's hash is the hash of its own resolved config plus the hashes of the stages it reads
+(hashes.py), so changing an RL key re-runs RL, the final evaluation and the report, never
+pretraining. A stage is
 skipped when run.json records it done with the same hash and its folder exists. A stage is marked
 done only after it returns, so a crash never looks complete; its next run continues it with
 `--resume` (each stage resumes from its own checkpoints) or refuses without it, since silently
@@ -42,27 +43,14 @@ import yaml
 
 from echochamber import dist
 from echochamber.config import config_hash, to_dict
-from echochamber.data.mixture import spec_hash
 from echochamber.data.shards import describe_manifest
 from echochamber.errors import UserError
-from echochamber.rl.config import ALGORITHMS
 from echochamber.study.config import DEFAULT_PRESET, StudyConfig
+from echochamber.study.hashes import stage_hashes
 from echochamber.study.preflight import preflight
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
-# Keys that change how a stage reports, checkpoints or batches its work, never what it computes:
-# not hashed, so changing them re-runs nothing.
-_NOT_HASHED = (
-    "progress",
-    "tensorboard",
-    "wandb_project",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "micro_batch_size",
-)
-
-
 # ---------------------------------------------------------------------------------------------
 # Stages
 
@@ -119,6 +107,11 @@ class _Context:
 def _run_data(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
     from echochamber.data.mixture import build_shards
 
+    if study.pretrained is not None:  # no shards: an empty folder records the stage as done
+        (run_dir / "shards").mkdir(parents=True, exist_ok=True)
+        ctx.say(f"data: none built, the study starts from the pretrained checkpoint {study.pretrained}")
+        return
+
     # build_shards stages into a hidden sibling and renames it at the end; a killed build leaves one.
     for partial in run_dir.glob(".shards.partial-*"):
         shutil.rmtree(partial)
@@ -127,6 +120,13 @@ def _run_data(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) ->
 
 def _run_pretrain(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
     from echochamber.pretrain.loop import run_pretrain
+
+    if study.pretrained is not None:  # the later stages read pretrain/final: a link to the checkpoint
+        if dist.rank() == 0:  # a distributed stage: the other ranks wait at the stage's barrier
+            (run_dir / "pretrain").mkdir(parents=True, exist_ok=True)
+            (run_dir / "pretrain" / "final").symlink_to(Path(study.pretrained).resolve(), target_is_directory=True)
+            ctx.say(f"pretrain: pretrain/final links to {Path(study.pretrained).resolve()}")
+        return
 
     config = replace(
         study.pretrain, shards=str(run_dir / "shards"), out=str(run_dir / "pretrain"),
@@ -189,36 +189,6 @@ STAGES: tuple[Stage, ...] = (
     Stage("eval-final", "eval/final", False, _evaluation("final", "rl/final")),
     Stage("report", "report", False, _run_report, derived=True),
 )
-
-
-def stage_hashes(study: StudyConfig) -> dict[str, str]:
-    """Each stage's hash: its own config plus the hashes of the stages it reads."""
-    data = spec_hash(study.mixture)  # the mixture decides what counts (its worker count does not)
-    pretrain = config_hash({"after": data, "pretrain": _without(to_dict(study.pretrain), _NOT_HASHED)})
-    rl_settings = _without(to_dict(study.rl), _NOT_HASHED)
-    for algo in ALGORITHMS:  # only the chosen algorithm's section matters
-        if algo != study.algo:
-            rl_settings.pop(algo)
-    for section, key in (("rollout", "grader_workers"), ("rollout", "batch_size"), ("eval", "batch_size"), ("eval", "workers")):
-        rl_settings[section].pop(key)
-    rl = config_hash({"after": pretrain, "algo": study.algo, "rl": rl_settings})
-    # The formats decide every label and some answers: the evaluations read them from the study.
-    evaluation = {**_without(to_dict(study.eval), ("workers", "batch_size")), "formats": to_dict(study)["formats"]}
-    base = config_hash({"after": pretrain, "eval": evaluation})
-    final = config_hash({"after": rl, "eval": evaluation})
-    report = config_hash({"after": [base, final]})
-    return {
-        "data": data,
-        "pretrain": pretrain,
-        "eval-base": base,
-        "rl": rl,
-        "eval-final": final,
-        "report": report,
-    }
-
-
-def _without(settings: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k not in keys}
 
 
 # ---------------------------------------------------------------------------------------------

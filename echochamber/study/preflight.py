@@ -8,9 +8,10 @@ that loses prompts or budget is announced, and the eval suite and RL record what
 
 When the check runs. Prompt lengths depend on the tokenizer, which may not exist before the data
 stage (a BPE trained on the mixture), and the context on the model (a preset's, or a checkpoint's).
-- Before the data stage, when the tokenizer is known without it: `mixture.tokenizer.path` is a local
-  folder (the paper presets: Llama-2's), or the data stage is already done (shards/tokenizer/). At
-  paper scale the data stage tokenizes billions of tokens, so this is where it matters.
+- Before the data stage, when the tokenizer is known without it: the study starts from a
+  `pretrained` checkpoint (its tokenizer and its context), `mixture.tokenizer.path` is a local folder
+  (the paper presets: Llama-2's), or the data stage is already done (shards/tokenizer/). At paper
+  scale the data stage tokenizes billions of tokens, so this is where it matters.
 - Otherwise right after the data stage, before pretraining: a trained BPE exists only then, and a
   mixture that trains its own BPE is a CPU-scale one whose data stage takes seconds.
 The eval suite and RL check again on the model they load (eval/suite.py, rl/core.py), which covers
@@ -86,8 +87,10 @@ def check_prompts(study: StudyConfig, tokenizer: Any, context: int) -> list[str]
 
 
 def tokenizer_folder(study: StudyConfig, run_dir: Path) -> Path | None:
-    """Where the study's tokenizer is, if it is known without running the data stage: the mixture's
-    own tokenizer folder, or the shards of a data stage already done; None otherwise."""
+    """Where the study's tokenizer is, if it is known without running the data stage: a pretrained
+    checkpoint's, the mixture's own tokenizer folder, or the shards of a data stage already done."""
+    if study.pretrained is not None:
+        return Path(study.pretrained)
     given = study.mixture.tokenizer.path
     if given is not None and Path(given).is_dir():
         return Path(given)
@@ -98,8 +101,11 @@ def tokenizer_folder(study: StudyConfig, run_dir: Path) -> Path | None:
 def preflight(study: StudyConfig, run_dir: Path) -> list[str] | None:
     """Check the study's prompts if its tokenizer is known; None when it is not (yet)."""
     from echochamber.data.tokenizer import load_tokenizer
+    from echochamber.model.presets import checkpoint_context
 
     folder = tokenizer_folder(study, run_dir)
     if folder is None:
         return None
-    return check_prompts(study, load_tokenizer(folder), study.pretrain.context())
+    # A pretrained checkpoint's own context (a missing folder or config.json fails here, in one line).
+    context = checkpoint_context(folder) if study.pretrained is not None else study.pretrain.context()
+    return check_prompts(study, load_tokenizer(folder), context)

@@ -58,7 +58,9 @@ class SweepConfig:
     axes: dict[str, list[Any]] = field(default_factory=dict)
     keys: dict[str, list[str]] = field(default_factory=dict)  # short axis name -> the study keys it sets
     seeds: list[int] = field(default_factory=lambda: [0])
-    set: list[str] = field(default_factory=list)  # study overrides for every cell (key=value)
+    # Study overrides for every cell (key=value), applied after the axes' values: a `mixture` axis
+    # replaces the whole mixture, and `mixture.paths.omi1=...` here must still reach every cell.
+    set: list[str] = field(default_factory=list)
     exclude: list[dict[str, Any]] = field(default_factory=list)  # drop cells matching every param of an entry
     # The cells as a union of partial grids instead of the full grid: each entry maps some axes to
     # some of their values; an axis it leaves out takes its first value (list the default first).
@@ -79,6 +81,10 @@ class SweepConfig:
                 raise UserError(f"keys: '{axis}' is not an axis (axes: {', '.join(self.axes)})")
             if not keys or not all(_AXIS.match(key) for key in keys):
                 raise UserError(f"keys: '{axis}' must list dotted study keys, got {keys!r}")
+        swept = {*SEED_KEYS, *(key for axis in self.axes for key in self.keys.get(axis, [axis]))}
+        clash = next((item for item in self.set if item.split("=", 1)[0].strip() in swept), None)
+        if clash is not None:
+            raise UserError(f"set: '{clash}' sets a key an axis (or the seed) sets; drop it or the axis")
         if not self.seeds or len(self.seeds) != len(set(self.seeds)):
             raise UserError(f"seeds must be a list of distinct integers, got {self.seeds}")
         for rule in self.exclude:
@@ -136,10 +142,11 @@ def expand(sweep: SweepConfig) -> list[Cell]:
     for params in _combinations(sweep):
         if any(all(params[key] == value for key, value in rule.items()) for rule in sweep.exclude):
             continue
-        overrides = list(sweep.set)
+        overrides = []
         for axis, value in params.items():
             keys = SEED_KEYS if axis == SEED_AXIS else sweep.keys.get(axis, [axis])
             overrides += [f"{key}={_yaml_scalar(value)}" for key in keys]
+        overrides += sweep.set
         name = cell_name(params)
         if name in names:
             raise UserError(

@@ -14,12 +14,14 @@ from transformers import AutoTokenizer
 
 from echochamber.config import from_dict, load_config
 from echochamber.data import mixture
+from echochamber.data.adapters import SOURCES
 from echochamber.data.mixture import (
     MIXTURE_PRESETS,
     MixtureConfig,
     build_from_spec,
     build_shards,
     mixture_preset,
+    spec_hash,
 )
 from echochamber.data.shards import describe_manifest, open_shards
 from echochamber.data.tokenizer import PROMPT_SEPARATOR, encode_prompt, tokenizer_hash
@@ -183,7 +185,8 @@ def test_presets_mirror_the_papers_mixtures() -> None:
         "tinygsm+omi1", "tinygsm+2xomi1", "tinygsm+4xomi1", "tinygsm+8xomi1",
         "tinygsm+omi2", "tinygsm+omi1+omi2", "omi2",
     }  # fmt: skip
-    assert set(MIXTURE_PRESETS) == papers | {"tinygsm+omi1+omi2-even"}  # the quickstart's
+    world = {name for name in MIXTURE_PRESETS if not name.startswith("real-")}
+    assert world == papers | {"tinygsm+omi1+omi2-even"}  # the quickstart's
     even = load_config(MixtureConfig, None, base=mixture_preset("tinygsm+omi1+omi2-even"))
     assert {s.label: s.subset for s in even.sources} == {"tinygsm": 0.6, "omi1": 0.4, "omi2": 1.0}
     for name in papers:
@@ -194,6 +197,20 @@ def test_presets_mirror_the_papers_mixtures() -> None:
             k, _, style = part.rpartition("x")
             expected[style] = int(k) if k else 1
         assert repeats == expected, name
+
+
+def test_real_presets_are_the_papers_mixtures_on_the_hub_datasets() -> None:
+    """real-NAME: FineMath-3+ and Algebraic-Stack, then NAME's datasets with their repeats, each read
+    from its adapter's own hub id (so the adapter's hub config applies), with Llama-2's tokenizer."""
+    real = sorted(name for name in MIXTURE_PRESETS if name.startswith("real-"))
+    assert len(real) == 11 and "real-omi2+metamathqa" in real
+    for name in real:
+        config = load_config(MixtureConfig, None, base=mixture_preset(name))
+        assert config.tokenizer.path == "meta-llama/Llama-2-7b-hf", name
+        assert [s.label for s in config.sources[:2]] == ["finemath", "algebraic-stack"], name
+        assert all(s.hub == SOURCES[s.dataset].hub_id for s in config.sources), name
+        rest = "+".join(f"{s.repeat:g}x{s.label}" if s.repeat else s.label for s in config.sources[2:])
+        assert rest == name.removeprefix("real-"), name
 
 
 def test_preset_builds_through_the_cli_function(tmp_path) -> None:
@@ -220,6 +237,22 @@ def test_dataset_source_from_a_real_file(shared_data, tmp_path) -> None:
     gsm8k = manifest["sources"]["gsm8k"]
     assert gsm8k["kind"] == "dataset:gsm8k"
     assert (gsm8k["unique_documents"], gsm8k["documents"], gsm8k["val_documents"]) == (110, 330, 10)
+
+
+def test_paths_point_every_source_of_a_dataset_at_a_local_copy(fixtures_dir, tmp_path) -> None:
+    """`paths` wins over a source's hub id (the hub is never asked), lists datasets the mixture may not
+    use, and leaves the data's hash as it was when empty."""
+    hub = {"sources": [{"dataset": "tinygsm", "hub": "TinyGSM/TinyGSM"}, {"world": "omi2"}], "val_docs": 1}
+    local = {**hub, "paths": {"tinygsm": str(fixtures_dir / "sources" / "tinygsm.jsonl"), "omi1": "/not/used"}}
+    config = from_dict(MixtureConfig, spec(**local))
+    assert config.location(config.sources[0]) == (local["paths"]["tinygsm"], None)
+    assert from_dict(MixtureConfig, spec(**hub)).location(config.sources[0]) == (None, "TinyGSM/TinyGSM")
+    manifest = build_shards(config, tmp_path / "local", progress=False)
+    assert manifest["sources"]["tinygsm"]["unique_documents"] == 2  # 3 rows, 1 held out
+    assert spec_hash(from_dict(MixtureConfig, spec())) == spec_hash(from_dict(MixtureConfig, spec(paths={})))
+    assert spec_hash(config) != spec_hash(from_dict(MixtureConfig, spec(**hub)))
+    with pytest.raises(UserError, match="mixture.paths: unknown dataset 'tinygms'"):
+        from_dict(MixtureConfig, spec(paths={"tinygms": "/x"}))
 
 
 @pytest.mark.parametrize(

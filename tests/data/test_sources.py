@@ -120,6 +120,18 @@ def test_omi1_without_is_correct_column_keeps_every_row(tmp_path: Path) -> None:
     assert len(load_source("omi1", _write_jsonl(tmp_path / "omi1.jsonl", [row, row]))) == 2
 
 
+def test_metamathqa_fixture_json_array(fixtures_dir: Path, tmp_path: Path) -> None:
+    """MetaMathQA-395K.json is one JSON array; the gold is the closing `The answer is: X` line."""
+    records = load_source("metamathqa", fixtures_dir / "sources" / "metamathqa.json")
+    assert [r.answer for r in records] == ["8", "48", "14", "\\frac{3}{4}", "12", "3"]
+    first = records[0]
+    assert first.id == "metamathqa-0" and first.style == "metamathqa"
+    assert first.prompt.startswith("If Tom has 5 apples") and first.solution.endswith("The answer is: 8")
+    row = {"query": "1+1?", "response": "It is 2."}
+    with pytest.raises(UserError, match="row 0 of .*m.jsonl: no gold answer found in a final 'The answer is: X'"):
+        load_source("metamathqa", _write_jsonl(tmp_path / "m.jsonl", [row]))
+
+
 def test_text_fixtures(fixtures_dir: Path) -> None:
     finemath = load_source("finemath", fixtures_dir / "sources" / "finemath.parquet")
     stack = load_source("algebraic-stack", fixtures_dir / "sources" / "algebraic_stack.jsonl")

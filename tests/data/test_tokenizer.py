@@ -228,6 +228,9 @@ def test_sentencepiece_style_solution_is_encoded_as_a_continuation() -> None:
         assert_prompt_is_prefix_and_text_round_trips(tokenizer, q, s)
         check_round_trip(tokenizer, q, s)
     assert pad_token_id(tokenizer) == tokenizer.eos_token_id  # no pad token -> EOS pads
+    # A plain-text document (no prompt) that starts with spaces: encoded as a continuation, so the
+    # decoder's strip of one leading space at the start of an input must not be held against it.
+    check_round_trip(tokenizer, "", "  indented code\n  x = 1")
 
 
 def test_round_trip_check_rejects_a_normalising_tokenizer() -> None:
@@ -245,6 +248,28 @@ def test_load_tokenizer_errors(tmp_path) -> None:
     no_eos.save_pretrained(str(tmp_path / "no_eos"))
     with pytest.raises(UserError, match="no EOS"):
         load_tokenizer(tmp_path / "no_eos")
+
+
+def test_a_hub_id_is_tried_on_the_hub_only_where_a_mixture_allows_it(tmp_path, monkeypatch) -> None:
+    """A mixture's `tokenizer.path: meta-llama/Llama-2-7b-hf` is fetched from the hub (or its cache);
+    a checkpoint's tokenizer folder never is. (The hub call is stood in for: there is no network.)"""
+    import transformers
+
+    calls = []
+
+    def offline(name, local_files_only):
+        calls.append((name, local_files_only))
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(UserError, match="the hub id meta-llama/Llama-2-7b-hf .*without a network, download it"):
+        load_tokenizer("meta-llama/Llama-2-7b-hf", hub=True)
+    assert calls == [("meta-llama/Llama-2-7b-hf", False)]
+    with pytest.raises(UserError, match="tokenizer folder not found"):
+        load_tokenizer("meta-llama/Llama-2-7b-hf")
+    with pytest.raises(UserError, match="tokenizer folder not found"):
+        load_tokenizer(tmp_path / "a" / "b" / "c", hub=True)  # not an owner/name id
+    assert len(calls) == 1
 
 
 def test_config_rejects_tiny_vocabulary() -> None:

@@ -53,8 +53,8 @@ def test_expansion_crosses_axes_then_seeds_and_drops_excluded_cells(tmp_path: Pa
     assert first.params == {"mixture": "tinygsm+omi1+omi2", "algo": "ppo", "kl": 0.001, "seed": 0}
     assert first.name == "mixture-tinygsm+omi1+omi2_algo-ppo_kl-0.001_seed-0"
     assert first.overrides == [
-        "rl.max_steps=1", "mixture=tinygsm+omi1+omi2", "algo=ppo", "rl.ppo.kl_coef=0.001",
-        "rl.grpo.kl_coef=0.001", *(f"{key}=0" for key in SEED_KEYS),
+        "mixture=tinygsm+omi1+omi2", "algo=ppo", "rl.ppo.kl_coef=0.001", "rl.grpo.kl_coef=0.001",
+        *(f"{key}=0" for key in SEED_KEYS), "rl.max_steps=1",
     ]  # fmt: skip
     assert cells[1].params["seed"] == 1  # seeds vary fastest
     assert not any(c.params["algo"] == "ei" and c.params["kl"] == 1e-5 for c in cells)
@@ -90,6 +90,8 @@ def test_cell_names_are_folder_safe_and_collisions_are_refused(tmp_path: Path) -
         ({"seeds": [0, 0]}, "distinct integers"),
         ({"base": "no-such-study"}, "no-such-study"),
         ({"axes": {"rl.ppo.kl_coeff": [0.1]}}, "rl.ppo.kl_coeff"),
+        ({"set": ["algo=ei"]}, "'algo=ei' sets a key an axis"),
+        ({"set": ["rl.seed=3"]}, "an axis \\(or the seed\\)"),
     ],
 )
 def test_bad_sweeps_fail_with_one_clear_line(tmp_path: Path, fields: dict, message: str) -> None:
@@ -117,6 +119,13 @@ def test_grids_give_each_finding_its_cells_with_the_other_axes_at_their_first_va
 def test_a_grid_outside_the_axes_fails_with_one_clear_line(tmp_path: Path, grids: list) -> None:
     with pytest.raises(UserError, match="grids entry .* must list values of the axes \\(algo\\)"):
         load_sweep(str(write_sweep(tmp_path, grids=grids)))
+
+
+def test_set_reaches_every_cell_after_an_axis_that_replaces_its_section(tmp_path: Path) -> None:
+    """A `mixture` axis replaces the whole mixture section; `set: [mixture.val_docs=5]` still holds."""
+    path = write_sweep(tmp_path, axes={"mixture": ["tinygsm", "tinygsm+4xomi1"]}, seeds=[0], set=["mixture.val_docs=5"])
+    sweep, folder = load_sweep(str(path))
+    assert [study.mixture.val_docs for _, study in resolve_cells(sweep, folder)] == [5, 5]
 
 
 def test_the_paper_cpu_sweep_tests_each_finding_with_three_seeds_on_shared_pretraining() -> None:
