@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,115 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+# --- The paper's checkpoint conventions, built locally (there is no network) ---------------------
+# The released checkpoints are OLMo v1 models converted by transformers' convert_olmo_weights_to_hf.py
+# with --no_fix_eos_token_id, then given the Llama-2 tokenizer: config.json says eos_token_id 0 and
+# pad_token_id 1 (OLMo's own ids, which are <unk> and <s> in Llama's vocabulary), while the tokenizer
+# has <unk> 0, <s> 1, </s> 2, no pad token, and adds <s> to every input by default. Documents were
+# `question + "\n\n" + solution + </s>` with no <s>.
+
+LLAMA_VOCAB = 32000
+LLAMA_SPECIALS = ("<unk>", "<s>", "</s>")
+
+
+def build_llama_tokenizer(texts: list[str], folder: Path, merges_vocab: int = 4000) -> Path:
+    """A Llama-2-style tokenizer: SentencePiece-like BPE (a "▁" for each space and before the input,
+    byte fallback for anything else), <unk>/<s>/</s> at ids 0/1/2, the 256 byte tokens next, merges
+    trained on `texts`, unreachable filler tokens up to 32,000 ids, and <s> added by default."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import LlamaTokenizerFast
+
+    sentencepiece = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    learner = Tokenizer(models.BPE())
+    learner.normalizer = sentencepiece
+    learner.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    learner.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=merges_vocab, show_progress=False))
+    learned = json.loads(learner.to_str())["model"]
+    vocab = {token: i for i, token in enumerate(LLAMA_SPECIALS)}
+    vocab.update({f"<0x{byte:02X}>": len(LLAMA_SPECIALS) + byte for byte in range(256)})
+    for token in sorted(learned["vocab"], key=learned["vocab"].get):
+        vocab.setdefault(token, len(vocab))
+    fillers = (f"▁unused{i}" for i in range(LLAMA_VOCAB))
+    while len(vocab) < LLAMA_VOCAB:
+        vocab[next(fillers)] = len(vocab)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    backend.normalizer = sentencepiece
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    backend.add_special_tokens(list(LLAMA_SPECIALS))
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tokenizer = LlamaTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        add_bos_token=True, add_eos_token=False, legacy=False,
+    )  # fmt: skip
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def build_paper_checkpoint(folder: Path, tokenizer: Path, preset: str = "150m", *, stop_logit: float = 0.0) -> Path:
+    """A randomly initialised OlmoForCausalLM with `preset`'s shapes, the paper's 32k vocabulary and
+    the config the conversion writes (eos_token_id 0, pad_token_id 1, no bos), plus `tokenizer`.
+
+    `stop_logit` > 0 plants a preference for </s>: the blocks' output projections are zeroed (each
+    position's hidden state is then its token's embedding), every embedding is one vector e, and
+    </s>'s output row is LayerNorm(e) scaled so that its logit is `stop_logit` (the others are the
+    random init's, about +-0.5): greedy decoding stops at once, sampling stops early or runs on."""
+    import shutil
+
+    import torch
+    from transformers import OlmoConfig, OlmoForCausalLM
+
+    from echochamber.model.presets import get_spec
+
+    spec = get_spec(preset)
+    config = OlmoConfig(
+        vocab_size=LLAMA_VOCAB, hidden_size=spec.d_model, intermediate_size=spec.mlp_hidden,
+        num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads, num_key_value_heads=spec.n_heads,
+        max_position_embeddings=spec.max_seq_len, pad_token_id=1, bos_token_id=None, eos_token_id=0,
+        tie_word_embeddings=spec.tie_embeddings, rope_theta=spec.rope_theta, attention_bias=False, clip_qkv=None,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = OlmoForCausalLM(config)
+    if stop_logit > 0:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+            e = torch.randn(spec.d_model, generator=torch.Generator().manual_seed(1))
+            model.model.embed_tokens.weight.copy_(e.expand_as(model.model.embed_tokens.weight))
+            h = torch.nn.functional.layer_norm(e, (spec.d_model,))
+            model.lm_head.weight[2] = h * stop_logit / float(h @ h)
+    model.save_pretrained(folder)
+    for file in tokenizer.iterdir():
+        shutil.copy(file, folder / file.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """The Llama-2-convention tokenizer, its merges trained on GSM8K and OMI2 text and the fixtures."""
+    texts = [json.loads(line)["code"] for line in (FIXTURES / "sources" / "tinygsm.jsonl").open()]
+    texts += [json.loads(line)["generated_solution"] for line in (shared_data / "samples" / "omi2.jsonl").open()]
+    for line in list((shared_data / "gsm8k" / "train.jsonl").open())[:3000]:
+        row = json.loads(line)
+        texts += [row["question"], row["answer"]]
+    return build_llama_tokenizer(texts, tmp_path_factory.mktemp("llama") / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def paper_checkpoints(tmp_path_factory: pytest.TempPathFactory, llama_tokenizer: Path):
+    """make(preset, stop_logit) -> a checkpoint folder with the paper's conventions (built once each)."""
+    made: dict[tuple[str, float], Path] = {}
+
+    def make(preset: str = "150m", stop_logit: float = 0.0) -> Path:
+        if (preset, stop_logit) not in made:
+            folder = tmp_path_factory.mktemp("paper-checkpoint") / f"OLMo-{preset}"
+            made[preset, stop_logit] = build_paper_checkpoint(folder, llama_tokenizer, preset, stop_logit=stop_logit)
+        return made[preset, stop_logit]
+
+    return make
