@@ -1,0 +1,39 @@
+"""Stage hashes: keys added to a config later leave the run folders made before them up to date, and
+re-run exactly the stages they change once set to something else."""
+
+from __future__ import annotations
+
+import pytest
+
+from echochamber.study.config import load_study
+from echochamber.study.hashes import LATER_KEYS, stage_hashes
+
+AFTER_PRETRAIN = {"eval-base", "rl", "eval-final", "report"}
+
+
+def changed(*overrides: str) -> set[str]:
+    """The stages whose hash differs from the smoke preset's under `overrides`."""
+    base = stage_hashes(load_study(preset="smoke"))
+    other = stage_hashes(load_study(preset="smoke", overrides=list(overrides)))
+    return {name for name in base if base[name] != other[name]}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reruns"),
+    [
+        ("pretrain.epochs", "2", {"pretrain", *AFTER_PRETRAIN}),
+        ("eval.over_context", "skip", {"eval-base", "eval-final", "report"}),
+        ("rl.prompts.over_context", "shorten", {"rl", "eval-final", "report"}),
+        ("rl.eval.over_context", "skip", {"rl", "eval-final", "report"}),
+    ],
+)
+def test_a_key_added_later_is_hashed_only_away_from_its_old_behaviour(key: str, value: str, reruns: set[str]) -> None:
+    section, name = key.rsplit(".", 1)
+    unchanged = LATER_KEYS[(tuple(section.split(".")), name)]
+    assert changed(f"{key}={'null' if unchanged is None else unchanged}") == set()
+    assert changed(f"{key}={value}") == reruns
+
+
+def test_local_copies_are_part_of_the_data_only_when_given() -> None:
+    assert changed("mixture.paths={}") == set()
+    assert changed("mixture.paths.omi1=/data/omi1") == {"data", "pretrain", *AFTER_PRETRAIN}
