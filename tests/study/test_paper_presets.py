@@ -72,6 +72,10 @@ def test_a_paper_preset_holds_the_papers_settings(preset: str) -> None:
     assert (rl.epochs, rl.ppo.kl_coef, rl.ei.rounds) == (10.0, 1e-3, 3 if size == "150m" else 2)
     assert evaluation.benchmarks == BENCHMARKS and (evaluation.n, evaluation.temperature, evaluation.top_p) == (64, 0.7, 0.95)
     assert evaluation.max_new_tokens == 2048 and evaluation.over_context == "shorten"
+    # The 1B sweep holds the OMI2 + MetaMathQA mixture: every 1B preset tracks MetaMathQA, so its cells
+    # share one registry (and that cell resolves at all: an untracked source format is refused).
+    tracked = ["tinygsm", "omi1", "omi2", *(["metamathqa"] if size == "1b" else [])]
+    assert study.formats == tracked
 
 
 @pytest.fixture(scope="module")
