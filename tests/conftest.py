@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -140,3 +144,95 @@ def paper_checkpoints(tmp_path_factory: pytest.TempPathFactory, llama_tokenizer:
         return made[preset, stop_logit]
 
     return make
+
+
+class FakeVLLM(types.ModuleType):
+    """Stands in for the vllm package, which needs a GPU: `LLM` builds a real engine of its own (the
+    project's torch sampler over its own copy of the model, loaded from the folder it is given, in
+    the dtype it is told) and answers in vLLM's shapes, so everything around the engine (requests,
+    outputs, log-probs, weight pushes) runs on the CPU as it would on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__("vllm")
+        self.engines: list[FakeLLM] = []
+
+    def SamplingParams(self, **kwargs: Any) -> SimpleNamespace:  # noqa: N802  (vllm's names)
+        return SimpleNamespace(**kwargs)
+
+    def LLM(self, **options: Any) -> FakeLLM:  # noqa: N802
+        engine = FakeLLM(**options)
+        self.engines.append(engine)
+        return engine
+
+
+class FakeLLM:
+    """One engine: `generate` samples its model copy; `load_weights` (at vLLM's address) replaces its
+    parameters by name and keeps a copy of each push; `reset_prefix_cache` is counted."""
+
+    def __init__(self, model: str, dtype: str, **options: Any) -> None:
+        from echochamber.data.tokenizer import load_tokenizer
+        from echochamber.model.presets import load_model
+
+        self.options = {"model": model, "dtype": dtype, **options}
+        self.model = load_model(model).to(getattr(torch, dtype)).eval()
+        self.tokenizer = load_tokenizer(model)
+        self.pushes: list[dict[str, torch.Tensor]] = []
+        self.prefix_resets = 0
+        self.requests: list[SimpleNamespace] = []
+        self.outputs: list[list[Any]] = []
+        runner = SimpleNamespace(model=SimpleNamespace(load_weights=self._load_weights))
+        self.llm_engine = SimpleNamespace(
+            model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner))
+        )
+
+    def _load_weights(self, weights: Any) -> None:
+        parameters = dict(self.model.named_parameters())
+        pushed = {}
+        with torch.no_grad():
+            for name, tensor in weights:
+                parameters[name].copy_(tensor)  # an unknown name fails, as it would in vLLM
+                pushed[name] = tensor.detach().clone()
+        self.pushes.append(pushed)
+
+    def reset_prefix_cache(self) -> None:
+        self.prefix_resets += 1
+
+    def generate(
+        self, prompts: list[dict], requests: list[SimpleNamespace], use_tqdm: bool = False
+    ) -> list[Any]:
+        from echochamber.model.sampler import TorchSampler
+        from echochamber.model.sampling import SamplingParams
+
+        sampler = TorchSampler(self.model, self.tokenizer)
+        outputs = []
+        for prompt, request in zip(prompts, requests, strict=True):
+            self.requests.append(request)
+            params = SamplingParams(
+                temperature=request.temperature, top_p=request.top_p, top_k=max(request.top_k, 0),
+                max_new_tokens=request.max_tokens, seed=request.seed, ignore_eos=request.ignore_eos,
+            )  # fmt: skip
+            [row] = sampler.generate_tokens(
+                [prompt["prompt_token_ids"]], [f"request-{request.seed}"], request.n, params
+            )
+            completions = [
+                SimpleNamespace(
+                    token_ids=sample.token_ids,
+                    logprobs=[
+                        {token: SimpleNamespace(logprob=value)}
+                        for token, value in zip(sample.token_ids, sample.logprobs, strict=True)
+                    ],
+                    finish_reason="length" if sample.truncated else "stop",
+                )
+                for sample in row
+            ]
+            outputs.append(SimpleNamespace(outputs=completions))
+        self.outputs.append(outputs)
+        return outputs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> FakeVLLM:
+    """The fake vllm package, importable as `vllm` for the test."""
+    fake = FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    return fake

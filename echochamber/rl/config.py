@@ -63,6 +63,20 @@ class PromptConfig:
 
 
 @dataclass
+class VLLMRolloutConfig:
+    """The colocated vLLM engine of `rollout.backend: vllm` (GPU): in the trainer's process, on its GPU."""
+
+    memory: float = 0.3  # fraction of the GPU's memory the engine may take (weights + KV cache); the trainer keeps the rest
+    # The engine's precision: auto = the policy's (RL trains in float32); bfloat16 samples faster and
+    # moves its log-probs away from the trainer's (the metrics line's logprob_gap says by how much).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    def validate(self) -> None:
+        if not 0 < self.memory < 1:
+            raise UserError(f"rollout.vllm.memory must be in (0, 1), got {self.memory}")
+
+
+@dataclass
 class RolloutConfig:
     """Sampling and reward for PPO/GRPO steps (EI samples with its own settings, see EIConfig).
 
@@ -78,6 +92,11 @@ class RolloutConfig:
     truncation: Literal["zero", "mask"] = "zero"  # truncated responses: reward 0 and trained, or left out of the loss
     batch_size: int = 512  # sampler rows per batch (memory knob; results do not depend on it)
     grader_workers: int = 2  # sandbox / math-verify worker processes per rank
+    # Who samples: the policy itself through the project's sampler (torch), or a colocated vLLM engine
+    # that gets the policy's weights after every update (vllm, GPU; samples differ from torch's: its
+    # own random streams). Either way the ratio's old log-probs are the sampled distribution's.
+    backend: Literal["torch", "vllm"] = "torch"
+    vllm: VLLMRolloutConfig = field(default_factory=VLLMRolloutConfig)
 
     def validate(self) -> None:
         _positive(

@@ -53,6 +53,7 @@ from echochamber.formats.registry import build_registry
 from echochamber.model.presets import checkpoint_context, load_model
 from echochamber.provenance.records import check_tokenizer, trace_generations
 from echochamber.rl.config import ALGORITHMS, RLConfig
+from echochamber.rl.engine import RolloutEngine
 from echochamber.rl.losses import KL_ESTIMATORS
 from echochamber.rl.rollout import (
     generate_rollouts,
@@ -171,6 +172,7 @@ class _Run:
             _drop_rollouts_after(self.out / "rollouts", self.start)
 
         self.tokenizer = load_tokenizer(config.policy)
+        self.engine = RolloutEngine(config.rollout, self.tokenizer)  # vllm: checked importable before models load
         if tracer is not None:
             check_tokenizer(tracer, self.tokenizer, config.policy)
         elif self.rank0:
@@ -219,10 +221,11 @@ class _Run:
             records, n, params = self.steps.sampling(step)
             rollouts, seconds = generate_rollouts(
                 self.policy, self.tokenizer, records, n, params, self.grader,
-                batch_size=self.config.rollout.batch_size, formats=self.formats,
+                formats=self.formats, sampler=self.engine.sampler(self.policy),
             )  # fmt: skip
             kl, diagnostics = self.steps.update(step, rollouts, seconds)
             self.policy = self.steps.policy
+            seconds["time_sync"] = self.engine.sync(self.policy)  # vllm: the next step samples these weights
             rows = [{**r.row(), "token_ids": r.token_ids} for r in rollouts]  # rank 0 traces them
             self._log_step(step + 1, rows, kl, seconds, diagnostics, writers, bar)
             self._after_step(step + 1, writers)

@@ -37,7 +37,7 @@ from echochamber.data.records import Record
 from echochamber.data.tokenizer import encode_prompt, pad_token_id
 from echochamber.errors import UserError
 from echochamber.formats.registry import Registry
-from echochamber.model.sampler import build_sampler
+from echochamber.model.sampler import Sampler, build_sampler
 from echochamber.model.sampling import SamplingParams
 from echochamber.rl.config import PromptConfig
 from echochamber.verify.grade import Grader
@@ -134,14 +134,17 @@ def generate_rollouts(
     *,
     batch_size: int = 256,
     formats: Registry | None = None,
+    sampler: Sampler | None = None,
 ) -> tuple[list[Rollout], dict[str, float]]:
     """`n` graded samples per record (prompt-major), labelled and graded under `formats` (the run's
-    registry; None = the default one), and the time spent sampling and grading.
+    registry; None = the default one), and the time spent sampling and grading. `sampler` (the run's
+    rollout engine, rl/engine.py) draws them; None = the project's sampler over `model`.
 
     Reward = 1 for a verified-correct, complete response, else 0 (the paper: no format reward).
     """
     started = time.perf_counter()
-    sampler = build_sampler(model, tokenizer, batch_size=batch_size)
+    if sampler is None:
+        sampler = build_sampler(model, tokenizer, batch_size=batch_size)
     # encode_prompt is exactly how every pretraining document began (question + "\n\n", no BOS).
     prompt_tokens = [encode_prompt(tokenizer, record.prompt) for record in records]
     samples = sampler.generate_tokens(prompt_tokens, [record.id for record in records], n, params)

@@ -22,6 +22,7 @@ from echochamber.checkpoint import restore_rank_rng
 from echochamber.data.records import Record
 from echochamber.model.sampling import SamplingParams
 from echochamber.rl.config import RLConfig
+from echochamber.rl.engine import logprob_gap
 from echochamber.rl.losses import KL_ESTIMATORS, kl_estimate
 from echochamber.rl.rollout import Rollout, RolloutBatch, build_batch, rank_share, step_prompts
 
@@ -102,10 +103,15 @@ class PolicyGradientSteps:
             truncation=config.rollout.truncation, micro_batch_size=config.micro_batch_size,
         )  # fmt: skip
         kl = dist.global_sum(rollout_kl(batch)).tolist()
+        gap: dict[str, float | None] = {"logprob_gap_mean": None, "logprob_gap_max": None}
+        if config.rollout.backend != "torch":  # samples from another engine: how far from the trainer's forward
+            started = time.perf_counter()
+            gap = logprob_gap(self.policy, batch, config.rollout.temperature, config.micro_batch_size)
+            seconds["time_reference"] += time.perf_counter() - started
         started = time.perf_counter()
         diagnostics = self.algorithm.update(batch)
         seconds["time_update"] = time.perf_counter() - started
-        return kl, diagnostics
+        return kl, {**gap, **diagnostics}
 
     def state_dict(self) -> dict[str, Any]:
         return self.algorithm.state_dict()

@@ -4,7 +4,6 @@ import copy
 import json
 import math
 import shutil
-import sys
 import types
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from echochamber.errors import UserError
 from echochamber.model import decoders as decoders_module
 from echochamber.model.presets import build_model
 from echochamber.model.sampler import Sample, build_sampler, sampler_precision
-from echochamber.model.sampler_vllm import vllm_dtype
+from echochamber.model.sampler_vllm import build_vllm_sampler, vllm_dtype
 from echochamber.model.sampling import SamplingParams
 
 TEXT = [
@@ -235,18 +234,6 @@ def test_vllm_backend_without_vllm_is_a_user_error(tokenizer, tiny):
         pytest.skip("vllm is installed; the GPU path is exercised on GPU machines")
 
 
-class _FakeVLLM(types.ModuleType):
-    """Stands in for the vllm package (not installed on CPU machines): records how LLM is built."""
-
-    def __init__(self):
-        super().__init__("vllm")
-        self.built: list[dict] = []
-
-    def LLM(self, **kwargs):  # noqa: N802  (vllm's name)
-        self.built.append(kwargs)
-        return object()
-
-
 @pytest.mark.parametrize(
     ("weights", "requested", "expected"),
     [
@@ -255,15 +242,13 @@ class _FakeVLLM(types.ModuleType):
         (torch.float32, "bfloat16", "bfloat16"),
     ],
 )
-def test_vllm_is_told_the_dtype_explicitly(tokenizer, monkeypatch, weights, requested, expected):
-    fake = _FakeVLLM()
-    monkeypatch.setitem(sys.modules, "vllm", fake)
+def test_vllm_is_told_the_dtype_explicitly(tokenizer, fake_vllm, weights, requested, expected):
     model = make_model(tokenizer).to(weights)
     assert sampler_precision(model, "vllm", requested) == {"dtype": expected, "device": "cuda"}
     build_sampler(model, tokenizer, backend="vllm", dtype=requested)
-    assert fake.built[-1]["dtype"] == expected
+    assert fake_vllm.engines[-1].options["dtype"] == expected
     # A checkpoint folder: the dtype it records, float32 when it records none (Hugging Face's rule).
-    folder = Path(fake.built[-1]["model"])
+    folder = Path(fake_vllm.engines[-1].options["model"])
     assert vllm_dtype(folder, requested) == expected
     config = json.loads((folder / "config.json").read_text())
     config.pop("dtype", None), config.pop("torch_dtype", None)
@@ -282,3 +267,42 @@ def test_torch_backend_samples_the_model_in_its_own_dtype(tokenizer, tiny):
     with pytest.raises(UserError, match="unknown dtype 'fp8'"):
         build_sampler(tiny, tokenizer, dtype="fp8")
     assert sampler_precision(None, "torch") == {"dtype": None, "device": None}  # a caller's sampler
+
+
+def test_vllm_sampler_reads_vllms_outputs_caps_at_the_context_and_takes_pushed_weights(tokenizer, fake_vllm):
+    """Through the fake engine (tests/conftest.py), which samples with its own copy of the model."""
+    model = make_model(tokenizer, max_seq_len=64)
+    sampler = build_vllm_sampler(model, tokenizer, False, colocate_memory=0.5)
+    engine = fake_vllm.engines[-1]
+    assert (engine.options["max_model_len"], engine.options["gpu_memory_utilization"]) == (64, 0.5)
+    greedy = SamplingParams(0.0, max_new_tokens=10)
+
+    def same(first, second):
+        assert [[s.token_ids for s in row] for row in first] == [[s.token_ids for s in row] for row in second]
+        assert [[s.text for s in row] for row in first] == [[s.text for s in row] for row in second]
+        for a, b in zip([s for row in first for s in row], [s for row in second for s in row], strict=True):
+            assert a.truncated == b.truncated and a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+    same(sampler.generate(PROMPTS, IDS, 1, greedy), build_sampler(model, tokenizer).generate(PROMPTS, IDS, 1, greedy))
+    # A request generates at most up to the model's context, as the torch backend does.
+    [[capped]] = sampler.generate_tokens([[5] * 60], ["long"], 1, SamplingParams(0.0, max_new_tokens=30, ignore_eos=True))
+    assert engine.requests[-1].max_tokens == 4 and len(capped.token_ids) == 4 and capped.truncated
+    with pytest.raises(UserError, match="context is 64"):
+        sampler.generate_tokens([[5] * 64], ["too-long"], 1, greedy)
+    # New weights, pushed in memory: the engine now samples them (and dropped its prefix cache).
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    sampler.push_weights(model)
+    assert engine.prefix_resets == 1 and set(engine.pushes[-1]) == {name for name, _ in model.named_parameters()}
+    same(sampler.generate(PROMPTS, IDS, 1, greedy), build_sampler(model, tokenizer).generate(PROMPTS, IDS, 1, greedy))
+
+
+def test_a_stopped_vllm_sample_without_its_eos_is_an_error(tokenizer, fake_vllm, monkeypatch):
+    """RL trains on the choice to stop: a sample that stopped must carry the EOS and its log-prob."""
+    sampler = build_vllm_sampler(make_model(tokenizer), tokenizer, False)
+    dropped = types.SimpleNamespace(token_ids=[7, 8], logprobs=[{7: types.SimpleNamespace(logprob=-1.0)},
+                                    {8: types.SimpleNamespace(logprob=-2.0)}], finish_reason="stop")  # fmt: skip
+    monkeypatch.setattr(fake_vllm.engines[-1], "generate", lambda *a, **k: [types.SimpleNamespace(outputs=[dropped])])
+    with pytest.raises(RuntimeError, match="without returning its EOS"):
+        sampler.generate(PROMPTS[:1], IDS[:1], 1, SamplingParams(0.7, max_new_tokens=4))
