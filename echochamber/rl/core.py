@@ -348,5 +348,12 @@ def _check_resumable(config: RLConfig, algo: str, state: dict[str, Any], checkpo
         raise UserError(f"cannot resume from {checkpoint}: it was written by --algo {state['algo']}, not {algo}")
     now = to_dict(config)
     for key in (*RUN_DEFINING_KEYS, algo):
-        if state["config"].get(key) != now[key]:
+        if _defining(state["config"].get(key), key) != _defining(now[key], key):
             raise UserError(f"cannot resume from {checkpoint}: config key '{key}' changed since it was written")
+
+
+def _defining(value: Any, key: str) -> Any:
+    """What of a config section defines the run: all of it, but the vLLM engine's memory share."""
+    if key == "rollout" and isinstance(value, dict) and isinstance(value.get("vllm"), dict):
+        return {**value, "vllm": {k: v for k, v in value["vllm"].items() if k != "memory"}}
+    return value

@@ -53,6 +53,7 @@ def _settings(study: StudyConfig) -> dict[str, dict[str, Any]]:
             rl.pop(algo)
     for section, key in (("rollout", "grader_workers"), ("rollout", "batch_size"), ("eval", "batch_size"), ("eval", "workers")):
         rl[section].pop(key)
+    rl["rollout"]["vllm"].pop("memory")  # the engine's share of GPU memory: a memory knob
     settings = {
         "pretrain": _without(to_dict(study.pretrain), NOT_HASHED),
         "rl": rl,

@@ -115,3 +115,16 @@ def test_the_vllm_backend_without_vllm_stops_before_any_model_loads(tiny_policy,
         run_rl(vllm_config(tiny_policy, two_answer_prompts, tmp_path / "run", test_world), algo="grpo")
     with pytest.raises(UserError, match="rollout.vllm.memory must be in"):
         tiny_config(tiny_policy, tmp_path, test_world, rollout={"vllm": {"memory": 1.5}})
+
+
+def test_a_resumed_run_may_change_the_engines_memory_share_but_not_its_backend(
+    tiny_policy, two_answer_prompts, test_world, grader, fake_vllm, tmp_path
+):
+    config = dataclasses.replace(vllm_config(tiny_policy, two_answer_prompts, tmp_path / "run", test_world), max_steps=1)
+    config.rollout.backend = "torch"
+    run_rl(config, algo="grpo", grader=grader)
+    config.rollout.vllm.memory = 0.6  # a memory knob: not part of what the run computes
+    run_rl(dataclasses.replace(config, max_steps=2), algo="grpo", resume=True, grader=grader)
+    config.rollout.backend = "vllm"  # other samples: another run
+    with pytest.raises(UserError, match="config key 'rollout' changed"):
+        run_rl(dataclasses.replace(config, max_steps=3), algo="grpo", resume=True, grader=grader)
