@@ -37,11 +37,6 @@ class RolloutEngine:
 
             check_vllm()  # before any model is loaded
 
-    @property
-    def measures_gap(self) -> bool:
-        """Whether samples come from another engine than the trainer's forward (the gap is then logged)."""
-        return self.config.backend == "vllm"
-
     def sampler(self, policy: torch.nn.Module) -> Sampler:
         """The sampler of this step: over `policy` (torch), or the colocated engine (vllm), built from
         `policy` the first time and kept in step with it by `sync` after that."""

@@ -26,6 +26,7 @@ LATER_KEYS: dict[tuple[tuple[str, ...], str], Any] = {
     (("eval",), "over_context"): "error",
     (("rl", "eval"), "over_context"): "error",
     (("rl", "prompts"), "over_context"): "error",
+    (("rl", "rollout"), "backend"): "torch",
 }
 
 
@@ -53,7 +54,10 @@ def _settings(study: StudyConfig) -> dict[str, dict[str, Any]]:
             rl.pop(algo)
     for section, key in (("rollout", "grader_workers"), ("rollout", "batch_size"), ("eval", "batch_size"), ("eval", "workers")):
         rl[section].pop(key)
-    rl["rollout"]["vllm"].pop("memory")  # the engine's share of GPU memory: a memory knob
+    # The vLLM engine's settings matter only to that backend, and its memory share to none.
+    engine = rl["rollout"].pop("vllm")
+    if rl["rollout"]["backend"] == "vllm":
+        rl["rollout"]["vllm"] = {key: value for key, value in engine.items() if key != "memory"}
     settings = {
         "pretrain": _without(to_dict(study.pretrain), NOT_HASHED),
         "rl": rl,

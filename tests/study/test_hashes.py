@@ -25,6 +25,7 @@ def changed(*overrides: str) -> set[str]:
         ("eval.over_context", "skip", {"eval-base", "eval-final", "report"}),
         ("rl.prompts.over_context", "shorten", {"rl", "eval-final", "report"}),
         ("rl.eval.over_context", "skip", {"rl", "eval-final", "report"}),
+        ("rl.rollout.backend", "vllm", {"rl", "eval-final", "report"}),
     ],
 )
 def test_a_key_added_later_is_hashed_only_away_from_its_old_behaviour(key: str, value: str, reruns: set[str]) -> None:
@@ -37,3 +38,12 @@ def test_a_key_added_later_is_hashed_only_away_from_its_old_behaviour(key: str, 
 def test_local_copies_are_part_of_the_data_only_when_given() -> None:
     assert changed("mixture.paths={}") == set()
     assert changed("mixture.paths.omi1=/data/omi1") == {"data", "pretrain", *AFTER_PRETRAIN}
+
+
+def test_the_vllm_engines_settings_count_only_under_that_backend_and_its_memory_share_never() -> None:
+    assert changed("rl.rollout.vllm.dtype=bfloat16", "rl.rollout.vllm.memory=0.5") == set()  # torch samples
+    vllm = ["rl.rollout.backend=vllm"]
+    base = stage_hashes(load_study(preset="smoke", overrides=vllm))
+    for override, reruns in (("rl.rollout.vllm.memory=0.5", set()), ("rl.rollout.vllm.dtype=bfloat16", {"rl", "eval-final", "report"})):
+        other = stage_hashes(load_study(preset="smoke", overrides=[*vllm, override]))
+        assert {name for name in base if base[name] != other[name]} == reruns, override
