@@ -18,12 +18,20 @@ colocated settings and the weight push, a stopped vLLM sample ends in its EOS wi
 sampler raises otherwise), and the float32 engine's gap is float error (printed as CHECK lines).
 Prints one table per part; paste them into the closing note of issue 13. `--device cpu` with a tiny
 preset runs the same code without a GPU (tests/test_benchmarks.py does, with a stand-in vllm).
+
+Every vLLM engine, and every GRPO run, lives in a child process of its own (this script with
+`--part`): a colocated engine runs in the process that built it, and vLLM does not give its GPU memory
+back when it is deleted (vllm-project/vllm#21073), so a second engine in one process would run out of
+memory. A child that fails is reported in its row ("failed", its error above the table on stderr) and
+the script goes on with the next one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -90,29 +98,52 @@ def throughput(policy: Path, prompts: int, samples: int, new_tokens: int) -> Non
             rows = sampler.generate_tokens(token_ids, ids, samples, params)
         assert all(len(s.token_ids) == new_tokens for row in rows for s in row)
         hf = time_hf(model, tokenizer, [t for t in texts for _ in range(samples)], params)
-        vllm_rate = None
-        if has_vllm:
-            from echochamber.model.sampler_vllm import build_vllm_sampler
-
-            engine = build_vllm_sampler(model, tokenizer, False, colocate_memory=0.5)
-            engine.generate_tokens(
-                token_ids[:4], ids[:4], 2, SamplingParams(0.7, max_new_tokens=8)
-            )  # warm-up
-            with Timer() as timed:
-                rows = engine.generate_tokens(token_ids, ids, samples, params)
-            assert all(len(s.token_ids) == new_tokens for row in rows for s in row)
-            vllm_rate = produced / timed.wall
-            del engine
-        rates = (produced / hf.wall, produced / ours.wall)
-        vllm_cells = (f"{vllm_rate:>10.0f}{vllm_rate / rates[0]:>8.1f}x{vllm_rate / rates[1]:>10.1f}x"
-                      if vllm_rate else f"{'(no vllm)':>10}{'—':>9}{'—':>11}")  # fmt: skip
-        print(
-            f"  {str(dtype).removeprefix('torch.'):<10}{rates[0]:>13.0f}{rates[1]:>14.0f}{vllm_cells}",
-            flush=True,
-        )
         del model, sampler
         if DEVICE == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # the child's engine asks for half of the GPU's memory
+        name = str(dtype).removeprefix("torch.")
+        rates = (produced / hf.wall, produced / ours.wall)
+        if not has_vllm:
+            vllm_cells = f"{'(no vllm)':>10}{'—':>9}{'—':>11}"
+        else:
+            child = in_child("vllm-rate", policy, prompts, samples, new_tokens, dtype=name, capture=True)
+            vllm_rate = json.loads(child.stdout.strip().splitlines()[-1])["tokens_per_s"] if child.returncode == 0 else None
+            vllm_cells = (f"{vllm_rate:>10.0f}{vllm_rate / rates[0]:>8.1f}x{vllm_rate / rates[1]:>10.1f}x"
+                          if vllm_rate else f"{'failed':>10}{'—':>9}{'—':>11}")  # fmt: skip
+        print(f"  {name:<10}{rates[0]:>13.0f}{rates[1]:>14.0f}{vllm_cells}", flush=True)
+
+
+def vllm_rate(policy: Path, prompts: int, samples: int, new_tokens: int, dtype: str) -> float:
+    """(In a child process.) Rollout tokens/s of a colocated engine over `policy` in `dtype`."""
+    from transformers import AutoTokenizer
+
+    from echochamber.model.sampler_vllm import build_vllm_sampler
+
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    token_ids = [encode_prompt(tokenizer, r.prompt) for r in world_records(WorldConfig(), "rl", "omi2")[:prompts]]
+    ids = [str(i) for i in range(len(token_ids))]
+    engine = build_vllm_sampler(str(policy), tokenizer, False, dtype=dtype, colocate_memory=0.5)
+    engine.generate_tokens(token_ids[:4], ids[:4], 2, SamplingParams(0.7, max_new_tokens=8))  # warm-up
+    params = SamplingParams(temperature=0.7, max_new_tokens=new_tokens, ignore_eos=True)
+    with Timer() as timed:
+        rows = engine.generate_tokens(token_ids, ids, samples, params)
+    assert all(len(s.token_ids) == new_tokens for row in rows for s in row)
+    return len(token_ids) * samples * new_tokens / timed.wall
+
+
+def in_child(
+    part: str, policy: Path, prompts: int, samples: int, new_tokens: int, *, dtype: str, backend: str = "",
+    out: Path | None = None, capture: bool = False,
+) -> subprocess.CompletedProcess:  # fmt: skip
+    """This script run as one `part` in a child process (its stderr shown; its stdout returned
+    when `capture`): the engine it builds, and its GPU memory, go when the child exits."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--part", part, "--policy", str(policy),
+            "--device", DEVICE, "--prompts", str(prompts), "--samples", str(samples),
+            "--new-tokens", str(new_tokens), "--dtype", dtype, "--backend", backend, "--out", str(out or "")]  # fmt: skip
+    child = subprocess.run(argv, stdout=subprocess.PIPE if capture else None, text=True)
+    if child.returncode != 0:
+        print(f"  ({part} {backend} {dtype} failed with exit code {child.returncode}: see stderr)", flush=True)
+    return child
 
 
 def grpo_steps(policy: Path, out: Path, prompts: int, samples: int, new_tokens: int) -> None:
@@ -127,13 +158,9 @@ def grpo_steps(policy: Path, out: Path, prompts: int, samples: int, new_tokens: 
         f"{'gen tok/s':>10}{'gap mean':>10}{'gap max':>9}"
     )
     for backend, dtype in runs:
-        config = load_config(RLConfig, base={
-            "policy": str(policy), "out": str(out / f"{backend}-{dtype}"),
-            "rollout": {"prompts_per_step": prompts, "samples_per_prompt": samples, "max_new_tokens": new_tokens,
-                        "backend": backend, "vllm": {"dtype": dtype, "memory": 0.3}, "batch_size": prompts * samples},
-            "eval_every": 0, "max_steps": 2, "micro_batch_size": 16, "tensorboard": False, "progress": False,
-        })  # fmt: skip
-        run_rl(config, algo="grpo")
+        if in_child("grpo", policy, prompts, samples, new_tokens, dtype=dtype, backend=backend, out=out).returncode:
+            print(f"  {backend + ' ' + dtype:<16}failed", flush=True)
+            continue
         for line in read_metrics(out / f"{backend}-{dtype}" / "metrics.jsonl", "rl"):
             times = [
                 line[k]
@@ -143,11 +170,22 @@ def grpo_steps(policy: Path, out: Path, prompts: int, samples: int, new_tokens: 
             gaps = "".join(f"{g:>10.2e}" if g is not None else f"{'—':>10}" for g in gap)
             print(f"  {backend + ' ' + dtype + ' #' + str(line['step']):<16}" + "".join(f"{t:>8.1f}" for t in times)
                   + f"{sum(times):>8.1f}{line['generate_tokens_per_s']:>10.0f}{gaps}", flush=True)  # fmt: skip
-        if backend == "vllm" and dtype == "auto":
+        if backend == "vllm" and dtype == "auto":  # its last step: the weights pushed after an update
             agree = line["logprob_gap_max"] < 1e-3
             print(
                 f"  CHECK float32 engine vs float32 trainer, max |Δ log p| < 1e-3: {'yes' if agree else 'NO'}"
             )
+
+
+def grpo_run(policy: Path, out: Path, prompts: int, samples: int, new_tokens: int, backend: str, dtype: str) -> None:
+    """(In a child process.) Two GRPO steps from `policy` with one rollout backend, into out/BACKEND-DTYPE."""
+    config = load_config(RLConfig, base={
+        "policy": str(policy), "out": str(out / f"{backend}-{dtype}"),
+        "rollout": {"prompts_per_step": prompts, "samples_per_prompt": samples, "max_new_tokens": new_tokens,
+                    "backend": backend, "vllm": {"dtype": dtype, "memory": 0.3}, "batch_size": prompts * samples},
+        "eval_every": 0, "max_steps": 2, "micro_batch_size": 16, "tensorboard": False, "progress": False,
+    })  # fmt: skip
+    run_rl(config, algo="grpo")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,11 +201,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device", default="cuda", help="cpu: run the code path without a GPU (numbers meaningless)"
     )
+    # One part in a child process (see the module's docstring); set by the script itself.
+    parser.add_argument("--part", choices=["vllm-rate", "grpo"], help=argparse.SUPPRESS)
+    for hidden in ("--policy", "--dtype", "--backend", "--out"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global DEVICE
     DEVICE = args.device
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu_rollouts.py needs a CUDA GPU")
+    if args.part == "vllm-rate":
+        rate = vllm_rate(Path(args.policy), args.prompts, args.samples, args.new_tokens, args.dtype)
+        print(json.dumps({"tokens_per_s": rate}))
+        return
+    if args.part == "grpo":
+        grpo_run(Path(args.policy), Path(args.out), args.prompts, args.samples, args.new_tokens, args.backend, args.dtype)
+        return
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (code path only)"
     print(f"{name}, torch {torch.__version__}; {args.preset}, context {args.context}")
     with tempfile.TemporaryDirectory() as tmp:
