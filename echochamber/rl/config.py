@@ -229,6 +229,9 @@ class RLConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0  # max global gradient norm; null = no clipping (norm still logged)
     micro_batch_size: int = 16  # sequences per forward/backward (memory knob; the update does not depend on it)
+    # "auto": the reference model is loaded and run only when the update uses it (KL coefficient > 0);
+    # "always": also at KL 0, for the KL-to-reference curves (kl_k1..k3, kl_loss) of a KL-0 run.
+    reference_pass: Literal["auto", "always"] = "auto"
     checkpoint_every: int = 20  # steps between checkpoints (and always at the last step)
     keep_checkpoints: int = 2
     seed: int = 0
@@ -254,6 +257,16 @@ class RLConfig:
             raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
         _positive("", grad_clip=self.grad_clip)
 
+
+    def kl_coef(self, algo: str) -> float:
+        """The KL coefficient `algo`'s update uses (EI has none: 0)."""
+        return 0.0 if algo == "ei" else float(getattr(self, algo).kl_coef)
+
+    def uses_reference(self, algo: str) -> bool:
+        """Whether a run of `algo` loads the reference and runs its forward each step. At KL 0 no
+        term of any update reads the reference's log-probs (the KL terms are 0 x finite), so the
+        pass (about a sixth of a GRPO step on CPU) is skipped unless `reference_pass` is "always"."""
+        return algo != "ei" and (self.kl_coef(algo) > 0 or self.reference_pass == "always")
 
     def evaluation(self, benchmark: str) -> Evaluation:
         """The periodic evaluation of one benchmark: the world of the prompts, the run's seed and formats."""

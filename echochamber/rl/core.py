@@ -188,10 +188,12 @@ class _Run:
             context=checkpoint_context(config.policy), max_new_tokens=budget, policy=config.prompts.over_context,
             setting="rl.prompts.over_context",
         )  # fmt: skip
-        self.ref = load_model(config.reference or config.policy).to(device).eval().requires_grad_(False)
         self.policy = load_model(self.checkpoint or config.policy).to(device)
-        if self.policy.config.vocab_size != self.ref.config.vocab_size:
-            raise UserError(f"policy and reference have different vocabularies ({config.policy}, {config.reference})")
+        self.ref = None  # not loaded where nothing reads it (EI, KL 0: RLConfig.uses_reference)
+        if config.uses_reference(algo):
+            self.ref = load_model(config.reference or config.policy).to(device).eval().requires_grad_(False)
+            if self.policy.config.vocab_size != self.ref.config.vocab_size:
+                raise UserError(f"policy and reference have different vocabularies ({config.policy}, {config.reference})")
         self.formats = build_registry(config.formats)
         self.total = total_steps(config, algo, len(self.records))
 

@@ -34,7 +34,7 @@ import torch
 
 from echochamber.dist import Sums
 from echochamber.rl.config import GRPOConfig, RLConfig
-from echochamber.rl.losses import kl_estimate, surrogate_with_kl
+from echochamber.rl.losses import reference_kl, surrogate_with_kl
 from echochamber.rl.rollout import RolloutBatch
 from echochamber.rl.update import MicroBatch, minibatch_indices, policy_step, update_diagnostics
 
@@ -72,7 +72,7 @@ def sample_advantages(batch: RolloutBatch, config: GRPOConfig) -> tuple[torch.Te
     mask = batch.response_mask
     advantages, zero_variance = group_advantages(batch.rewards.float(), batch.group, mask.sum(1) > 0, config)
     if config.kl_placement == "reward" and config.kl_coef > 0:
-        kl = kl_estimate(batch.old_logp, batch.ref_logp, mask, config.kl_estimator)
+        kl = reference_kl(batch.old_logp, batch.ref_logp, mask, config.kl_estimator, charged=True)
         advantages = advantages - config.kl_coef * kl.sum(1)
     return advantages, zero_variance
 
@@ -80,7 +80,7 @@ def sample_advantages(batch: RolloutBatch, config: GRPOConfig) -> tuple[torch.Te
 def grpo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
-    ref_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     config: GRPOConfig,
@@ -88,10 +88,10 @@ def grpo_loss(
     total_tokens: torch.Tensor | float,
     total_sequences: torch.Tensor | float,
     max_new_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss share, clipped [B, T], kl_to_ref [B, T]) of a micro-batch of B sequences ([B, T] log-probs,
-    [B] advantages): the clipped surrogate, plus beta x the KL estimate per token when it is placed in
-    the loss, aggregated by `micro_batch_loss`."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(loss share, clipped [B, T], kl_to_ref [B, T] or None without a reference pass) of a micro-batch
+    of B sequences ([B, T] log-probs, [B] advantages): the clipped surrogate, plus beta x the KL
+    estimate per token when it is placed in the loss, aggregated by `micro_batch_loss`."""
     kl_coef = config.kl_coef if config.kl_placement == "loss" else 0.0
     return surrogate_with_kl(
         logp, old_logp, ref_logp, advantages[:, None], mask, clip=config.clip, kl_coef=kl_coef,
@@ -106,7 +106,7 @@ class GRPO:
     name = "grpo"
 
     def __init__(
-        self, policy: torch.nn.Module, ref: torch.nn.Module, tokenizer: Any, config: RLConfig
+        self, policy: torch.nn.Module, ref: torch.nn.Module | None, tokenizer: Any, config: RLConfig
     ) -> None:
         self.policy = policy
         self.config = config
@@ -168,5 +168,5 @@ class GRPO:
         self.policy.save_pretrained(folder)
 
 
-def build(policy: torch.nn.Module, ref: torch.nn.Module, tokenizer: Any, config: RLConfig) -> GRPO:
+def build(policy: torch.nn.Module, ref: torch.nn.Module | None, tokenizer: Any, config: RLConfig) -> GRPO:
     return GRPO(policy, ref, tokenizer, config)

@@ -53,6 +53,19 @@ def kl_estimate(
     raise ValueError(f"unknown KL estimator {estimator!r}")
 
 
+def reference_kl(
+    logp: torch.Tensor, ref_logp: torch.Tensor | None, mask: torch.Tensor, estimator: KLEstimator, *, charged: bool
+) -> torch.Tensor | None:
+    """`kl_estimate` to the reference, or None where the run has no reference pass (KL coefficient 0,
+    RLConfig.uses_reference). `charged` says a KL term with a coefficient > 0 will use it: without
+    the reference's log-probs that is a bug, refused rather than silently dropped."""
+    if ref_logp is not None:
+        return kl_estimate(logp, ref_logp, mask, estimator)
+    if charged:
+        raise ValueError("a KL term with a coefficient > 0 needs the reference's log-probs")
+    return None
+
+
 def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-token (ratio - 1) - log ratio with ratio = p / p_old (cleanrl's approx_kl: nonnegative, low
     variance), 0 off the mask: k3 of KL(old || current) from the old policy's samples, masked the same way.
@@ -133,13 +146,14 @@ def gae(
 def token_rewards(
     scores: torch.Tensor,
     old_logp: torch.Tensor,
-    ref_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
     mask: torch.Tensor,
     *,
     kl_coef: float,
     estimator: KLEstimator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """([N, S] reward after each response token, [N, S] KL penalty subtracted from it).
+    """([N, S] reward after each response token, [N, S] KL penalty subtracted from it: 0 without a
+    reference pass, which only a KL coefficient of 0 allows).
 
     The verifier's score (`scores`, [N]) sits on each row's last response token. The penalty compares
     the sampling policy with the reference: it is part of the environment's reward, fixed for the
@@ -147,7 +161,8 @@ def token_rewards(
     unbiased reverse-KL gradient, unlike k1 in the loss). PPO and REINFORCE both use it.
     """
     mask = mask.to(old_logp.dtype)
-    penalty = kl_coef * kl_estimate(old_logp, ref_logp, mask, estimator)
+    kl = reference_kl(old_logp, ref_logp, mask, estimator, charged=kl_coef > 0)
+    penalty = kl_coef * kl if kl is not None else torch.zeros_like(old_logp)
     rewards = -penalty
     last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # a row without response tokens gets score * 0
     rows = torch.arange(mask.shape[0], device=mask.device)
@@ -204,7 +219,7 @@ def micro_batch_loss(
 def surrogate_with_kl(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
-    ref_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
@@ -215,13 +230,14 @@ def surrogate_with_kl(
     total_tokens: torch.Tensor | float,
     total_sequences: torch.Tensor | float,
     max_new_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(loss share, clipped [B, T], kl_to_ref [B, T]) of a critic-free micro-batch: the clipped
     surrogate (`clipped_policy_loss`; advantages [B, 1] or [B, T]) plus kl_coef x the KL estimate to
     the reference per token, aggregated by `micro_batch_loss`. kl_coef is 0 when the KL is placed in
-    the reward; kl_to_ref is returned either way, for the diagnostics. GRPO and REINFORCE both use it."""
+    the reward; kl_to_ref is returned either way, for the diagnostics (None without a reference pass).
+    GRPO and REINFORCE both use it."""
     per_token, clipped = clipped_policy_loss(logp, old_logp, advantages, mask, clip)
-    kl_to_ref = kl_estimate(logp, ref_logp, mask, kl_estimator)
+    kl_to_ref = reference_kl(logp, ref_logp, mask, kl_estimator, charged=kl_coef > 0)
     if kl_coef > 0:
         per_token = per_token + kl_coef * kl_to_ref
     loss = micro_batch_loss(

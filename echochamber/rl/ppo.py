@@ -37,14 +37,15 @@ from echochamber.rl.losses import (
     clipped_value_loss,
     explained_variance,
     gae,
-    kl_estimate,
     micro_batch_loss,
+    reference_kl,
     token_rewards,
 )
 from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
 from echochamber.rl.update import (
     global_counts,
     global_whiten,
+    kl_sums,
     micro_batches,
     minibatch_indices,
     optimizer_step,
@@ -199,9 +200,10 @@ class PPO:
             assert entropy is not None
             per_token, clipped = clipped_policy_loss(logp, micro.old_logp, advantages[rows, :cols], mask, ppo.clip)
             policy_loss = micro_batch_loss(per_token, mask, ppo.aggregation, **shares)
-            kl_to_ref = kl_estimate(logp, micro.ref_logp, mask, ppo.kl_estimator)
+            charged = ppo.kl_placement == "loss" and ppo.kl_coef > 0
+            kl_to_ref = reference_kl(logp, micro.ref_logp, mask, ppo.kl_estimator, charged=charged)
             loss = policy_loss
-            if ppo.kl_placement == "loss" and ppo.kl_coef > 0:
+            if charged:
                 loss = loss + micro_batch_loss(ppo.kl_coef * kl_to_ref, mask, ppo.aggregation, **shares)
             loss.backward()
 
@@ -216,7 +218,7 @@ class PPO:
                         loss=loss, policy_loss=policy_loss, value_loss=value_loss, tokens=mask.sum(),
                         entropy=(entropy * mask).sum(), clipped=(clipped * mask).sum(),
                         approx_kl=approx_kl(logp, micro.old_logp, mask).sum(),
-                        kl_to_ref=(kl_to_ref * mask).sum(),
+                        **kl_sums(kl_to_ref, mask),
                     )
                 )  # fmt: skip
         grad_norm = optimizer_step(self.policy, self.actor_optimizer, self.config.grad_clip)
@@ -246,7 +248,7 @@ class PPO:
         self.critic.save(folder / CRITIC_DIR)
 
 
-def build(policy: PreTrainedModel, ref: torch.nn.Module, tokenizer: Any, config: RLConfig) -> PPO:
+def build(policy: PreTrainedModel, ref: torch.nn.Module | None, tokenizer: Any, config: RLConfig) -> PPO:
     """PPO for `policy` (the checkpoint just loaded; on resume `load_state_dict` then replaces the
     critic's weights). `ref` and `tokenizer` are unused: the reference log-probs come in the batch."""
     return PPO(policy, ValueModel.from_policy(policy), config)

@@ -94,7 +94,7 @@ def token_advantages(
 def reinforce_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
-    ref_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     config: REINFORCEConfig,
@@ -102,10 +102,10 @@ def reinforce_loss(
     total_tokens: torch.Tensor | float,
     total_sequences: torch.Tensor | float,
     max_new_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss share, clipped [B, T], kl_to_ref [B, T]) of a micro-batch ([B, T] log-probs and
-    advantages): -rho A per token (clipped as PPO's when `clip` is set), plus beta x the KL estimate
-    when it is placed in the loss, aggregated by `micro_batch_loss`."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(loss share, clipped [B, T], kl_to_ref [B, T] or None without a reference pass) of a micro-batch
+    ([B, T] log-probs and advantages): -rho A per token (clipped as PPO's when `clip` is set), plus
+    beta x the KL estimate when it is placed in the loss, aggregated by `micro_batch_loss`."""
     clip = config.clip if config.clip is not None else math.inf  # clamp(rho, -inf, inf) = rho: never clips
     kl_coef = config.kl_coef if config.kl_placement == "loss" else 0.0
     return surrogate_with_kl(
@@ -183,6 +183,6 @@ class REINFORCE:
         self.policy.save_pretrained(folder)
 
 
-def build(policy: torch.nn.Module, ref: torch.nn.Module, tokenizer: Any, config: RLConfig) -> REINFORCE:
+def build(policy: torch.nn.Module, ref: torch.nn.Module | None, tokenizer: Any, config: RLConfig) -> REINFORCE:
     """REINFORCE for `policy`; `ref` and `tokenizer` are unused (the reference log-probs come in the batch)."""
     return REINFORCE(policy, config)

@@ -1,7 +1,7 @@
 """What each kind of RL does in one step, behind one interface (`Steps`) that core.py's loop drives.
 
 PPO, GRPO and REINFORCE (`PolicyGradientSteps`) sample a seeded slice of the prompts at the rollout
-temperature, pad the samples with the reference's log-probs and call their `Algorithm.update`
+temperature, pad the samples with the reference's log-probs (none at KL 0) and call their `Algorithm.update`
 (ppo.py, grpo.py, reinforce.py); Expert Iteration (`ExpertIterationSteps`) samples every prompt with
 its own settings and runs `ei.run_round`. Everything else (grading, logging, checkpoints, evaluation)
 is the same for all of them and lives in core.py. This module is the only one that knows every
@@ -44,8 +44,11 @@ def sample_seed(seed: int, step: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"rl:{seed}:{step}".encode(), digest_size=4).digest(), "little")
 
 
-def rollout_kl(batch: RolloutBatch) -> torch.Tensor:
-    """[sum of k1, k2, k3 over response tokens, token count] of the sampling policy vs the reference."""
+def rollout_kl(batch: RolloutBatch) -> torch.Tensor | None:
+    """[sum of k1, k2, k3 over response tokens, token count] of the sampling policy vs the reference
+    (None without a reference pass)."""
+    if batch.ref_logp is None:
+        return None
     mask = batch.response_mask
     sums = [kl_estimate(batch.old_logp, batch.ref_logp, mask, name).sum() for name in KL_ESTIMATORS]
     return torch.stack([*sums, mask.sum()]).double()
@@ -101,8 +104,10 @@ class PolicyGradientSteps:
         batch, seconds["time_reference"] = build_batch(
             rollouts, tokenizer=self.tokenizer, ref=self.ref, temperature=config.rollout.temperature,
             truncation=config.rollout.truncation, micro_batch_size=config.micro_batch_size,
+            device=next(self.policy.parameters()).device,
         )  # fmt: skip
-        kl = dist.global_sum(rollout_kl(batch)).tolist()
+        sums = rollout_kl(batch)
+        kl = dist.global_sum(sums).tolist() if sums is not None else None
         gap: dict[str, float | None] = {"logprob_gap_mean": None, "logprob_gap_max": None}
         if config.rollout.backend != "torch":  # samples from another engine: how far from the trainer's forward
             started = time.perf_counter()

@@ -50,7 +50,7 @@ class MicroBatch:
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     old_logp: torch.Tensor
-    ref_logp: torch.Tensor
+    ref_logp: torch.Tensor | None  # None without a reference pass (KL 0)
 
 
 def micro_batches(batch: RolloutBatch, indices: torch.Tensor, size: int) -> Iterator[MicroBatch]:
@@ -60,7 +60,8 @@ def micro_batches(batch: RolloutBatch, indices: torch.Tensor, size: int) -> Iter
         cols = int(batch.attention_mask[rows].sum(1).max())
         yield MicroBatch(
             rows, cols, batch.tokens[rows, :cols], batch.attention_mask[rows, :cols],
-            batch.response_mask[rows, :cols], batch.old_logp[rows, :cols], batch.ref_logp[rows, :cols],
+            batch.response_mask[rows, :cols], batch.old_logp[rows, :cols],
+            batch.ref_logp[rows, :cols] if batch.ref_logp is not None else None,
         )  # fmt: skip
 
 
@@ -102,11 +103,18 @@ def step_counts(**norms: float) -> Sums:
     return Sums(**{name: norm * share for name, norm in norms.items()}, steps=share)
 
 
+def kl_sums(kl_to_ref: torch.Tensor | None, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A micro-batch's summed KL to the reference for Sums; nothing without a reference pass, so
+    that kl_loss is reported as None (not measured), never as 0."""
+    return {} if kl_to_ref is None else {"kl_to_ref": (kl_to_ref * mask).sum()}
+
+
 MicroLoss = Callable[
-    ["MicroBatch", torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ["MicroBatch", torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 ]
 """(micro-batch, its log-probs [m, cols], the minibatch's global tokens, sequences) -> (loss share,
-clipped [m, cols], kl_to_ref [m, cols]): what a critic-free algorithm supplies to `policy_step`."""
+clipped [m, cols], kl_to_ref [m, cols] or None without a reference pass): what a critic-free
+algorithm supplies to `policy_step`."""
 
 
 def policy_step(
@@ -137,7 +145,7 @@ def policy_step(
                 Sums(
                     entropy=(entropy * mask).sum(), clipped=(clipped * mask).sum(),
                     approx_kl=approx_kl(logp, micro.old_logp, mask).sum(),
-                    kl_to_ref=(kl_to_ref * mask).sum(), tokens=mask.sum(), loss=loss,
+                    tokens=mask.sum(), loss=loss, **kl_sums(kl_to_ref, mask),
                 )
             )  # fmt: skip
     sums.add(step_counts(grad_norm=optimizer_step(policy, optimizer, config.grad_clip)))
@@ -148,7 +156,7 @@ def update_diagnostics(sums: Sums, device: torch.device) -> tuple[dict[str, floa
     """(what every PPO/GRPO update reports, the global totals of `sums` for the rest). Per optimizer
     step: the loss and the gradient norm; per response token of the update's forwards: the entropy,
     the clipped fraction, approx_kl (vs the sampling policy) and kl_loss (the estimator vs the
-    reference)."""
+    reference; None without a reference pass)."""
     total = sums.global_totals(device)
     tokens, steps = max(total["tokens"], 1.0), max(total["steps"], 1.0)
     line = {
@@ -156,7 +164,7 @@ def update_diagnostics(sums: Sums, device: torch.device) -> tuple[dict[str, floa
         "entropy": total["entropy"] / tokens,
         "clip_fraction": total["clipped"] / tokens,
         "approx_kl": total["approx_kl"] / tokens,
-        "kl_loss": total["kl_to_ref"] / tokens,
+        "kl_loss": total["kl_to_ref"] / tokens if "kl_to_ref" in total else None,
         "grad_norm": total["grad_norm"] / steps,
     }
     return line, total
