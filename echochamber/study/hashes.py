@@ -19,7 +19,11 @@ from echochamber.rl.config import ALGORITHMS
 from echochamber.study.config import StudyConfig
 
 # Keys that change how a stage reports, checkpoints or batches its work, never what it computes.
-NOT_HASHED = ("progress", "tensorboard", "wandb_project", "checkpoint_every", "keep_checkpoints", "micro_batch_size")
+# reference_pass only adds the KL-to-reference metrics of a KL-0 run; its training is the same.
+NOT_HASHED = (
+    "progress", "tensorboard", "wandb_project", "checkpoint_every", "keep_checkpoints", "micro_batch_size",
+    "reference_pass",
+)
 # (section path, key) -> the value at which a key added later changes nothing.
 LATER_KEYS: dict[tuple[tuple[str, ...], str], Any] = {
     (("pretrain",), "epochs"): None,

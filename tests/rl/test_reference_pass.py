@@ -134,3 +134,14 @@ def test_a_kl_zero_run_never_loads_or_runs_the_reference_and_learns_the_same(
     final = {"full": load_model(tmp_path / "full" / "final"), "skipped": load_model(tmp_path / "skipped" / "final")}
     weights = {name: model.state_dict() for name, model in final.items()}
     assert all(torch.equal(weights["full"][k], weights["skipped"][k]) for k in weights["full"])
+
+
+def test_the_reference_pass_setting_reruns_no_study_stage():
+    """It changes only what a KL-0 run's metrics report, so a study that turns it on (paper-cpu's KL
+    dose) keeps every stage hash: nothing already done is run again."""
+    from echochamber.study.config import load_study
+    from echochamber.study.hashes import stage_hashes
+
+    always = load_study(preset="quickstart", overrides=["rl.reference_pass=always"])
+    assert always.rl.reference_pass == "always"
+    assert stage_hashes(always) == stage_hashes(load_study(preset="quickstart"))
