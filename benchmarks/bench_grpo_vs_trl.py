@@ -2,6 +2,7 @@
 
     python benchmarks/bench_grpo_vs_trl.py                       # 16 prompts x 8, <= 128 new tokens
     python benchmarks/bench_grpo_vs_trl.py --steps 3 --policy RUN/final   # a pretrained checkpoint
+    python benchmarks/bench_grpo_vs_trl.py --preset small --threads 1     # the small preset, 1 thread
 
 Both sides get the same model (by default a random `tiny` preset, ~1M parameters, over a 4k BPE
 trained on GSM8K questions; or --policy), the same GSM8K train prompts (question + "\\n\\n"), group
@@ -15,6 +16,12 @@ each side is a warm-up and is not counted; the whole call (setup, warm-up, loggi
 is printed too, as an upper bound. A random model rarely stops before the limit, so both
 sides sample the full length: the worst case for sampling speed.
 
+Where our step's time goes (docs/performance.md): each phase's share, and its achieved GFLOP/s
+(useful tokens only: the padding a micro-batch carries counts as lost time) against the dense-GEMM
+rate of the model's own linear layers at that phase's rows, measured in the same run
+(bench_pretrain.bench_matmuls); sampling also as GB/s of weights and KV cache read per decoding
+step against a measured copy bandwidth.
+
 The machine may be shared: the load average is printed before and after; compare runs made at
 similar load.
 """
@@ -22,6 +29,7 @@ similar load.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -33,18 +41,25 @@ import torch
 
 from echochamber.data.paths import data_dir
 from echochamber.data.sources import load_source
-from echochamber.data.tokenizer import PROMPT_SEPARATOR, load_tokenizer, pad_token_id, train_bpe
-from echochamber.model.presets import build_model, count_parameters, load_model
+from echochamber.data.tokenizer import (
+    PROMPT_SEPARATOR,
+    encode_prompt,
+    load_tokenizer,
+    pad_token_id,
+    train_bpe,
+)
+from echochamber.model.presets import build_model, count_parameters, flops_per_token, load_model, spec_of
 from echochamber.rl.config import load_rl_config, rl_preset
 from echochamber.rl.core import run_rl
+from echochamber.rl.rollout import read_rollouts
 from echochamber.runlog import METRICS_FILE, read_metrics
 from echochamber.verify.grade import Grader
 
 
-def random_policy(folder: Path, questions: list[str], vocab: int) -> Path:
+def random_policy(folder: Path, questions: list[str], vocab: int, preset: str) -> Path:
     tokenizer = train_bpe((q + PROMPT_SEPARATOR for q in questions), vocab)
     model = build_model(
-        "tiny", len(tokenizer), seed=0, pad_token_id=pad_token_id(tokenizer), eos_token_id=tokenizer.eos_token_id
+        preset, len(tokenizer), seed=0, pad_token_id=pad_token_id(tokenizer), eos_token_id=tokenizer.eos_token_id
     )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -118,7 +133,9 @@ def time_trl(policy: Path, records: list, grader: Grader, args: argparse.Namespa
     }
 
 
-def time_ours(policy: Path, gsm8k: Path, grader: Grader, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def time_ours(
+    policy: Path, gsm8k: Path, records: list, grader: Grader, args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
     config = load_rl_config("cpu", [f"policy={policy}", f"out={out}"])
     config.prompts.dataset, config.prompts.path = "gsm8k", str(gsm8k)
     config.rollout.prompts_per_step, config.rollout.samples_per_prompt = args.prompts, args.group
@@ -140,7 +157,60 @@ def time_ours(policy: Path, gsm8k: Path, grader: Grader, args: argparse.Namespac
         "wall": wall / (args.steps + 1),
         "split": {part: statistics.mean(line[part] for line in lines) for part in parts},
         "mean_length": statistics.mean(line["response_length"] for line in lines),
+        "tokens": step_tokens(out, policy, records, steps=range(2, args.steps + 2)),
     }
+
+
+def step_tokens(out: Path, policy: Path, records: list, steps: range) -> tuple[float, float]:
+    """Mean (prompt tokens, response tokens) per sample over the timed steps, from the rollout files."""
+    tokenizer, prompts = load_tokenizer(policy), {r.id: r.prompt for r in records}
+    rows = [row for step in steps for row in read_rollouts(out / "rollouts" / f"step_{step:06d}.jsonl.gz")]
+    prompt = statistics.mean(len(encode_prompt(tokenizer, prompts[row["prompt_id"]])) for row in rows)
+    return prompt, statistics.mean(row["n_tokens"] for row in rows)
+
+
+def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """GB/s of a large tensor copy (one read and one write per byte), best of `repeats`."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.numel() * 4 / best / 1e9
+
+
+def phase_table(model: Any, result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Our step's phases: share, achieved GFLOP/s of useful tokens and % of the GEMM ceiling at the
+    phase's rows, sampling also as GB/s read against the copy bandwidth."""
+    from bench_pretrain import bench_matmuls
+
+    prompt, response = result["tokens"]
+    length, n = prompt + response, args.prompts * args.group
+    train = flops_per_token(model, int(length)) * length * n  # forward + backward over every token
+    spec, context = spec_of(model), prompt + response / 2  # mean context of a decoding step
+    decode = flops_per_token(model, int(context)) / 3 * response * n  # forward only, generated tokens
+    update_ceiling = bench_matmuls(model, int(args.micro_batch * length), repeats=3)
+    decode_ceiling = bench_matmuls(model, n, repeats=20)
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    kv_cache = 2 * spec.n_layers * spec.d_model * context * n * 4  # K and V of every row, float32
+    bandwidth = copy_bandwidth()
+    split, step = result["split"], sum(result["split"].values())
+    flops = {"time_generate": decode, "time_reward": None, "time_reference": train / 3, "time_update": train}
+    ceilings = {"time_generate": decode_ceiling, "time_reference": update_ceiling, "time_update": update_ceiling}
+    print(f"our step, phase by phase (mean of the timed steps; {prompt:.0f} prompt + {response:.0f} response tokens "
+          f"per sample; GEMM ceiling {update_ceiling:.1f} GFLOP/s at {int(args.micro_batch * length)} rows, "
+          f"{decode_ceiling:.1f} at {n}; copy {bandwidth:.1f} GB/s; load {os.getloadavg()[0]:.1f}):")  # fmt: skip
+    for part, seconds in split.items():
+        line = f"  {part.removeprefix('time_'):10s} {seconds:6.2f} s {seconds / step:5.0%}"
+        if flops[part] is not None and seconds > 0:
+            rate = flops[part] / seconds / 1e9
+            line += f"  {rate:6.1f} GFLOP/s = {rate / ceilings[part]:4.0%} of the GEMM ceiling"
+        if part == "time_generate" and seconds > 0:
+            read = (weights + kv_cache) * response / seconds / 1e9
+            line += f"; {read:.1f} GB/s of weights + KV cache read = {read / bandwidth:.0%} of copy bandwidth"
+        print(line)
 
 
 def main() -> None:
@@ -154,6 +224,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per side (after one warm-up step)")
     parser.add_argument("--vocab", type=int, default=4096, help="BPE size of the random model")
+    parser.add_argument("--preset", default="tiny", help="model preset of the random model (tiny, small)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
     parser.add_argument("--micro-batch", type=int, help="sequences per forward/backward, both sides (default: the cpu preset's)")
     parser.add_argument("--only", choices=("trl", "ours"), help="time one side only")
@@ -170,7 +241,7 @@ def main() -> None:
     records = load_source("gsm8k", path=gsm8k)
     with tempfile.TemporaryDirectory() as tmp, Grader(workers=2) as grader:
         work = Path(tmp)
-        policy = args.policy or random_policy(work / "policy", [r.prompt for r in records], args.vocab)
+        policy = args.policy or random_policy(work / "policy", [r.prompt for r in records], args.vocab, args.preset)
         model = load_model(policy)
         print(f"model: {policy} ({count_parameters(model) / 1e6:.2f}M parameters, vocab {model.config.vocab_size}); "
               f"{args.prompts} prompts x {args.group} = {args.prompts * args.group} completions, <= {args.new_tokens} "
@@ -180,7 +251,7 @@ def main() -> None:
         if args.only in (None, "trl"):
             results["trl"] = time_trl(policy, records, grader, args, work / "trl")
         if args.only in (None, "ours"):
-            results["ours"] = time_ours(policy, gsm8k, grader, args, work / "ours")
+            results["ours"] = time_ours(policy, gsm8k, records, grader, args, work / "ours")
     import trl
 
     names = {"trl": f"TRL {trl.__version__} GRPOTrainer", "ours": "echochamber GRPO"}
@@ -193,7 +264,9 @@ def main() -> None:
               f"{result['wall']:.2f} s/step)")  # fmt: skip
     if len(results) == 2:
         ratio = statistics.median(results["trl"]["seconds"]) / statistics.median(results["ours"]["seconds"])
-        print(f"speed-up (TRL s/step / ours): {ratio:.1f}x (goal >= 3x)")
+        print(f"speed-up (TRL s/step / ours): {ratio:.1f}x (goal >= 4x)")
+    if "ours" in results:
+        phase_table(model, results["ours"], args)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
