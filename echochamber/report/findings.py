@@ -218,24 +218,32 @@ def _passk_majk(sweep: SweepData) -> list[dict[str, Any]]:
 
 
 def _hard_transfer(sweep: SweepData) -> dict[str, Any]:
+    """Per setting and harder split: the change of pass@1 measured as the mean over a prompt's
+    samples where the evaluation drew several (64 samples resolve a 2 % prompt; greedy decoding
+    reads 0 or 1 and sits at the floor on a rung the base rarely solves), else greedy correctness."""
     claim = Claim("directional", NEGLIGIBLE)
     settings = []
     for key, group in group_settings(sweep).items():
         runs = policy_gradient(group)
         for bench in harder_benchmarks(runs):
-            found = over_seeds(runs, gain(bench, pass1))
+            k = common_k(runs, bench)
+            metric, name = (pass_at(1), "sampled pass@1") if k > 1 else (pass1, "greedy pass@1")
+            found = over_seeds(runs, gain(bench, metric))
             if found is not None:
-                before = over_seeds(runs, at("base", bench, pass1))
-                k = common_k(runs, bench)
-                headroom = over_seeds(runs, at("base", bench, pass_at(k))) if k > 1 else None
-                details = {"benchmark": bench, "pass@1 before": before.effect if before else None}
-                if headroom is not None:
-                    details[f"pass@{k} before (headroom)"] = headroom.effect
+                before = over_seeds(runs, at("base", bench, metric))
+                details = {
+                    "benchmark": bench,
+                    "measure": name,
+                    f"{name} before": before.effect if before else None,
+                }
+                if k > 1:
+                    headroom = over_seeds(runs, at("base", bench, pass_at(k)))
+                    details[f"pass@{k} before (headroom)"] = headroom.effect if headroom else None
                 settings.append(judge(f"{key} · {bench}", claim, found, details))
     return finding(
         "hard_transfer",
-        f"PPO/GRPO on the training distribution transfer to the harder split: pass@1 rises (interval above 0; "
-        f"within ±{NEGLIGIBLE:.0%} counts as no change).",
+        f"PPO/GRPO on the training distribution transfer to each harder split: pass@1 (over samples where "
+        f"sampled, else greedy) rises (interval above 0; within ±{NEGLIGIBLE:.0%} counts as no change).",
         claim, "Δ pass@1 (fraction of prompts)", settings,
         "no evaluation of a harder split (a ladder rung world-<k>step, world-hard, math500, aime) both before and after RL",
     )  # fmt: skip

@@ -189,4 +189,11 @@ def test_transfer_is_judged_on_each_rung_of_the_ladder_with_its_base_headroom(
     benches = [setting["details"]["benchmark"] for setting in transfer["settings"]]
     assert benches == ["world-2step", "world-3step", "world-hard"]
     assert all(0 < setting["details"]["pass@6 before (headroom)"] <= 1 for setting in transfer["settings"])
+    # Six samples a prompt: the change is measured on their mean, not on greedy decoding's 0 or 1.
+    assert all(setting["details"]["measure"] == "sampled pass@1" for setting in transfer["settings"])
+    (data,) = collect(run).runs
+    base, final = (data.eval(phase, "world-2step").prompts for phase in ("base", "final"))
+    sampled = sum(final[p].pass_at[1] - base[p].pass_at[1] for p in base) / len(base)
+    greedy = sum(final[p].pass1 - base[p].pass1 for p in base) / len(base)
+    assert transfer["settings"][0]["effect"] == pytest.approx(sampled) and sampled != pytest.approx(greedy)
     assert transfer["verdict"] != "not_tested"
