@@ -100,8 +100,8 @@ def transfer_markdown(runs: list[RunData]) -> str | None:
         rows.append([bench, role, _before_after(runs, bench, pass1), k, *sampled, _delta(found), found.basis])
     if not rows:
         return None
-    header = ["benchmark", "", "pass@1 (greedy)", "k", "pass@k", "maj@k", "Δ pass@1 [95 % interval]"]
-    header.append("basis")
+    header = ["benchmark", "level", "pass@1 (greedy)", "k", "pass@k", "maj@k"]
+    header += ["Δ greedy pass@1 [95 % interval]", "basis"]
     return md_table(header, rows)
 
 

@@ -105,3 +105,10 @@ def test_the_command_prints_markdown_on_stdout_and_the_page_path_on_stderr(
     out, err = capsys.readouterr()
     assert out.startswith("### Findings (run)\n") and "### Before and after RL, per rung (run)" in out
     assert f"wrote {run / 'report' / 'index.html'}" in err
+
+
+def test_the_transfer_table_says_its_delta_is_the_greedy_pass1(tmp_path: Path, synthetic) -> None:
+    _, text = markdown_report(synthetic.write_planted_run(tmp_path / "run", PLANTED, N))
+    section = text.split("### Before and after RL, per rung", 1)[1]
+    header = next(line for line in section.splitlines() if line.startswith("|"))
+    assert "| level | pass@1 (greedy) |" in header and "| Δ greedy pass@1 [95 % interval] |" in header
