@@ -17,7 +17,7 @@ weights pushed after the first update). What only a GPU shows is checked on the 
 colocated settings and the weight push, a stopped vLLM sample ends in its EOS with a log-prob (the
 sampler raises otherwise), and the float32 engine's gap is float error (printed as CHECK lines).
 Prints one table per part; paste them into the closing note of issue 13. `--device cpu` with a tiny
-preset runs the same code without a GPU (tests/test_benchmarks.py does, with a stand-in vllm).
+preset runs the same code without a GPU (tests/test_bench_gpu_rollouts.py does, with a stand-in vllm).
 
 Every vLLM engine, and every GRPO run, lives in a child process of its own (this script with
 `--part`): a colocated engine runs in the process that built it, and vLLM does not give its GPU memory
