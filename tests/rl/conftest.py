@@ -24,13 +24,16 @@ import torch.nn.functional as F
 
 from echochamber.data.tokenizer import (
     PROMPT_SEPARATOR,
+    encode_document,
     encode_documents,
     encode_prompt,
+    load_tokenizer,
     pad_token_id,
     train_bpe,
 )
 from echochamber.data.world import WorldConfig, world_records
-from echochamber.model.presets import build_model
+from echochamber.model.presets import build_model, load_model
+from echochamber.rl.rollout import Rollout, build_batch, sequence_logprobs
 from echochamber.verify.grade import Grader
 
 # A small world: generated in milliseconds; its splits serve as world prompts and the eval benchmark.
@@ -131,6 +134,39 @@ def two_answer_prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fitted_texts():
     """(question(index), short_answer(code, number)): how the fixture policy's texts are made."""
     return question, short_answer
+
+
+@pytest.fixture
+def own_answers_batch(tiny_policy: Path):
+    """build(ref="policy" | a module | None) -> (policy, tokenizer, RolloutBatch): two groups of the
+    fixture policy's own answers (each has probability ~1/4 under it), one rewarded and one not per
+    group, old_logp the policy's own at T=0.7 (ratio 1), ref_logp from `ref` ("policy": the policy
+    itself; None: no reference pass). The batch of every update test of GRPO, REINFORCE and the
+    reference-pass switch."""
+    def build(ref: torch.nn.Module | str | None = "policy"):
+        model, tokenizer = load_model(tiny_policy), load_tokenizer(tiny_policy)
+        rows = [(question(0), short_answer(False, "2"), 1.0), (question(0), short_answer(True, "5"), 0.0),
+                (question(1), short_answer(False, "2"), 0.0), (question(1), short_answer(True, "5"), 1.0)]  # fmt: skip
+        rollouts = []
+        for i, (text_of_question, text, reward) in enumerate(rows):
+            prompt = encode_prompt(tokenizer, text_of_question)
+            response = encode_document(tokenizer, text_of_question, text)[len(prompt) :]
+            rollouts.append(
+                Rollout(prompt_id=f"g{i // 2}", sample_index=i % 2, prompt_token_ids=prompt, token_ids=response,
+                        logprobs=[0.0] * len(response), text=text, format="other", answer=None, status="ok",
+                        correct=reward > 0, truncated=False, reward=reward)
+            )  # fmt: skip
+        batch, ref_seconds = build_batch(
+            rollouts, tokenizer=tokenizer, ref=model if ref == "policy" else ref, temperature=0.7,
+            truncation="zero", micro_batch_size=4, device=torch.device("cpu"),
+        )  # fmt: skip
+        # No reference, no reference pass: neither its log-probs nor its time.
+        assert (batch.ref_logp is None) == (ref is None) and (ref_seconds == 0.0) == (ref is None)
+        with torch.no_grad():
+            batch.old_logp = sequence_logprobs(model, batch.tokens, batch.attention_mask, 0.7)[0] * batch.response_mask
+        return model, tokenizer, batch
+
+    return build
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,10 @@ import pytest
 import torch
 
 from echochamber.config import load_config
-from echochamber.data.tokenizer import encode_document, encode_prompt, load_tokenizer
-from echochamber.model.presets import load_model
 from echochamber.rl.config import GRPOConfig, RLConfig
 from echochamber.rl.grpo import build, group_advantages, grpo_loss, sample_advantages
 from echochamber.rl.losses import aggregate, micro_batch_loss
-from echochamber.rl.rollout import Rollout, RolloutBatch, build_batch, sequence_logprobs
+from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
 
 
 def test_zscore_advantages_use_the_bessel_std_plus_eps_per_group():
@@ -150,27 +148,6 @@ def _tensor_batch(
 # --- the update on the tiny policy ---------------------------------------------------------------
 
 
-def _policy_batch(tiny_policy, fitted_texts) -> tuple[torch.nn.Module, RolloutBatch, object]:
-    """Two groups of the fixture policy's own answers (each has probability ~1/4 under it), one right
-    and one wrong per group, old_logp = the policy's own."""
-    question, answer = fitted_texts
-    model, tokenizer = load_model(tiny_policy), load_tokenizer(tiny_policy)
-    rows = [(question(0), answer(False, "2"), 1.0), (question(0), answer(True, "5"), 0.0),
-            (question(1), answer(False, "2"), 0.0), (question(1), answer(True, "5"), 1.0)]  # fmt: skip
-    rollouts = []
-    for i, (text_of_question, text, reward) in enumerate(rows):
-        prompt = encode_prompt(tokenizer, text_of_question)
-        response = encode_document(tokenizer, text_of_question, text)[len(prompt) :]
-        rollouts.append(
-            Rollout(prompt_id=f"g{i // 2}", sample_index=i % 2, prompt_token_ids=prompt, token_ids=response,
-                    logprobs=[0.0] * len(response), text=text, format="other", answer=None, status="ok",
-                    correct=reward > 0, truncated=False, reward=reward)
-        )  # fmt: skip
-    batch, _ = build_batch(rollouts, tokenizer=tokenizer, ref=model, temperature=0.7, truncation="zero", micro_batch_size=4)
-    batch.old_logp = _logp(model, batch) * batch.response_mask
-    return model, batch, tokenizer
-
-
 def _config(**grpo: object) -> RLConfig:
     return load_config(RLConfig, base={"policy": "p", "out": "o", "grpo": {"lr": 1e-3, **grpo}, "rollout": {"temperature": 0.7}})
 
@@ -180,8 +157,8 @@ def _logp(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
         return sequence_logprobs(model, batch.tokens, batch.attention_mask, 0.7)[0]
 
 
-def test_update_moves_probability_toward_rewarded_responses(tiny_policy, fitted_texts):
-    model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
+def test_update_moves_probability_toward_rewarded_responses(own_answers_batch):
+    model, tokenizer, batch = own_answers_batch()
     before = (_logp(model, batch) * batch.response_mask).sum(1)
     grpo = build(model, copy.deepcopy(model), tokenizer, _config(lr=1e-4))
     diagnostics = grpo.update(batch)
@@ -195,10 +172,10 @@ def test_update_moves_probability_toward_rewarded_responses(tiny_policy, fitted_
     assert diagnostics["entropy"] > 0 and diagnostics["grad_norm"] > 0
 
 
-def test_diagnostics_equal_their_closed_form_once_the_ratio_has_moved(tiny_policy, fitted_texts):
+def test_diagnostics_equal_their_closed_form_once_the_ratio_has_moved(own_answers_batch):
     """On a second pass over the same rollout the policy is no longer the sampler: the ratio, the
     clipped tokens, approx_kl and the loss all follow from the log-probs in closed form."""
-    model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
+    model, tokenizer, batch = own_answers_batch()
     clip, beta = 0.02, 0.1
     grpo = build(model, copy.deepcopy(model), tokenizer, _config(lr=1e-3, clip=clip, kl_coef=beta, std_eps=1e-6))
     grpo.update(batch)  # moves the policy: batch.old_logp is now a different policy's
@@ -223,12 +200,12 @@ def test_diagnostics_equal_their_closed_form_once_the_ratio_has_moved(tiny_polic
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "constant"])
-def test_update_does_not_depend_on_the_micro_batch_size(tiny_policy, fitted_texts, aggregation):
+def test_update_does_not_depend_on_the_micro_batch_size(own_answers_batch, aggregation):
     """The gradient of the minibatch (left in .grad after the step) and its diagnostics are the same for
     any micro-batching. The sampler's log-probs are shifted at random (std 0.3, fixed seed) so the ratio
     is not 1 and some tokens clip: the loss is not ~0 by construction, as it is at ratio 1.
     (Parameters are not compared: Adam's g / sqrt(v) amplifies float noise where g is ~0.)"""
-    model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
+    model, tokenizer, batch = own_answers_batch()
     shift = 0.3 * torch.randn(batch.old_logp.shape, generator=torch.Generator().manual_seed(0))
     batch.old_logp = (batch.old_logp + shift) * batch.response_mask
     # The reference is the policy itself, so its KL would be ~0 and compared as float noise, which
@@ -253,8 +230,8 @@ def test_update_does_not_depend_on_the_micro_batch_size(tiny_policy, fitted_text
             assert diagnostics[key] == pytest.approx(results[0][1][key], rel=1e-5, abs=1e-8), key
 
 
-def test_optimizer_state_round_trips(tiny_policy, fitted_texts):
-    model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
+def test_optimizer_state_round_trips(own_answers_batch):
+    model, tokenizer, batch = own_answers_batch()
     first = build(model, model, tokenizer, _config())
     first.update(batch)
     twin_model = copy.deepcopy(model)

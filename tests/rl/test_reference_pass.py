@@ -11,12 +11,10 @@ import pytest
 import torch
 
 from echochamber.config import load_config
-from echochamber.data.tokenizer import encode_document, encode_prompt, load_tokenizer
 from echochamber.model.presets import load_model
 from echochamber.rl import core, grpo, ppo, reinforce, rollout
 from echochamber.rl.config import RLConfig
 from echochamber.rl.core import run_rl
-from echochamber.rl.rollout import Rollout, RolloutBatch, build_batch, sequence_logprobs
 from echochamber.runlog import read_metrics
 
 BUILDERS = {"grpo": grpo.build, "ppo": ppo.build, "reinforce": reinforce.build}
@@ -39,32 +37,6 @@ def test_only_a_kl_penalty_or_the_always_setting_needs_the_reference():
     assert not _config("grpo", 1e-3).uses_reference("ei")  # Expert Iteration has no KL term
 
 
-def _batch(tiny_policy: Path, fitted_texts, ref: torch.nn.Module | None) -> RolloutBatch:
-    """Two groups of the fixture policy's own answers, one rewarded and one not in each, old_logp the
-    policy's own; the reference's log-probs from `ref` (None: no reference pass)."""
-    question, answer = fitted_texts
-    model, tokenizer = load_model(tiny_policy), load_tokenizer(tiny_policy)
-    rows = [(question(0), answer(False, "2"), 1.0), (question(0), answer(True, "5"), 0.0),
-            (question(1), answer(False, "2"), 0.0), (question(1), answer(True, "5"), 1.0)]  # fmt: skip
-    rollouts = []
-    for i, (text_of_question, text, reward) in enumerate(rows):
-        prompt = encode_prompt(tokenizer, text_of_question)
-        response = encode_document(tokenizer, text_of_question, text)[len(prompt) :]
-        rollouts.append(
-            Rollout(prompt_id=f"g{i // 2}", sample_index=i % 2, prompt_token_ids=prompt, token_ids=response,
-                    logprobs=[0.0] * len(response), text=text, format="other", answer=None, status="ok",
-                    correct=reward > 0, truncated=False, reward=reward)
-        )  # fmt: skip
-    batch, seconds = build_batch(
-        rollouts, tokenizer=tokenizer, ref=ref, temperature=0.7, truncation="zero", micro_batch_size=4,
-        device=torch.device("cpu"),
-    )  # fmt: skip
-    assert (batch.ref_logp is None) == (ref is None) and (seconds == 0.0) == (ref is None)
-    with torch.no_grad():
-        batch.old_logp = sequence_logprobs(model, batch.tokens, batch.attention_mask, 0.7)[0] * batch.response_mask
-    return batch
-
-
 def _far_reference(tiny_policy: Path) -> torch.nn.Module:
     """The policy with every weight moved: its log-probs differ from the policy's everywhere, so any
     term that read them with a nonzero weight would change the update."""
@@ -76,14 +48,14 @@ def _far_reference(tiny_policy: Path) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo", "reinforce"])
-def test_an_update_at_kl_zero_equals_the_full_path_without_the_reference(tiny_policy, fitted_texts, algo):
+def test_an_update_at_kl_zero_equals_the_full_path_without_the_reference(tiny_policy, own_answers_batch, algo):
     config = _config(algo, 0.0)
     outcomes = []
     for ref in (_far_reference(tiny_policy), None):
         torch.manual_seed(0)  # PPO's fresh value head
         policy = load_model(tiny_policy)
         algorithm = BUILDERS[algo](policy, ref, None, config)
-        diagnostics = algorithm.update(_batch(tiny_policy, fitted_texts, ref))
+        diagnostics = algorithm.update(own_answers_batch(ref)[2])
         outcomes.append((policy.state_dict(), diagnostics))
     (full, with_ref), (skipped, without_ref) = outcomes
     assert with_ref["kl_loss"] != 0 and without_ref["kl_loss"] is None  # measured vs not measured, never 0
@@ -92,10 +64,10 @@ def test_an_update_at_kl_zero_equals_the_full_path_without_the_reference(tiny_po
 
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo", "reinforce"])
-def test_a_kl_penalty_without_the_reference_is_refused(tiny_policy, fitted_texts, algo):
+def test_a_kl_penalty_without_the_reference_is_refused(tiny_policy, own_answers_batch, algo):
     algorithm = BUILDERS[algo](load_model(tiny_policy), None, None, _config(algo, 1e-3))
     with pytest.raises(ValueError, match="needs the reference"):
-        algorithm.update(_batch(tiny_policy, fitted_texts, None))
+        algorithm.update(own_answers_batch(None)[2])
 
 
 def _run(tiny_policy: Path, prompts: Path, world, out: Path, grader, reference_pass: str) -> list[dict[str, Any]]:

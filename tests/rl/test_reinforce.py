@@ -10,13 +10,11 @@ import pytest
 import torch
 
 from echochamber.config import load_config
-from echochamber.data.tokenizer import encode_document, encode_prompt, load_tokenizer
-from echochamber.model.presets import load_model
 from echochamber.rl.config import REINFORCEConfig, RLConfig
 from echochamber.rl.core import run_rl
 from echochamber.rl.losses import gae, masked_whiten
 from echochamber.rl.reinforce import build, centred_rewards, reinforce_loss, token_advantages
-from echochamber.rl.rollout import Rollout, RolloutBatch, build_batch, sequence_logprobs
+from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
 from echochamber.runlog import read_metrics
 
 REWARDS = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
@@ -142,32 +140,6 @@ def test_gradient_at_ratio_one_is_the_reinforce_gradient():
 # --- the update on the tiny policy ---------------------------------------------------------------
 
 
-def _policy_batch(tiny_policy, fitted_texts) -> tuple[torch.nn.Module, RolloutBatch, object]:
-    """Two groups of the fixture policy's own answers, one rewarded and one not in each, old_logp =
-    the policy's own (ratio 1)."""
-    question, answer = fitted_texts
-    model, tokenizer = load_model(tiny_policy), load_tokenizer(tiny_policy)
-    rows = [(question(0), answer(False, "2"), 1.0), (question(0), answer(True, "5"), 0.0),
-            (question(1), answer(False, "2"), 0.0), (question(1), answer(True, "5"), 1.0)]  # fmt: skip
-    rollouts = []
-    for i, (text_of_question, text, reward) in enumerate(rows):
-        prompt = encode_prompt(tokenizer, text_of_question)
-        response = encode_document(tokenizer, text_of_question, text)[len(prompt) :]
-        rollouts.append(
-            Rollout(prompt_id=f"g{i // 2}", sample_index=i % 2, prompt_token_ids=prompt, token_ids=response,
-                    logprobs=[0.0] * len(response), text=text, format="other", answer=None, status="ok",
-                    correct=reward > 0, truncated=False, reward=reward)
-        )  # fmt: skip
-    batch, _ = build_batch(
-        rollouts, tokenizer=tokenizer, ref=model, temperature=0.7, truncation="zero", micro_batch_size=4
-    )
-    with torch.no_grad():
-        batch.old_logp = (
-            sequence_logprobs(model, batch.tokens, batch.attention_mask, 0.7)[0] * batch.response_mask
-        )
-    return model, batch, tokenizer
-
-
 def _config(**reinforce: object) -> RLConfig:
     return load_config(
         RLConfig,
@@ -188,8 +160,8 @@ def _sequence_logp(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("baseline", ["mean", "loo"])
-def test_update_moves_probability_toward_rewarded_responses(tiny_policy, fitted_texts, baseline):
-    model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
+def test_update_moves_probability_toward_rewarded_responses(own_answers_batch, baseline):
+    model, tokenizer, batch = own_answers_batch()
     before = _sequence_logp(model, batch)
     diagnostics = build(model, copy.deepcopy(model), tokenizer, _config(baseline=baseline)).update(batch)
     change = _sequence_logp(model, batch) - before
@@ -199,10 +171,10 @@ def test_update_moves_probability_toward_rewarded_responses(tiny_policy, fitted_
     assert diagnostics["kl_penalty_mean"] == 0.0  # the reference is the policy itself
 
 
-def test_update_does_not_depend_on_the_micro_batch_size(tiny_policy, fitted_texts):
+def test_update_does_not_depend_on_the_micro_batch_size(own_answers_batch):
     """With the sampler's log-probs shifted (ratio != 1, some tokens clip), the gradient left after the
     step and the diagnostics are the same for micro-batches of 1 and 4."""
-    model, batch, tokenizer = _policy_batch(tiny_policy, fitted_texts)
+    model, tokenizer, batch = own_answers_batch()
     shift = 0.3 * torch.randn(batch.old_logp.shape, generator=torch.Generator().manual_seed(0))
     batch.old_logp = (batch.old_logp + shift) * batch.response_mask
     # The reference is the policy itself, so its KL would be ~0 and compared as float noise, which
