@@ -23,7 +23,7 @@ import torch
 from echochamber import dist
 from echochamber.model.sampler import Sampler, build_sampler
 from echochamber.rl.config import RolloutConfig
-from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
+from echochamber.rl.rollout import RolloutBatch, batch_logprobs
 
 
 class RolloutEngine:
@@ -67,23 +67,13 @@ def logprob_gap(
     """{"logprob_gap_mean", "logprob_gap_max"}: |trainer log p - sampler log p| per response token
     of `batch` (all ranks), the trainer's from `policy`'s forward at the sampling temperature, before
     any update; None without response tokens. Costs one forward pass of the policy over the batch."""
-    total, largest, count = 0.0, 0.0, 0.0
     was_training = policy.training
     policy.eval()
-    with torch.no_grad():
-        for lo in range(0, len(batch), micro_batch_size):
-            hi = min(lo + micro_batch_size, len(batch))
-            cols = int(batch.attention_mask[lo:hi].sum(1).max())
-            trainer, _ = sequence_logprobs(
-                policy, batch.tokens[lo:hi, :cols], batch.attention_mask[lo:hi, :cols], temperature, entropy=False
-            )
-            mask = batch.response_mask[lo:hi, :cols] > 0
-            gap = (trainer - batch.old_logp[lo:hi, :cols]).abs()[mask]
-            if gap.numel():
-                total += float(gap.sum())
-                largest = max(largest, float(gap.max()))
-                count += gap.numel()
+    trainer = batch_logprobs(policy, batch, temperature, micro_batch_size)
     policy.train(was_training)
+    gap = (trainer - batch.old_logp).abs()[batch.response_mask > 0]
+    total, count = float(gap.sum()), float(gap.numel())
+    largest = float(gap.max()) if gap.numel() else 0.0
     parts = dist.gather_objects((total, largest, count))
     count = sum(part[2] for part in parts)
     if count == 0:

@@ -222,22 +222,23 @@ def sequence_logprobs(
         return logp, F.pad(-(logp_all.exp() * logp_all).sum(-1), (1, 0))
 
 
-def reference_logprobs(
-    ref: torch.nn.Module, batch: RolloutBatch, temperature: float, micro_batch_size: int
+def batch_logprobs(
+    model: torch.nn.Module, batch: RolloutBatch, temperature: float, micro_batch_size: int
 ) -> torch.Tensor:
-    """[N, S] the reference's log-probs of `batch`'s tokens at `temperature`, 0 off the response
-    mask, in micro-batches of `micro_batch_size` rows without a graph."""
-    ref_logp = torch.zeros_like(batch.old_logp)
+    """[N, S] `model`'s log-probs of `batch`'s tokens at `temperature`, 0 off the response mask, in
+    micro-batches of `micro_batch_size` rows without a graph: the reference pass, and the trainer's
+    side of the vLLM log-prob gap."""
+    logps = torch.zeros_like(batch.old_logp)
     with torch.no_grad():
         for lo in range(0, len(batch), micro_batch_size):
             hi = min(lo + micro_batch_size, len(batch))
             # Trim each chunk to its own longest row: padding columns cost a full forward each.
             cols = int(batch.attention_mask[lo:hi].sum(1).max())
             logp, _ = sequence_logprobs(
-                ref, batch.tokens[lo:hi, :cols], batch.attention_mask[lo:hi, :cols], temperature, entropy=False
+                model, batch.tokens[lo:hi, :cols], batch.attention_mask[lo:hi, :cols], temperature, entropy=False
             )
-            ref_logp[lo:hi, :cols] = logp
-    return ref_logp * batch.response_mask
+            logps[lo:hi, :cols] = logp
+    return logps * batch.response_mask
 
 
 def build_batch(
@@ -293,7 +294,7 @@ def build_batch(
     if ref is None:
         return batch, 0.0
     started = time.perf_counter()
-    batch.ref_logp = reference_logprobs(ref, batch, temperature, micro_batch_size)
+    batch.ref_logp = batch_logprobs(ref, batch, temperature, micro_batch_size)
     return batch, time.perf_counter() - started
 
 

@@ -95,7 +95,7 @@ def test_a_kl_zero_run_never_loads_or_runs_the_reference_and_learns_the_same(
         raise AssertionError("the reference ran at KL 0")
 
     loaded.clear()
-    monkeypatch.setattr(rollout, "reference_logprobs", no_reference_pass)
+    monkeypatch.setattr(rollout, "batch_logprobs", no_reference_pass)
     skipped = _run(tiny_policy, two_answer_prompts, test_world, tmp_path / "skipped", grader, "auto")
     assert loaded == [str(tiny_policy)]  # the policy only
     assert all(line["time_reference"] == 0.0 and all(line[k] is None for k in NOT_MEASURED) for line in skipped)
