@@ -6,6 +6,13 @@ per step, "eval" lines per periodic evaluation), `rl/config.yaml`, and the eval 
 A sweep folder holds `sweep.json` and one run folder per cell. Anything missing is left empty here and reported as "not run" on the
 page; only malformed files are errors.
 
+Only finished work is a result. Where run.json records the pipeline's stages, an `eval/<phase>`
+folder counts once its stage (`eval-base`, `eval-final`) is recorded done: a folder of a stage still
+running is partial, and one recorded not done after a config change is stale (the pipeline marks it
+so until the stage starts over). The same holds for RL's periodic evaluations standing in for a
+phase: only those of an RL stage recorded done. A sweep cell mid-RL therefore has no "final"
+evaluation, and no finding counts it (the page's cells table shows its stages).
+
 The format names come from the run folder too: each evaluation's results.json records the registry
 it labelled by, a run's config.yaml the study's (`formats`), and a run recorded before registries
 existed had the default one (`RunData.formats`, `EvalData.formats`, `SweepData.formats`).
@@ -37,6 +44,9 @@ from echochamber.runlog import METRICS_FILE, iter_jsonl, read_metrics
 from echochamber.verify.normalize import vote_key
 
 PHASES = ("base", "final")  # eval/base = before RL, eval/final = after RL
+# run.json's names of the stages whose outputs the report reads (study/pipeline.py STAGES).
+EVAL_STAGES = {"base": "eval-base", "final": "eval-final"}
+RL_STAGE = "rl"
 _ROW_KEYS = ("prompt_id", "mode", "correct", "format", "truncated")
 
 
@@ -207,6 +217,12 @@ class SweepData:
         """Every run's format labels, in the order the runs declare them, `other` last."""
         return merge_names([run.formats for run in self.runs])
 
+    def progress(self) -> str:
+        """How many cells have a finished final evaluation, i.e. count in the findings."""
+        done = sum(bool(run.evals.get("final")) for run in self.runs)
+        waiting = "" if done == len(self.runs) else "; the others count in no finding until they finish"
+        return f"{done} of {len(self.runs)} cells finished (final evaluation recorded done){waiting}"
+
 
 def collect(path: Path) -> SweepData:
     """Read a sweep folder (sweep.json) or a run folder into plain data."""
@@ -248,23 +264,32 @@ def load_run(path: Path, name: str | None = None, params: dict[str, Any] | None 
         evals={},
         missing=None if path.is_dir() else f"{path} does not exist yet",
     )
+    stages = info.get("stages") if isinstance(info.get("stages"), dict) else None
     for phase in PHASES:
         run.evals[phase] = {}
-        for source, folder in _phase_folders(path, phase):
+        for source, folder in _phase_folders(path, phase, stages):
             data = load_eval(folder, source)
             run.evals[phase][data.benchmark] = data
     return run
 
 
-def _phase_folders(run_dir: Path, phase: str) -> list[tuple[str, Path]]:
+def _phase_folders(run_dir: Path, phase: str, stages: dict[str, Any] | None) -> list[tuple[str, Path]]:
     """(source label, folder) of each benchmark evaluated in `phase`.
 
     Before the eval stage has run, RL's own periodic evaluations stand in: its step-0 evaluation is
-    the base model and its last one the latest policy (labelled with the step, so the page says so).
+    the base model and its last one the final policy (labelled with the step, so the page says so).
+    With `stages` (run.json's record) only the outputs of stages recorded done count (module doc);
+    without it (a folder older than run.json, or not written by the pipeline) whatever is there.
     """
+
+    def done(name: str) -> bool:
+        return stages is None or bool((stages.get(name) or {}).get("done"))
+
     folder = run_dir / "eval" / phase
-    if folder.is_dir():
+    if folder.is_dir() and done(EVAL_STAGES[phase]):
         return [(f"eval/{phase}", child) for child in sorted(folder.iterdir()) if child.is_dir()]
+    if not done(RL_STAGE):
+        return []
     steps = sorted(
         (int(child.name.removeprefix("step_")), child)
         for child in (run_dir / "rl" / "eval").glob("step_*")

@@ -118,7 +118,10 @@ def formats_markdown(runs: list[RunData]) -> str | None:
 
 def report_markdown(sweep: SweepData, findings: Sequence[dict[str, Any]]) -> str:
     """The Markdown document: findings, then per setting its transfer and format tables."""
-    parts = [f"### Findings ({sweep.name})", "", findings_markdown(findings)]
+    parts = [f"### Findings ({sweep.name})", ""]
+    if sweep.kind == "sweep":
+        parts += [sweep.progress() + ".", ""]
+    parts += [findings_markdown(findings)]
     for setting, runs in group_settings(sweep).items():
         for title, text in (
             ("Before and after RL, per rung", transfer_markdown(runs)),

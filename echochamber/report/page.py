@@ -183,7 +183,7 @@ def _cells_html(sweep: SweepData) -> str:
         "Δ",
         "format after RL",
     ]
-    return f"<ul>{axes}</ul>" + table(header, rows)
+    return f"<p>{_e(sweep.progress())}.</p><ul>{axes}</ul>" + table(header, rows)
 
 
 def _format_after(run: RunData, bench: str | None) -> str:

@@ -58,6 +58,9 @@ class RunSpec:
     evaluations: tuple[str, ...] = ("base", "final")  # which eval/<phase> folders exist
     eval_location: str = "eval"  # "eval" (eval/base, eval/final) or "rl" (rl/eval/step_N: RL's own)
     provenance: bool = True  # generations, results and RL lines traced to the pretraining sources
+    # Stages run.json records as not done although their folders exist: still running, or stale
+    # after a config change (study/pipeline.py); e.g. ("rl", "eval-final") for a cell mid-RL.
+    unfinished: tuple[str, ...] = ()
 
 
 def _sigmoid(x: float) -> float:
@@ -172,9 +175,11 @@ def _write_eval(folder: Path, spec: RunSpec, split: str, t: float) -> dict[str, 
 def write_run(folder: Path, spec: RunSpec) -> Path:
     """A run folder as the pipeline lays it out (see echochamber/report/collect.py)."""
     folder.mkdir(parents=True, exist_ok=True)
-    stages = {"pretrain": spec.pretrain, "rl": spec.rl, "eval": "final" in spec.evaluations}
-    run_json = {"name": spec.name, "preset": "cpu", "config_hash": "0" * 16,
-                "stages": {name: {"hash": "0" * 16, "done": done} for name, done in stages.items()}}  # fmt: skip
+    in_eval = spec.eval_location == "eval"
+    ran = {"data": spec.pretrain, "pretrain": spec.pretrain, "eval-base": in_eval and "base" in spec.evaluations,
+           "rl": spec.rl, "eval-final": in_eval and "final" in spec.evaluations}  # fmt: skip
+    stages = {name: {"hash": "0" * 16, "done": name not in spec.unfinished} for name, on in ran.items() if on}
+    run_json = {"name": spec.name, "preset": "cpu", "config_hash": "0" * 16, "stages": stages}
     (folder / "run.json").write_text(json.dumps(run_json))
     (folder / "config.yaml").write_text(f"name: {spec.name}\nseed: {spec.seed}\n")
     if spec.pretrain:

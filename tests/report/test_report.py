@@ -281,3 +281,36 @@ def test_prompt_texts_come_from_the_folder_and_an_older_folder_says_why_it_has_n
     (folder / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     data = collect(run).runs[0].evals["final"]["world-test"]
     assert data.prompt_texts == {} and "does not match" in data.note
+
+
+def test_a_cell_still_in_rl_counts_in_no_finding(tmp_path: Path, synthetic) -> None:
+    """run.json, not the folders, says what is finished: a cell mid-RL (or re-running RL after a config
+    change) still holds an eval/final folder of another policy, and its RL's latest periodic
+    evaluation is a policy halfway through training. Neither is a final result."""
+    spec = synthetic.RunSpec
+    cells = [
+        (f"s{seed}", {"seed": seed}, spec(name=f"s{seed}", seed=seed, steps=10, samples=4))
+        for seed in (0, 1, 2)
+    ]
+    stale = spec(
+        name="s3", seed=3, steps=10, samples=4, final_mix={"omi2": 1.0}, unfinished=("rl", "eval-final")
+    )
+    midway = spec(name="s4", seed=4, steps=10, samples=4, eval_location="rl", unfinished=("rl",))
+    cells += [("s3", {"seed": 3}, stale), ("s4", {"seed": 4}, midway)]
+    sweep = collect(synthetic.write_sweep(tmp_path / "sweep", cells, {"seed": [0, 1, 2, 3, 4]}))
+    runs = {run.name: run for run in sweep.runs}
+    assert runs["s3"].eval("base", "world-test") is not None  # its base evaluation is finished
+    assert runs["s3"].eval("final", "world-test") is None
+    assert runs["s4"].evals == {"base": {}, "final": {}}
+    assert (tmp_path / "sweep" / "cells" / "s3" / "eval" / "final" / "world-test" / "results.json").is_file()
+    collapse = next(item for item in compute_findings(sweep) if item["id"] == "collapse")
+    assert collapse["seeds"] == 3
+    assert (
+        sweep.progress()
+        == "3 of 5 cells finished (final evaluation recorded done); the others count in no finding until they finish"
+    )
+
+    finished = collect(synthetic.write_run(tmp_path / "done", spec(steps=10, samples=4, eval_location="rl")))
+    assert (
+        finished.runs[0].eval("final", "world-test").source == "rl/eval/step_000010"
+    )  # RL done: it stands in
