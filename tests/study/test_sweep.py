@@ -142,7 +142,7 @@ def test_the_paper_cpu_sweep_tests_each_finding_with_three_seeds_on_shared_pretr
     assert sorted(settings) == sorted([
         ("tiny", even, "grpo", 0.001), ("tiny", even, "ei", 0.001),
         *(("tiny", even, "ppo", kl) for kl in (0.0, 0.001, 0.01, 0.1)),  # the KL dose
-        ("tiny", paper, "grpo", 0.001), ("mini", even, "grpo", 0.001),  # mixture flip, model size
+        ("tiny", paper, "grpo", 0.001), ("mini", paper, "grpo", 0.001),  # mixture flip, model size
     ])  # fmt: skip
     # Algorithm and KL only change RL: (tiny on 2 mixtures + mini) x 3 seeds pretrain.
     assert len({stage_hashes(study)["pretrain"] for _, study in cells}) == 9
