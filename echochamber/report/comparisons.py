@@ -9,6 +9,7 @@ pretraining and base evaluation, so they are compared paired by seed and by prom
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from echochamber.report.measure import (
     judge,
     main_benchmark,
     not_tested,
+    over_seeds,
     paired,
     pass1,
     policy_gradient,
@@ -34,13 +36,14 @@ from echochamber.report.measure import (
     winner,
 )
 from echochamber.report.results import number
-from echochamber.report.stats import Claim
+from echochamber.report.stats import Claim, Estimate
 
 SIMILAR = 0.05  # pass@1 "similar": the difference lies within ±5 points
 SAME_SHARE = 0.10  # "the same format wins": its share differs by at most 10 points
 SIZE_SHIFT = (
     0.5  # "another format wins at the larger size": the small model's winner loses over half its share
 )
+LEARNS_TASK = 0.30  # a model size enters the size comparison if its base greedy pass@1 reaches 30 %
 RECOVERED = 0.05  # a training-accuracy dip has recovered when accuracy returns within 5 points of its peak
 
 
@@ -159,34 +162,66 @@ def _algorithms(sweep: SweepData) -> list[dict[str, Any]]:
 
 
 def _model_size(sweep: SweepData) -> dict[str, Any]:
-    """Another format wins at the larger model size: unpaired (each size has its own pretraining)."""
+    """Another format wins at the larger model size: unpaired (each size has its own pretraining).
+
+    Only sizes that learn the task before RL are compared (base greedy pass@1 on the main benchmark,
+    over the seeds, at least LEARNS_TASK): a model that cannot solve the RL prompts gets almost no
+    reward, so which format it ends on says nothing about its size. Of those, the smallest and the
+    largest by parameter count are compared; the others are listed with their base accuracy."""
     axis = find_axis(sweep, "size", "model")
     claim = Claim("threshold", SIZE_SHIFT)
     settings = []
     for key, runs in (group_settings(sweep, {axis}) if axis else {}).items():
         bench = main_benchmark(runs)
         by_size = by_value(policy_gradient(runs), lambda r: r.params.get(axis), bench)
-        order = [size for size in sweep.axes[axis] if size in by_size]  # the sweep lists sizes small -> large
-        if len(order) < 2:
+        if len(by_size) < 2:
             continue
-        tops = {size: winner(by_size[size], bench) for size in order}
-        small, large = order[0], order[-1]
-        if tops[small] is None:
-            settings.append(not_tested(key, "no format shares after RL"))
-            continue
-        details = {
+        base = {size: over_seeds(by_size[size], at("base", bench, pass1)) for size in by_size}
+        learned = [size for size in _by_parameters(sweep.axes[axis], by_size) if _learns(base[size])]
+        details: dict[str, Any] = {
             "benchmark": bench,
-            **{f"format at {size}": f"{top[0]} ({top[1]:.0%})" for size, top in tops.items() if top},
+            **{f"base pass@1 at {size}": _accuracy(base[size]) for size in _by_parameters(sweep.axes[axis], by_size)},
         }
+        if len(learned) < 2:
+            settings.append(not_tested(
+                key, f"fewer than two sizes learn the task before RL (base greedy pass@1 ≥ {LEARNS_TASK:.0%})", details,
+            ))
+            continue
+        tops = {size: winner(by_size[size], bench) for size in learned}
+        small, large = learned[0], learned[-1]
+        if tops[small] is None:
+            settings.append(not_tested(key, "no format shares after RL", details))
+            continue
+        details |= {f"format at {size}": f"{top[0]} ({top[1]:.0%})" for size, top in tops.items() if top}
         share = unpaired(by_size[small], by_size[large], at("final", bench, share_of(tops[small][0])))
-        settings.append(judge(key, claim, share, details))
+        settings.append(judge(f"{key} · {small} vs {large}", claim, share, details))
     return finding(
         "model_size",
         "Which format RL picks depends on model size (paper: on TinyGSM+OMI1+OMI2, 150M → TinyGSM code, 1B → "
-        f"OMI2 text): the smallest model's winning format loses more than {SIZE_SHIFT:.0%} of its share at the largest size.",
+        f"OMI2 text): of the sizes that learn the task before RL (base greedy pass@1 ≥ {LEARNS_TASK:.0%}), the "
+        f"smallest model's winning format loses more than {SIZE_SHIFT:.0%} of its share at the largest.",
         claim, "Δ share of the small model's winner (small − large)", settings,
         "no sweep axis over the model size with final evaluations",
     )  # fmt: skip
+
+
+def _by_parameters(axis_values: list[Any], sizes: Collection[Any]) -> list[Any]:
+    """The sizes present, smallest first: by the presets' parameter counts where every size is a
+    preset name, else in the sweep's axis order."""
+    from echochamber.model.presets import MODEL_PRESETS  # here, not at the top: it imports torch
+
+    present = [size for size in axis_values if size in sizes]
+    if all(size in MODEL_PRESETS for size in present):
+        return sorted(present, key=lambda size: MODEL_PRESETS[size].block_parameters)
+    return present
+
+
+def _learns(base: Estimate | None) -> bool:
+    return base is not None and base.effect >= LEARNS_TASK
+
+
+def _accuracy(base: Estimate | None) -> str:
+    return "—" if base is None else f"{base.effect:.1%} ({base.basis})"
 
 
 def largest_dip(run: RunData) -> dict[str, Any] | None:

@@ -165,6 +165,45 @@ def test_the_algorithm_findings_are_judged_at_the_default_kl_only(tmp_path: Path
         assert findings[name]["verdict"] == "reproduced"
 
 
+def _size_sweep(tmp_path: Path, synthetic, sizes: dict[str, dict]) -> dict:
+    """GRPO cells with two seeds per model size; `sizes` maps a preset name to its RunSpec fields,
+    in the axis order (a sweep lists its default size first, not the smallest)."""
+    cells = [
+        (f"{size}-s{seed}", {"model": size, "seed": seed},
+         synthetic.RunSpec(name=f"{size}-s{seed}", algo="grpo", seed=seed, steps=20, samples=8, **spec))
+        for size, spec in sizes.items() for seed in (0, 1)
+    ]  # fmt: skip
+    sweep = synthetic.write_sweep(tmp_path / "sweep", cells, {"model": list(sizes), "seed": [0, 1]})
+    return _by_id(compute_findings(collect(sweep)))["model_size"]
+
+
+def test_model_sizes_are_compared_by_parameters_and_only_where_they_learned_the_task(
+    tmp_path: Path, synthetic
+) -> None:
+    """tiny (0.7M) ends on TinyGSM, mini (2.6M) on OMI2: the size effect, read small -> large by
+    parameter count although the axis lists mini first. small (6.5M) never learned the task (base
+    greedy below the bar) and ends on TinyGSM: compared as the largest size it would cancel the effect."""
+    learns = {"base_mix": {"tinygsm": 0.6, "omi1": 0.3, "omi2": 0.1}}
+    sizes = {
+        "mini": learns | {"final_mix": {"omi2": 0.92, "tinygsm": 0.05, "omi1": 0.03}},
+        "tiny": learns | {"final_mix": {"tinygsm": 0.97, "omi1": 0.02, "other": 0.01}},
+        "small": learns | {"solvable": (0.05, 0.05)},
+    }
+    size = _size_sweep(tmp_path, synthetic, sizes)
+    (setting,) = size["settings"]
+    assert setting["setting"].endswith("tiny vs mini")
+    assert size["verdict"] == "reproduced" and size["seeds"] == 2, size
+    base = setting["details"]
+    assert list(base)[1:4] == ["base pass@1 at tiny", "base pass@1 at mini", "base pass@1 at small"]
+    assert float(base["base pass@1 at small"].split("%")[0]) < 30 < float(base["base pass@1 at mini"].split("%")[0])
+    assert "format at small" not in base
+
+    del sizes["tiny"]  # mini against a size that did not learn: nothing to compare
+    shutil.rmtree(tmp_path / "sweep")
+    size = _size_sweep(tmp_path, synthetic, sizes)
+    assert size["verdict"] == "not_tested" and "fewer than two sizes learn the task" in size["note"], size
+
+
 def test_the_default_kl_is_the_rl_configs() -> None:
     """The report reads the default KL from the RL config (PPO's); GRPO's must be the same."""
     from echochamber.report.measure import default_kl
