@@ -13,6 +13,11 @@ so until the stage starts over). The same holds for RL's periodic evaluations st
 phase: only those of an RL stage recorded done. A sweep cell mid-RL therefore has no "final"
 evaluation, and no finding counts it (the page's cells table shows its stages).
 
+RL's periodic evaluations run with RL's own settings (fewer samples, other splits), so they stand in
+for a lone run that has no eval stage result at all (both phases then come from them, on one
+footing), never beside an `eval/<phase>` folder and never in a sweep, whose cells are compared on the
+sweep's evaluation settings: a cell whose final evaluation crashed is unfinished, not a stand-in.
+
 The format names come from the run folder too: each evaluation's results.json records the registry
 it labelled by, a run's config.yaml the study's (`formats`), and a run recorded before registries
 existed had the default one (`RunData.formats`, `EvalData.formats`, `SweepData.formats`).
@@ -236,7 +241,7 @@ def collect(path: Path) -> SweepData:
             if not isinstance(cell, dict) or "name" not in cell:
                 raise UserError(f"{path / 'sweep.json'}: every cell needs a name")
             folder = path / cell.get("dir", f"cells/{cell['name']}")
-            runs.append(load_run(folder, name=cell["name"], params=cell.get("params") or {}))
+            runs.append(load_run(folder, name=cell["name"], params=cell.get("params") or {}, stand_in=False))
         return SweepData(
             str(sweep.get("name", path.name)), path, "sweep", dict(sweep.get("axes") or {}), runs
         )
@@ -248,7 +253,11 @@ def collect(path: Path) -> SweepData:
     return SweepData(run.name, path, "run", {}, [run])
 
 
-def load_run(path: Path, name: str | None = None, params: dict[str, Any] | None = None) -> RunData:
+def load_run(
+    path: Path, name: str | None = None, params: dict[str, Any] | None = None, stand_in: bool = True
+) -> RunData:
+    """One run folder. `stand_in`: RL's periodic evaluations may stand in for the eval stages where
+    none of them counts (module doc); a sweep's cells pass False."""
     info = _read_json(path / "run.json") or {}
     run = RunData(
         name=name or str(info.get("name") or path.name),
@@ -265,30 +274,34 @@ def load_run(path: Path, name: str | None = None, params: dict[str, Any] | None 
         missing=None if path.is_dir() else f"{path} does not exist yet",
     )
     stages = info.get("stages") if isinstance(info.get("stages"), dict) else None
+    evaluated = {phase: _eval_folders(path, phase, stages) for phase in PHASES}
+    stand_in = stand_in and not any(evaluated.values())
     for phase in PHASES:
         run.evals[phase] = {}
-        for source, folder in _phase_folders(path, phase, stages):
+        for source, folder in evaluated[phase] or (_rl_stand_in(path, phase, stages) if stand_in else []):
             data = load_eval(folder, source)
             run.evals[phase][data.benchmark] = data
     return run
 
 
-def _phase_folders(run_dir: Path, phase: str, stages: dict[str, Any] | None) -> list[tuple[str, Path]]:
-    """(source label, folder) of each benchmark evaluated in `phase`.
+def _done(stages: dict[str, Any] | None, name: str) -> bool:
+    """Whether run.json records stage `name` done. Without `stages` (a folder older than run.json,
+    or not written by the pipeline) whatever is there counts."""
+    return stages is None or bool((stages.get(name) or {}).get("done"))
 
-    Before the eval stage has run, RL's own periodic evaluations stand in: its step-0 evaluation is
-    the base model and its last one the final policy (labelled with the step, so the page says so).
-    With `stages` (run.json's record) only the outputs of stages recorded done count (module doc);
-    without it (a folder older than run.json, or not written by the pipeline) whatever is there.
-    """
 
-    def done(name: str) -> bool:
-        return stages is None or bool((stages.get(name) or {}).get("done"))
-
+def _eval_folders(run_dir: Path, phase: str, stages: dict[str, Any] | None) -> list[tuple[str, Path]]:
+    """(source label, folder) of each benchmark the eval stage of `phase` evaluated, once it is done."""
     folder = run_dir / "eval" / phase
-    if folder.is_dir() and done(EVAL_STAGES[phase]):
-        return [(f"eval/{phase}", child) for child in sorted(folder.iterdir()) if child.is_dir()]
-    if not done(RL_STAGE):
+    if not (folder.is_dir() and _done(stages, EVAL_STAGES[phase])):
+        return []
+    return [(f"eval/{phase}", child) for child in sorted(folder.iterdir()) if child.is_dir()]
+
+
+def _rl_stand_in(run_dir: Path, phase: str, stages: dict[str, Any] | None) -> list[tuple[str, Path]]:
+    """RL's own periodic evaluation standing in for `phase`, once RL is done: its step-0 evaluation
+    is the base model and its last one the final policy (labelled with the step, so the page says so)."""
+    if not _done(stages, RL_STAGE):
         return []
     steps = sorted(
         (int(child.name.removeprefix("step_")), child)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +315,31 @@ def test_a_cell_still_in_rl_counts_in_no_finding(tmp_path: Path, synthetic) -> N
     assert (
         finished.runs[0].eval("final", "world-test").source == "rl/eval/step_000010"
     )  # RL done: it stands in
+
+
+def test_rl_evaluations_never_stand_in_beside_an_eval_stage_or_in_a_sweep(tmp_path: Path, synthetic) -> None:
+    """RL's periodic evaluations run with RL's settings (other splits, fewer samples): a final
+    evaluation that crashed after RL must leave the run unfinished, not let RL's last evaluation be
+    compared with an eval/base folder or with the other cells' eval/final folders."""
+    spec = synthetic.RunSpec
+
+    def with_rl_evaluation(folder: Path) -> Path:  # RL's last evaluation, as the pipeline leaves it
+        shutil.copytree(folder / "eval" / "base" / "world-test", folder / "rl" / "eval" / "step_000010" / "world-test")
+        return folder
+
+    lone = with_rl_evaluation(synthetic.write_run(tmp_path / "lone", spec(steps=10, samples=4, evaluations=("base",))))
+    run = collect(lone).runs[0]
+    assert run.eval("base", "world-test").source == "eval/base"
+    assert run.evals["final"] == {}
+
+    cells = [(f"s{seed}", {"seed": seed}, spec(name=f"s{seed}", seed=seed, steps=10, samples=4)) for seed in (0, 1, 2)]
+    cells += [("s3", {"seed": 3}, spec(name="s3", seed=3, steps=10, samples=4, unfinished=("eval-final",)))]
+    folder = synthetic.write_sweep(tmp_path / "sweep", cells, {"seed": [0, 1, 2, 3]})
+    with_rl_evaluation(folder / "cells" / "s3")
+    sweep = collect(folder)
+    assert sweep.runs[3].evals["final"] == {}
+    assert sweep.progress().startswith("3 of 4 cells finished")
+
+    only_rl = collect(synthetic.write_run(tmp_path / "rl-only", spec(steps=10, samples=4, eval_location="rl")))
+    sweep = synthetic.write_sweep(tmp_path / "rl-sweep", [("s0", {"seed": 0}, spec(steps=10, samples=4, eval_location="rl"))], {"seed": [0]})
+    assert only_rl.runs[0].eval("final", "world-test") is not None and collect(sweep).runs[0].evals["final"] == {}
