@@ -299,7 +299,8 @@ def finding(
     id: str, title: str, claim: Claim, unit: str, settings: list[dict[str, Any]], missing: str
 ) -> dict[str, Any]:
     """A finding object: the overall verdict over its settings (stats.overall) with the deciding
-    setting's numbers on top; "replicated" only if every setting it rests on is."""
+    setting's numbers on top; "replicated" only if every setting it rests on is, and `seeds` the
+    fewest seeds among those settings (all tested ones for a reproduced finding, else the decider)."""
     verdict, decider = overall([s["verdict"] for s in settings])
     top = settings[decider] if decider is not None else not_tested("", missing)
     tested = [s for s in settings if s["verdict"] != "not_tested"]
@@ -309,7 +310,7 @@ def finding(
     )
     return {
         "id": id, "title": title, "verdict": verdict, "evidence": "replicated" if replicated else "single_seed",
-        "seeds": min((s["seeds"] for s in tested), default=0), "effect": top["effect"],
+        "seeds": min((s["seeds"] for s in rests_on), default=0), "effect": top["effect"],
         "interval": top["interval"], "per_seed": top["per_seed"], "setting": top["setting"] or None,
         "kind": claim.kind, "null": claim.null, "unit": unit, "settings": settings,
         "note": _untested_note(settings, missing) if verdict == "not_tested" else top["note"],

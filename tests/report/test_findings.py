@@ -10,8 +10,11 @@ import pytest
 
 from echochamber.report.collect import collect
 from echochamber.report.findings import MIN_FORMAT_COUNT, compute_findings
+from echochamber.report.measure import finding, judge
 from echochamber.report.page import build_report
 from echochamber.report.results import dominant
+from echochamber.report.stats import Claim, Estimate
+from echochamber.report.tables import evidence_words
 
 
 def _by_id(findings: list[dict]) -> dict[str, dict]:
@@ -202,6 +205,23 @@ def test_model_sizes_are_compared_by_parameters_and_only_where_they_learned_the_
     shutil.rmtree(tmp_path / "sweep")
     size = _size_sweep(tmp_path, synthetic, sizes)
     assert size["verdict"] == "not_tested" and "fewer than two sizes learn the task" in size["note"], size
+
+
+def test_a_finding_counts_the_seeds_of_the_settings_its_verdict_rests_on() -> None:
+    """Not reproduced in a three-seed setting, inconclusive in a one-seed one: the verdict rests on the
+    first, so the finding is replicated with 3 seeds (it said "replicated · 1 seeds")."""
+    claim = Claim("directional", 0.02)
+    three = Estimate(-0.05, (-0.08, -0.02), (-0.04, -0.06, -0.05), (0, 1, 2), (32, 32, 32), "seed", 3)
+    one = Estimate(0.01, (-0.04, 0.06), (0.01,), (0,), (32,), "prompt", 1)
+    settings = [judge("one seed", claim, one), judge("three seeds", claim, three)]
+    assert [s["verdict"] for s in settings] == ["inconclusive", "not_reproduced"]
+    result = finding("f", "a claim", claim, "Δ", settings, "nothing")
+    assert (result["verdict"], result["evidence"], result["seeds"]) == ("not_reproduced", "replicated", 3)
+    assert evidence_words(result) == "replicated · 3 seeds"
+
+    settings[0] = judge("one seed", claim, Estimate(0.05, (0.03, 0.07), (0.05,), (0,), (32,), "prompt", 1))
+    result = finding("f", "a claim", claim, "Δ", [settings[0], settings[1] | {"verdict": "reproduced"}], "")
+    assert (result["verdict"], result["evidence"], result["seeds"]) == ("reproduced", "single_seed", 1)
 
 
 def test_the_default_kl_is_the_rl_configs() -> None:
