@@ -39,12 +39,6 @@ class ModelSpec:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
-    @property
-    def block_parameters(self) -> int:
-        """Parameters outside the embeddings: per layer 4·d² of attention and 3·d·w of SwiGLU (the
-        LayerNorm has none). What a model-size axis orders by: it does not depend on the tokenizer."""
-        return self.n_layers * (4 * self.d_model**2 + 3 * self.d_model * self.mlp_hidden)
-
 
 MODEL_PRESETS: dict[str, ModelSpec] = {
     # ≈1M parameters with a ~4k vocabulary: unit tests and CPU studies.

@@ -33,6 +33,8 @@ spelling key of the answer.
 from __future__ import annotations
 
 import json
+import math
+import struct
 from collections import Counter, defaultdict
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
@@ -163,6 +165,7 @@ class RunData:
     rl: list[dict[str, Any]]  # "rl" metrics lines, one per step
     rl_eval: list[dict[str, Any]]  # "eval" metrics lines: RL's periodic evaluations
     evals: dict[str, dict[str, EvalData]]  # phase -> benchmark -> evaluation
+    parameters: int | None = None  # of the pretrained model (pretrain/final), None before it exists
     missing: str | None = None  # set when the folder does not exist yet
 
     @property
@@ -271,6 +274,7 @@ def load_run(
         rl=read_metrics(path / "rl" / METRICS_FILE, "rl"),
         rl_eval=read_metrics(path / "rl" / METRICS_FILE, "eval"),
         evals={},
+        parameters=parameter_count(path / "pretrain" / "final"),
         missing=None if path.is_dir() else f"{path} does not exist yet",
     )
     stages = info.get("stages") if isinstance(info.get("stages"), dict) else None
@@ -312,6 +316,22 @@ def _rl_stand_in(run_dir: Path, phase: str, stages: dict[str, Any] | None) -> li
         return []
     _, chosen = steps[0] if phase == "base" else steps[-1]
     return [(f"rl/eval/{chosen.name}", child) for child in sorted(chosen.iterdir()) if child.is_dir()]
+
+
+def parameter_count(folder: Path) -> int | None:
+    """Parameters of the model saved in `folder`, from its safetensors headers (no weight is read,
+    tied embeddings are stored once); None without a safetensors file."""
+    total = 0
+    files = sorted(folder.glob("*.safetensors"))
+    for path in files:
+        try:
+            with path.open("rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(length))
+            total += sum(math.prod(tensor["shape"]) for name, tensor in header.items() if name != "__metadata__")
+        except (struct.error, ValueError, TypeError, KeyError) as err:
+            raise UserError(f"{path}: not a readable safetensors file ({err.__class__.__name__})") from None
+    return total if files else None
 
 
 def load_eval(folder: Path, source: str) -> EvalData:

@@ -9,7 +9,6 @@ pretraining and base evaluation, so they are compared paired by seed and by prom
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -205,14 +204,13 @@ def _model_size(sweep: SweepData) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def _by_parameters(axis_values: list[Any], sizes: Collection[Any]) -> list[Any]:
-    """The sizes present, smallest first: by the presets' parameter counts where every size is a
-    preset name, else in the sweep's axis order."""
-    from echochamber.model.presets import MODEL_PRESETS  # here, not at the top: it imports torch
-
-    present = [size for size in axis_values if size in sizes]
-    if all(size in MODEL_PRESETS for size in present):
-        return sorted(present, key=lambda size: MODEL_PRESETS[size].block_parameters)
+def _by_parameters(axis_values: list[Any], by_size: dict[Any, list[RunData]]) -> list[Any]:
+    """The sizes present, smallest first: by the parameter count of their pretrained models where
+    every size has one, else in the sweep's axis order."""
+    present = [size for size in axis_values if size in by_size]
+    counts = {size: max((run.parameters or 0) for run in by_size[size]) for size in present}
+    if all(counts.values()):
+        return sorted(present, key=counts.__getitem__)
     return present
 
 

@@ -19,7 +19,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.eval.config import EvalConfig
@@ -61,6 +63,7 @@ class RunSpec:
     # Stages run.json records as not done although their folders exist: still running, or stale
     # after a config change (study/pipeline.py); e.g. ("rl", "eval-final") for a cell mid-RL.
     unfinished: tuple[str, ...] = ()
+    parameters: int | None = None  # a pretrain/final/model.safetensors of this many parameters
 
 
 def _sigmoid(x: float) -> float:
@@ -190,6 +193,9 @@ def write_run(folder: Path, spec: RunSpec) -> Path:
             for s in range(5, 301, 5)
         ]  # fmt: skip
         (folder / "pretrain" / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        if spec.parameters:
+            (folder / "pretrain" / "final").mkdir()
+            save_file({"weight": np.zeros(spec.parameters, np.float32)}, folder / "pretrain" / "final" / "model.safetensors")
     if spec.rl:
         _write_rl(folder / "rl", spec)
     for phase in spec.evaluations:

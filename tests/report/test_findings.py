@@ -183,14 +183,14 @@ def _size_sweep(tmp_path: Path, synthetic, sizes: dict[str, dict]) -> dict:
 def test_model_sizes_are_compared_by_parameters_and_only_where_they_learned_the_task(
     tmp_path: Path, synthetic
 ) -> None:
-    """tiny (0.7M) ends on TinyGSM, mini (2.6M) on OMI2: the size effect, read small -> large by
-    parameter count although the axis lists mini first. small (6.5M) never learned the task (base
+    """tiny (0.7M) ends on TinyGSM, mini (2.6M) on OMI2: the size effect, read small -> large by the
+    parameter counts of the run folders' checkpoints although the axis lists mini first. small (6.5M) never learned the task (base
     greedy below the bar) and ends on TinyGSM: compared as the largest size it would cancel the effect."""
     learns = {"base_mix": {"tinygsm": 0.6, "omi1": 0.3, "omi2": 0.1}}
-    sizes = {
-        "mini": learns | {"final_mix": {"omi2": 0.92, "tinygsm": 0.05, "omi1": 0.03}},
-        "tiny": learns | {"final_mix": {"tinygsm": 0.97, "omi1": 0.02, "other": 0.01}},
-        "small": learns | {"solvable": (0.05, 0.05)},
+    sizes = {  # parameter counts scaled down 1000x: the files stay small
+        "mini": learns | {"final_mix": {"omi2": 0.92, "tinygsm": 0.05, "omi1": 0.03}, "parameters": 2_621},
+        "tiny": learns | {"final_mix": {"tinygsm": 0.97, "omi1": 0.02, "other": 0.01}, "parameters": 688},
+        "small": learns | {"solvable": (0.05, 0.05), "parameters": 6_554},
     }
     size = _size_sweep(tmp_path, synthetic, sizes)
     (setting,) = size["settings"]

@@ -13,7 +13,7 @@ import pytest
 
 from echochamber.errors import UserError
 from echochamber.eval.passk import maj_at_k
-from echochamber.report.collect import collect
+from echochamber.report.collect import collect, parameter_count
 from echochamber.report.findings import compute_findings
 from echochamber.report.page import BROWSER_MAX_PROMPTS, browser_entries, build_report
 from echochamber.report.stats import VERDICTS
@@ -343,3 +343,17 @@ def test_rl_evaluations_never_stand_in_beside_an_eval_stage_or_in_a_sweep(tmp_pa
     only_rl = collect(synthetic.write_run(tmp_path / "rl-only", spec(steps=10, samples=4, eval_location="rl")))
     sweep = synthetic.write_sweep(tmp_path / "rl-sweep", [("s0", {"seed": 0}, spec(steps=10, samples=4, eval_location="rl"))], {"seed": [0]})
     assert only_rl.runs[0].eval("final", "world-test") is not None and collect(sweep).runs[0].evals["final"] == {}
+
+
+def test_the_parameter_count_comes_from_the_checkpoints_headers(tmp_path: Path) -> None:
+    """The model-size finding orders sizes by the run folders' own checkpoints (the report imports no
+    model code): the count read from the safetensors header is the model's, tied embeddings once."""
+    from echochamber.model.presets import build_model, count_parameters
+
+    model = build_model("tiny", 1024)
+    model.save_pretrained(tmp_path / "final")
+    assert parameter_count(tmp_path / "final") == count_parameters(model)
+    assert parameter_count(tmp_path / "nothing") is None
+    (tmp_path / "final" / "model.safetensors").write_bytes(b"\x05")  # a truncated file
+    with pytest.raises(UserError, match="not a readable safetensors file"):
+        parameter_count(tmp_path / "final")
