@@ -182,8 +182,10 @@ def _model_size(sweep: SweepData) -> dict[str, Any]:
             **{f"base pass@1 at {size}": _accuracy(base[size]) for size in _by_parameters(sweep.axes[axis], by_size)},
         }
         if len(learned) < 2:
+            measured = ", ".join(f"{size} {_accuracy(base[size])}" for size in _by_parameters(sweep.axes[axis], by_size))
             settings.append(not_tested(
-                key, f"fewer than two sizes learn the task before RL (base greedy pass@1 ≥ {LEARNS_TASK:.0%})", details,
+                key, f"fewer than two sizes learn the task before RL (base greedy pass@1 ≥ {LEARNS_TASK:.0%}: {measured})",
+                details,
             ))
             continue
         tops = {size: winner(by_size[size], bench) for size in learned}

@@ -49,10 +49,10 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def findings_markdown(findings: Sequence[dict[str, Any]]) -> str:
     """One row per tested finding of findings.json (what the page's findings table says, in
-    Markdown), then one line naming those this run could not test (a lone run has no KL or
+    Markdown), then a list of those this run could not test, each with why (a lone run has no KL or
     algorithm axis: a table of "not tested" rows would bury the ones it did)."""
     rows = []
-    untested = [f"`{item['id']}`" for item in findings if item["verdict"] == "not_tested"]
+    untested = [f"- `{item['id']}`: {item['note']}" for item in findings if item["verdict"] == "not_tested"]
     for item in (item for item in findings if item["verdict"] != "not_tested"):
         verdict = VERDICT_WORDS[item["verdict"]][1]
         where = f" ({item['setting']})" if item["setting"] and len(item["settings"]) > 1 else ""
@@ -64,7 +64,7 @@ def findings_markdown(findings: Sequence[dict[str, Any]]) -> str:
     header = ["finding", "claim", "verdict", "evidence", "effect [95 % interval]", "seeds"]
     text = md_table(header, rows) if rows else "No finding could be tested in this folder."
     if untested:
-        text += f"\n\nNot tested here (findings.json says what each needs): {', '.join(untested)}."
+        text += "\n\nNot tested here:\n" + "\n".join(untested)
     return text
 
 

@@ -205,6 +205,7 @@ def test_model_sizes_are_compared_by_parameters_and_only_where_they_learned_the_
     shutil.rmtree(tmp_path / "sweep")
     size = _size_sweep(tmp_path, synthetic, sizes)
     assert size["verdict"] == "not_tested" and "fewer than two sizes learn the task" in size["note"], size
+    assert "mini " in size["note"] and "small " in size["note"]  # each size's base accuracy, said where it is read
 
 
 def test_a_finding_counts_the_seeds_of_the_settings_its_verdict_rests_on() -> None:

@@ -55,9 +55,10 @@ def test_the_findings_table_is_findings_json_row_for_row(tmp_path: Path, run_dir
     findings = json.loads((index.parent / "findings.json").read_text())
     rows = rows_of(text, "Findings")
     tested = [item for item in findings if item["verdict"] != "not_tested"]
-    untested = [f"`{item['id']}`" for item in findings if item["verdict"] == "not_tested"]
+    untested = [item for item in findings if item["verdict"] == "not_tested"]
     assert [row[0] for row in rows] == [f"`{item['id']}`" for item in tested] and untested
-    assert f"Not tested here (findings.json says what each needs): {', '.join(untested)}." in text
+    reasons = "\n".join(f"- `{item['id']}`: {item['note']}" for item in untested)
+    assert f"Not tested here:\n{reasons}" in text and all(item["note"] for item in untested)
     findings = tested
     for row, item in zip(rows, findings, strict=True):
         assert row[2].startswith(f"**{VERDICT_WORDS[item['verdict']][1]}**")
