@@ -175,14 +175,14 @@ def _model_size(sweep: SweepData) -> dict[str, Any]:
         by_size = by_value(policy_gradient(runs), lambda r: r.params.get(axis), bench)
         if len(by_size) < 2:
             continue
-        base = {size: over_seeds(by_size[size], at("base", bench, pass1)) for size in by_size}
-        learned = [size for size in _by_parameters(sweep.axes[axis], by_size) if _learns(base[size])]
+        order = _by_parameters(sweep.axes[axis], by_size)
+        base = {size: over_seeds(by_size[size], at("base", bench, pass1)) for size in order}
+        learned = [size for size in order if _learns(base[size])]
         details: dict[str, Any] = {
-            "benchmark": bench,
-            **{f"base pass@1 at {size}": _accuracy(base[size]) for size in _by_parameters(sweep.axes[axis], by_size)},
+            "benchmark": bench, **{f"base pass@1 at {size}": _accuracy(base[size]) for size in order},
         }
         if len(learned) < 2:
-            measured = ", ".join(f"{size} {_accuracy(base[size])}" for size in _by_parameters(sweep.axes[axis], by_size))
+            measured = ", ".join(f"{size} {_accuracy(base[size])}" for size in order)
             settings.append(not_tested(
                 key, f"fewer than two sizes learn the task before RL (base greedy pass@1 ≥ {LEARNS_TASK:.0%}: {measured})",
                 details,
