@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from collections import Counter, defaultdict
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError, safe_open
 
 from echochamber.config import read_yaml
 from echochamber.errors import UserError
@@ -319,18 +320,16 @@ def _rl_stand_in(run_dir: Path, phase: str, stages: dict[str, Any] | None) -> li
 
 
 def parameter_count(folder: Path) -> int | None:
-    """Parameters of the model saved in `folder`, from its safetensors headers (no weight is read,
-    tied embeddings are stored once); None without a safetensors file."""
+    """Parameters of the model saved in `folder`, from its safetensors headers (`get_slice` reads
+    shapes, no weight; tied embeddings are stored once); None without a safetensors file."""
     total = 0
     files = sorted(folder.glob("*.safetensors"))
     for path in files:
         try:
-            with path.open("rb") as handle:
-                (length,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(length))
-            total += sum(math.prod(tensor["shape"]) for name, tensor in header.items() if name != "__metadata__")
-        except (struct.error, ValueError, TypeError, KeyError) as err:
-            raise UserError(f"{path}: not a readable safetensors file ({err.__class__.__name__})") from None
+            with safe_open(path, framework="numpy") as tensors:
+                total += sum(math.prod(tensors.get_slice(name).get_shape()) for name in tensors.keys())  # noqa: SIM118 (safe_open is not iterable)
+        except SafetensorError as err:
+            raise UserError(f"{path}: not a readable safetensors file ({err})") from None
     return total if files else None
 
 

@@ -184,8 +184,9 @@ def test_model_sizes_are_compared_by_parameters_and_only_where_they_learned_the_
     tmp_path: Path, synthetic
 ) -> None:
     """tiny (0.7M) ends on TinyGSM, mini (2.6M) on OMI2: the size effect, read small -> large by the
-    parameter counts of the run folders' checkpoints although the axis lists mini first. small (6.5M) never learned the task (base
-    greedy below the bar) and ends on TinyGSM: compared as the largest size it would cancel the effect."""
+    parameter counts of the run folders' checkpoints although the axis lists mini first. small (6.5M)
+    never learned the task (base greedy below the bar) and ends on TinyGSM: compared as the largest
+    size it would cancel the effect."""
     learns = {"base_mix": {"tinygsm": 0.6, "omi1": 0.3, "omi2": 0.1}}
     sizes = {  # parameter counts scaled down 1000x: the files stay small
         "mini": learns | {"final_mix": {"omi2": 0.92, "tinygsm": 0.05, "omi1": 0.03}, "parameters": 2_621},
