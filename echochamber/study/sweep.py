@@ -61,6 +61,10 @@ class SweepConfig:
     # Study overrides for every cell (key=value), applied after the axes' values: a `mixture` axis
     # replaces the whole mixture, and `mixture.paths.omi1=...` here must still reach every cell.
     set: list[str] = field(default_factory=list)
+    # Overrides for the cells where an axis takes one value, applied after `set`:
+    # `set_for: {model: {mini: [pretrain.lr=3.0e-3]}}` trains the larger model at its own rate
+    # (no one learning rate suits every width) while the axis still names only the model.
+    set_for: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     exclude: list[dict[str, Any]] = field(default_factory=list)  # drop cells matching every param of an entry
     # The cells as a union of partial grids instead of the full grid: each entry maps some axes to
     # some of their values; an axis it leaves out takes its first value (list the default first).
@@ -85,6 +89,17 @@ class SweepConfig:
         clash = next((item for item in self.set if item.split("=", 1)[0].strip() in swept), None)
         if clash is not None:
             raise UserError(f"set: '{clash}' sets a key an axis (or the seed) sets; drop it or the axis")
+        for axis, by_value in self.set_for.items():
+            if axis not in self.axes:
+                raise UserError(f"set_for: '{axis}' is not an axis (axes: {', '.join(self.axes)})")
+            names = {_value_key(value) for value in self.axes[axis]}
+            for value, items in by_value.items():
+                if _value_key(value) not in names:
+                    values = ", ".join(_short(v) for v in self.axes[axis])
+                    raise UserError(f"set_for: {axis} has no value {value!r} (values: {values})")
+                bad = next((item for item in items if "=" not in item or item.split("=", 1)[0].strip() in swept), None)
+                if bad is not None:
+                    raise UserError(f"set_for: {axis}={value}: '{bad}' must be key=value on a key no axis (or the seed) sets")
         if not self.seeds or len(self.seeds) != len(set(self.seeds)):
             raise UserError(f"seeds must be a list of distinct integers, got {self.seeds}")
         for rule in self.exclude:
@@ -147,6 +162,10 @@ def expand(sweep: SweepConfig) -> list[Cell]:
             keys = SEED_KEYS if axis == SEED_AXIS else sweep.keys.get(axis, [axis])
             overrides += [f"{key}={_yaml_scalar(value)}" for key in keys]
         overrides += sweep.set
+        for axis, by_value in sweep.set_for.items():
+            overrides += next(
+                (items for value, items in by_value.items() if _value_key(value) == _value_key(params[axis])), []
+            )
         name = cell_name(params)
         if name in names:
             raise UserError(
@@ -388,6 +407,17 @@ def emit(
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
     return script
+
+
+def _value_key(value: Any) -> float | str:
+    """An axis value, or a `set_for` key naming one, in one form: mapping keys arrive as strings
+    ('0.0', '1e-05', 'mini'), so numbers compare as numbers and the rest as text."""
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _short(value: Any) -> str:

@@ -92,6 +92,10 @@ def test_cell_names_are_folder_safe_and_collisions_are_refused(tmp_path: Path) -
         ({"axes": {"rl.ppo.kl_coeff": [0.1]}}, "rl.ppo.kl_coeff"),
         ({"set": ["algo=ei"]}, "'algo=ei' sets a key an axis"),
         ({"set": ["rl.seed=3"]}, "an axis \\(or the seed\\)"),
+        ({"set_for": {"model": {"mini": ["pretrain.lr=0.001"]}}}, "set_for: 'model' is not an axis"),
+        ({"set_for": {"algo": {"reinforce": ["pretrain.lr=0.001"]}}}, "no value 'reinforce' \\(values: ppo, grpo\\)"),
+        ({"set_for": {"algo": {"ppo": ["rl.seed=3"]}}}, "'rl.seed=3' must be key=value on a key no axis"),
+        ({"set_for": {"algo": {"ppo": ["pretrain.lr"]}}}, "'pretrain.lr' must be key=value"),
     ],
 )
 def test_bad_sweeps_fail_with_one_clear_line(tmp_path: Path, fields: dict, message: str) -> None:
@@ -126,6 +130,30 @@ def test_set_reaches_every_cell_after_an_axis_that_replaces_its_section(tmp_path
     path = write_sweep(tmp_path, axes={"mixture": ["tinygsm", "tinygsm+4xomi1"]}, seeds=[0], set=["mixture.val_docs=5"])
     sweep, folder = load_sweep(str(path))
     assert [study.mixture.val_docs for _, study in resolve_cells(sweep, folder)] == [5, 5]
+
+
+def test_set_for_reaches_only_the_cells_with_that_value_and_wins_over_set(tmp_path: Path) -> None:
+    """A larger model trains at its own learning rate while the axis still names only the model."""
+    path = write_sweep(
+        tmp_path,
+        axes={"model": ["tiny", "mini"], "kl": [0.001, 0.0]},
+        keys={"model": ["pretrain.model"], "kl": ["rl.ppo.kl_coef", "rl.grpo.kl_coef"]},
+        seeds=[0],
+        set=["pretrain.lr=1.0e-3"],
+        set_for={"model": {"mini": ["pretrain.lr=3.0e-4"]}, "kl": {0.0: ["rl.max_steps=3"]}},
+    )
+    sweep, folder = load_sweep(str(path))
+    studies = {cell.name: study for cell, study in resolve_cells(sweep, folder)}
+    assert {name: (s.pretrain.model, s.pretrain.lr) for name, s in studies.items()} == {
+        "model-tiny_kl-0.001_seed-0": ("tiny", 1e-3), "model-tiny_kl-0_seed-0": ("tiny", 1e-3),
+        "model-mini_kl-0.001_seed-0": ("mini", 3e-4), "model-mini_kl-0_seed-0": ("mini", 3e-4),
+    }  # fmt: skip
+    default_steps = studies["model-tiny_kl-0.001_seed-0"].rl.max_steps
+    assert default_steps != 3
+    assert [s.rl.max_steps for s in studies.values()] == [default_steps, 3, default_steps, 3]
+    # A cluster sweep gets the same studies: the emitted commands carry the per-value overrides.
+    script = emit(str(path), tmp_path / "out", "slurm").read_text()
+    assert script.count("pretrain.lr=3.0e-4") == 2 and script.count("rl.max_steps=3") == 2
 
 
 def test_the_paper_cpu_sweep_tests_each_finding_with_three_seeds_on_shared_pretraining() -> None:
