@@ -174,6 +174,8 @@ def test_the_paper_cpu_sweep_tests_each_finding_with_three_seeds_on_shared_pretr
     ])  # fmt: skip
     # Algorithm and KL only change RL: (tiny on 2 mixtures + mini) x 3 seeds pretrain.
     assert len({stage_hashes(study)["pretrain"] for _, study in cells}) == 9
+    # Each size at its own learning rate (no one rate suits both widths; docs/model-size.md).
+    assert {(study.pretrain.model, study.pretrain.lr) for _, study in cells} == {("tiny", 6e-3), ("mini", 3e-3)}
     assert all(study.rl.eval_every == 5 for _, study in cells)  # the collapse's timing resolution
     assert all((study.eval.n, study.eval.limit) == (64, 32) for _, study in cells)  # pass@k to k = 64
     # Every cell pretrains on the quickstart's ladder and evaluates every rung: transfer per rung.
