@@ -221,7 +221,13 @@ def _learns(base: Estimate | None) -> bool:
 
 
 def _accuracy(base: Estimate | None) -> str:
-    return "—" if base is None else f"{base.effect:.1%} ({base.basis})"
+    """The mean with each seed's own value: one seed that never learned the task pulls the mean
+    down, and a reader should see which it was."""
+    if base is None:
+        return "—"
+    if base.level == "prompt":
+        return f"{base.effect:.1%} ({base.basis})"
+    return f"{base.effect:.1%} ({base.basis}: {', '.join(f'{v:.1%}' for v in base.per_seed)})"
 
 
 def largest_dip(run: RunData) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -207,6 +208,9 @@ def test_model_sizes_are_compared_by_parameters_and_only_where_they_learned_the_
     size = _size_sweep(tmp_path, synthetic, sizes)
     assert size["verdict"] == "not_tested" and "fewer than two sizes learn the task" in size["note"], size
     assert "mini " in size["note"] and "small " in size["note"]  # each size's base accuracy, said where it is read
+    # ... with each seed's own value beside the mean (a seed that never learned shows as such)
+    mean, *per_seed = map(float, re.search(r"small (\S+)% \(2 seeds: (\S+)%, (\S+)%\)", size["note"]).groups())
+    assert mean == pytest.approx(sum(per_seed) / 2, abs=0.1)
 
 
 def test_a_finding_counts_the_seeds_of_the_settings_its_verdict_rests_on() -> None:
