@@ -86,7 +86,7 @@ class SweepConfig:
             if not keys or not all(_AXIS.match(key) for key in keys):
                 raise UserError(f"keys: '{axis}' must list dotted study keys, got {keys!r}")
         swept = {*SEED_KEYS, *(key for axis in self.axes for key in self.keys.get(axis, [axis]))}
-        clash = next((item for item in self.set if item.split("=", 1)[0].strip() in swept), None)
+        clash = next((item for item in self.set if _override_key(item) in swept), None)
         if clash is not None:
             raise UserError(f"set: '{clash}' sets a key an axis (or the seed) sets; drop it or the axis")
         for axis, by_value in self.set_for.items():
@@ -97,7 +97,7 @@ class SweepConfig:
                 if _value_key(value) not in names:
                     values = ", ".join(_short(v) for v in self.axes[axis])
                     raise UserError(f"set_for: {axis} has no value {value!r} (values: {values})")
-                bad = next((item for item in items if "=" not in item or item.split("=", 1)[0].strip() in swept), None)
+                bad = next((item for item in items if "=" not in item or _override_key(item) in swept), None)
                 if bad is not None:
                     raise UserError(f"set_for: {axis}={value}: '{bad}' must be key=value on a key no axis (or the seed) sets")
         if not self.seeds or len(self.seeds) != len(set(self.seeds)):
@@ -407,6 +407,11 @@ def emit(
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
     return script
+
+
+def _override_key(item: str) -> str:
+    """The study key a `key=value` override sets."""
+    return item.split("=", 1)[0].strip()
 
 
 def _value_key(value: Any) -> float | str:
