@@ -17,6 +17,7 @@ from echochamber.report.collect import RunData, SweepData, find_axis, group_sett
 from echochamber.report.dose import kl_dose_trend
 from echochamber.report.measure import (
     NEGLIGIBLE,
+    Measure,
     at,
     by_value,
     default_kl,
@@ -42,7 +43,8 @@ SAME_SHARE = 0.10  # "the same format wins": its share differs by at most 10 poi
 SIZE_SHIFT = (
     0.5  # "another format wins at the larger size": the small model's winner loses over half its share
 )
-LEARNS_TASK = 0.30  # a model size enters the size comparison if its base greedy pass@1 reaches 30 %
+LEARNS_TASK = 0.30  # a run enters the size comparison if its base greedy pass@1 reaches 30 %
+LEARNED_RUNS = 2  # ... and a size, with at least this many such runs (or its one run, in a one-seed sweep)
 RECOVERED = 0.05  # a training-accuracy dip has recovered when accuracy returns within 5 points of its peak
 
 
@@ -163,44 +165,54 @@ def _algorithms(sweep: SweepData) -> list[dict[str, Any]]:
 def _model_size(sweep: SweepData) -> dict[str, Any]:
     """Another format wins at the larger model size: unpaired (each size has its own pretraining).
 
-    Only sizes that learn the task before RL are compared (base greedy pass@1 on the main benchmark,
-    over the seeds, at least LEARNS_TASK): a model that cannot solve the RL prompts gets almost no
-    reward, so which format it ends on says nothing about its size. Of those, the smallest and the
-    largest by parameter count are compared; the others are listed with their base accuracy."""
+    Only runs that learned the task before RL are compared (base greedy pass@1 on the main
+    benchmark at least LEARNS_TASK): a model that cannot solve the RL prompts gets almost no
+    reward, so which format it ends on says nothing about its size. The bar applies to each run,
+    not to a size's mean over seeds: a seed that never learned would otherwise be a third of its
+    size's evidence as long as the other seeds pull the mean over the bar. It is read before RL,
+    so leaving such a run out selects on nothing RL did; the runs left out are named. A size
+    enters with at least LEARNED_RUNS such runs (its one run in a one-seed sweep); of those, the
+    smallest and the largest by parameter count are compared."""
     axis = find_axis(sweep, "size", "model")
     claim = Claim("threshold", SIZE_SHIFT)
     settings = []
     for key, runs in (group_settings(sweep, {axis}) if axis else {}).items():
         bench = main_benchmark(runs)
+        base_pass1 = at("base", bench, pass1)
         by_size = by_value(policy_gradient(runs), lambda r: r.params.get(axis), bench)
         if len(by_size) < 2:
             continue
         order = _by_parameters(sweep.axes[axis], by_size)
-        base = {size: over_seeds(by_size[size], at("base", bench, pass1)) for size in order}
-        learned = [size for size in order if _learns(base[size])]
+        base = {size: over_seeds(by_size[size], base_pass1) for size in order}
+        kept = {size: _learned(by_size[size], base_pass1) for size in order}
+        learned = [size for size in order if len(kept[size]) >= min(LEARNED_RUNS, len(by_size[size]))]
         details: dict[str, Any] = {
             "benchmark": bench, **{f"base pass@1 at {size}": _accuracy(base[size]) for size in order},
         }
+        for size in learned:
+            if left_out := sorted({run.seed for run in by_size[size]} - {run.seed for run in kept[size]}):
+                details[f"left out at {size} (base below the bar)"] = _seeds(left_out)
         if len(learned) < 2:
             measured = ", ".join(f"{size} {_accuracy(base[size])}" for size in order)
             settings.append(not_tested(
-                key, f"fewer than two sizes learn the task before RL (base greedy pass@1 ≥ {LEARNS_TASK:.0%}: {measured})",
+                key, f"fewer than two sizes learn the task before RL (at least {LEARNED_RUNS} runs with base "
+                f"greedy pass@1 ≥ {LEARNS_TASK:.0%}: {measured})",
                 details,
             ))
             continue
-        tops = {size: winner(by_size[size], bench) for size in learned}
+        tops = {size: winner(kept[size], bench) for size in learned}
         small, large = learned[0], learned[-1]
         if tops[small] is None:
             settings.append(not_tested(key, "no format shares after RL", details))
             continue
         details |= {f"format at {size}": f"{top[0]} ({top[1]:.0%})" for size, top in tops.items() if top}
-        share = unpaired(by_size[small], by_size[large], at("final", bench, share_of(tops[small][0])))
+        share = unpaired(kept[small], kept[large], at("final", bench, share_of(tops[small][0])))
         settings.append(judge(f"{key} · {small} vs {large}", claim, share, details))
     return finding(
         "model_size",
         "Which format RL picks depends on model size (paper: on TinyGSM+OMI1+OMI2, 150M → TinyGSM code, 1B → "
-        f"OMI2 text): of the sizes that learn the task before RL (base greedy pass@1 ≥ {LEARNS_TASK:.0%}), the "
-        f"smallest model's winning format loses more than {SIZE_SHIFT:.0%} of its share at the largest.",
+        f"OMI2 text): of the runs that learn the task before RL (base greedy pass@1 ≥ {LEARNS_TASK:.0%}), "
+        f"the smallest model's winning format loses more than {SIZE_SHIFT:.0%} of its share at the largest.",
         claim, "Δ share of the small model's winner (small − large)", settings,
         "no sweep axis over the model size with final evaluations",
     )  # fmt: skip
@@ -216,8 +228,14 @@ def _by_parameters(axis_values: list[Any], by_size: dict[Any, list[RunData]]) ->
     return present
 
 
-def _learns(base: Estimate | None) -> bool:
-    return base is not None and base.effect >= LEARNS_TASK
+def _learned(runs: list[RunData], base_pass1: Measure) -> list[RunData]:
+    """The runs whose own base greedy pass@1 reaches LEARNS_TASK."""
+    bases = {id(run): over_seeds([run], base_pass1) for run in runs}
+    return [run for run in runs if (base := bases[id(run)]) is not None and base.effect >= LEARNS_TASK]
+
+
+def _seeds(seeds: list[Any]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
 
 def _accuracy(base: Estimate | None) -> str:

@@ -169,15 +169,21 @@ def test_the_algorithm_findings_are_judged_at_the_default_kl_only(tmp_path: Path
         assert findings[name]["verdict"] == "reproduced"
 
 
-def _size_sweep(tmp_path: Path, synthetic, sizes: dict[str, dict]) -> dict:
-    """GRPO cells with two seeds per model size; `sizes` maps a preset name to its RunSpec fields,
-    in the axis order (a sweep lists its default size first, not the smallest)."""
-    cells = [
-        (f"{size}-s{seed}", {"model": size, "seed": seed},
-         synthetic.RunSpec(name=f"{size}-s{seed}", algo="grpo", seed=seed, steps=20, samples=8, **spec))
-        for size, spec in sizes.items() for seed in (0, 1)
-    ]  # fmt: skip
-    sweep = synthetic.write_sweep(tmp_path / "sweep", cells, {"model": list(sizes), "seed": [0, 1]})
+def _size_sweep(tmp_path: Path, synthetic, sizes: dict[str, dict], seeds: tuple[int, ...] = (0, 1)) -> dict:
+    """GRPO cells, one per model size and seed; `sizes` maps a preset name to its RunSpec fields, in
+    the axis order (a sweep lists its default size first, not the smallest), and `per_seed` in them
+    maps a seed to the fields its run has instead."""
+    cells = []
+    for size, fields in sizes.items():
+        spec, per_seed = {k: v for k, v in fields.items() if k != "per_seed"}, fields.get("per_seed", {})
+        cells += [
+            (f"{size}-s{seed}", {"model": size, "seed": seed}, synthetic.RunSpec(
+                name=f"{size}-s{seed}", algo="grpo", seed=seed, steps=20, samples=8,
+                **(spec | per_seed.get(seed, {})),
+            ))
+            for seed in seeds
+        ]  # fmt: skip
+    sweep = synthetic.write_sweep(tmp_path / "sweep", cells, {"model": list(sizes), "seed": list(seeds)})
     return _by_id(compute_findings(collect(sweep)))["model_size"]
 
 
@@ -211,6 +217,39 @@ def test_model_sizes_are_compared_by_parameters_and_only_where_they_learned_the_
     # ... with each seed's own value beside the mean (a seed that never learned shows as such)
     mean, *per_seed = map(float, re.search(r"small (\S+)% \(2 seeds: (\S+)%, (\S+)%\)", size["note"]).groups())
     assert mean == pytest.approx(sum(per_seed) / 2, abs=0.1)
+
+
+def test_the_base_bar_applies_to_each_run_and_a_size_needs_two_runs_that_learned(
+    tmp_path: Path, synthetic
+) -> None:
+    """tiny's seed 2 never learned the task and drifted onto OMI2 (as tiny's seed 2 did at 800 steps
+    in paper-cpu); its seeds 0 and 1 learned it and ended on TinyGSM. Averaged over the seeds, tiny
+    clears the bar with the failed seed a third of its evidence, and its TinyGSM share reads about a
+    third lower than what the runs that learned reached. Per run, seed 2 is left out and named."""
+    learns = {"base_mix": {"tinygsm": 0.6, "omi1": 0.3, "omi2": 0.1}}
+    to_omi2 = {"final_mix": {"omi2": 0.92, "tinygsm": 0.05, "omi1": 0.03}}
+    failed = to_omi2 | {"solvable": (0.15, 0.15)}  # base greedy pass@1 about 20 %
+    sizes = {
+        "tiny": learns | {"final_mix": {"tinygsm": 0.97, "omi1": 0.02, "other": 0.01}, "parameters": 688,
+                          "per_seed": {2: failed}},
+        "mini": learns | to_omi2 | {"parameters": 2_621},
+    }
+    size = _size_sweep(tmp_path, synthetic, sizes, seeds=(0, 1, 2))
+    (setting,) = size["settings"]
+    details = setting["details"]
+    found = re.search(r"(\S+)% \(3 seeds: (\S+)%, (\S+)%, (\S+)%\)", details["base pass@1 at tiny"])
+    mean, *per_seed = map(float, found.groups())
+    assert mean >= 30 and per_seed[2] < 30 <= min(per_seed[:2])  # the mean alone would let seed 2 in
+    assert details["left out at tiny (base below the bar)"] == "seed 2"
+    assert float(re.fullmatch(r"tinygsm \((\d+)%\)", details["format at tiny"]).group(1)) > 90
+    assert size["verdict"] == "reproduced" and size["seeds"] == 2, size  # tiny's two runs against mini's three
+
+    # Two of tiny's three seeds failed: its mean still clears the bar, but one run is not a size's evidence.
+    sizes["tiny"]["per_seed"] = {1: failed, 2: failed}
+    shutil.rmtree(tmp_path / "sweep")
+    size = _size_sweep(tmp_path, synthetic, sizes, seeds=(0, 1, 2))
+    assert size["verdict"] == "not_tested" and "fewer than two sizes learn the task" in size["note"], size
+    assert float(re.search(r"tiny (\S+)%", size["note"]).group(1)) >= 30
 
 
 def test_a_finding_counts_the_seeds_of_the_settings_its_verdict_rests_on() -> None:
