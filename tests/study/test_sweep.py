@@ -159,7 +159,7 @@ def test_set_for_reaches_only_the_cells_with_that_value_and_wins_over_set(tmp_pa
 def test_the_paper_cpu_sweep_tests_each_finding_with_three_seeds_on_shared_pretraining() -> None:
     sweep, folder = load_sweep("paper-cpu")
     cells = resolve_cells(sweep, folder)
-    assert len(cells) == 8 * 3
+    assert len(cells) == 9 * 3
     settings: dict[tuple, list[int]] = {}
     for cell, _ in cells:
         settings.setdefault(tuple(v for k, v in cell.params.items() if k != "seed"), []).append(
@@ -168,14 +168,19 @@ def test_the_paper_cpu_sweep_tests_each_finding_with_three_seeds_on_shared_pretr
     assert all(seeds == [0, 1, 2] for seeds in settings.values())
     even, paper = "tinygsm+omi1+omi2-even", "tinygsm+omi1+omi2"
     assert sorted(settings) == sorted([
-        ("tiny", even, "grpo", 0.001), ("tiny", even, "ei", 0.001),
-        ("tiny", even, "ppo", 0.001), *(("tiny", even, "grpo", kl) for kl in (0.0, 0.01, 0.1)),  # KL dose
-        ("tiny", paper, "grpo", 0.001), ("mini", paper, "grpo", 0.001),  # mixture flip, model size
+        ("tiny", even, "grpo", 0.001, 600), ("tiny", even, "ei", 0.001, 600),
+        ("tiny", even, "ppo", 0.001, 600), *(("tiny", even, "grpo", kl, 600) for kl in (0.0, 0.01, 0.1)),  # KL dose
+        ("tiny", paper, "grpo", 0.001, 600),  # mixture flip
+        ("tiny", paper, "grpo", 0.001, 800), ("mini", paper, "grpo", 0.001, 800),  # model size
     ])  # fmt: skip
-    # Algorithm and KL only change RL: (tiny on 2 mixtures + mini) x 3 seeds pretrain.
-    assert len({stage_hashes(study)["pretrain"] for _, study in cells}) == 9
-    # Each size at its own learning rate (no one rate suits both widths; docs/model-size.md).
+    # Algorithm and KL only change RL: (tiny on 2 mixtures at 600 steps, tiny and mini at 800) x 3 seeds.
+    assert len({stage_hashes(study)["pretrain"] for _, study in cells}) == 12
+    # Each size at its own learning rate (no one rate suits both widths; docs/model-size.md); the
+    # sizes at one token budget, longer than the quickstart's (tiny's seeds learn the task late).
     assert {(study.pretrain.model, study.pretrain.lr) for _, study in cells} == {("tiny", 6e-3), ("mini", 3e-3)}
+    assert {
+        (c.params["model"], study.pretrain.max_steps) for c, study in cells if c.params["mixture"] == paper
+    } == {("tiny", 600), ("tiny", 800), ("mini", 800)}
     assert all(study.rl.eval_every == 5 for _, study in cells)  # the collapse's timing resolution
     assert all((study.eval.n, study.eval.limit) == (64, 32) for _, study in cells)  # pass@k to k = 64
     # Every cell pretrains on the quickstart's ladder and evaluates every rung: transfer per rung.
