@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 
 from echochamber.data.docmap import DOC_MAP_DIR, encode_ids, write_document_map
 from echochamber.data.mixture import build_shards
@@ -42,16 +42,6 @@ from echochamber.study.config import load_study
 
 MAX_TOKENS = 192
 BATCH = 128  # the quickstart's rollouts per RL step
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn):
