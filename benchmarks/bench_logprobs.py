@@ -19,7 +19,7 @@ import time
 import torch
 from machine import cpu_model
 
-from echochamber.rl.rollout import LOGPROB_CHUNK_BYTES, token_logprobs
+from echochamber.rl.rollout import logprob_chunk_rows, token_logprobs
 
 
 def before(logits: torch.Tensor, targets: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,13 +60,13 @@ def main() -> None:
         targets = torch.randint(vocab, (args.rows,), generator=gen)
         upstream = torch.randn(args.rows, generator=gen)
         scale = 1 / 0.7
-        grads = []
+        outputs = []
         for side in (before, ours):  # same values and gradients before anything is timed
             x = logits.clone().requires_grad_()
             logp, entropy = side(x, targets, scale)
             logp.backward(upstream)
-            grads.append((logp.detach(), entropy, x.grad))
-        for a, b in zip(*grads, strict=True):
+            outputs.append((logp.detach(), entropy, x.grad))
+        for a, b in zip(*outputs, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         for _ in range(3):  # warm the allocator and caches for both sides: the first calls are slower
             for side in (before, ours):
@@ -75,7 +75,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for side in best:
                 best[side] = min(best[side], timed(side, logits, targets, scale, upstream))
-        chunk = min(args.rows, LOGPROB_CHUNK_BYTES // (4 * vocab))
+        chunk = min(args.rows, logprob_chunk_rows(vocab))
         print(f"{args.rows:>6} {vocab:>6} {chunk:>6} {best[before] * 1e3:>10.2f} {best[ours] * 1e3:>8.2f} "
               f"{best[before] / best[ours]:>5.2f}x")
 

@@ -230,8 +230,8 @@ def _by_parameters(axis_values: list[Any], by_size: dict[Any, list[RunData]]) ->
 
 def _learned(runs: list[RunData], base_pass1: Measure) -> list[RunData]:
     """The runs whose own base greedy pass@1 reaches LEARNS_TASK."""
-    bases = {id(run): over_seeds([run], base_pass1) for run in runs}
-    return [run for run in runs if (base := bases[id(run)]) is not None and base.effect >= LEARNS_TASK]
+    bases = [(run, over_seeds([run], base_pass1)) for run in runs]
+    return [run for run, base in bases if base is not None and base.effect >= LEARNS_TASK]
 
 
 def _seeds(seeds: list[Any]) -> str:

@@ -234,9 +234,14 @@ def token_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """([R] log p(target) of each row of [R, vocab] logits at inverse temperature `scale`, [R] entropy
     of each row, or an empty tensor when `entropy` is False). Differentiable in the log-probs only.
-    `chunk_rows` defaults to LOGPROB_CHUNK_BYTES of float32 logits."""
-    rows = chunk_rows or max(1, LOGPROB_CHUNK_BYTES // (4 * logits.shape[-1]))
-    return _TokenLogprobs.apply(logits, targets, scale, entropy, rows)
+    `chunk_rows` defaults to `logprob_chunk_rows(vocab)`."""
+    chunk = chunk_rows or logprob_chunk_rows(logits.shape[-1])
+    return _TokenLogprobs.apply(logits, targets, scale, entropy, chunk)
+
+
+def logprob_chunk_rows(vocab: int) -> int:
+    """Rows of float32 logits in LOGPROB_CHUNK_BYTES."""
+    return max(1, LOGPROB_CHUNK_BYTES // (4 * vocab))
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -289,7 +294,7 @@ class _TokenLogprobs(torch.autograd.Function):
             chunk = grad[start:end]  # p, then the gradient, written in place
             torch.mul(logits[start:end], ctx.scale, out=chunk)
             chunk.sub_(log_norm[start:end, None]).exp_().mul_(-weight[start:end, None])
-            chunk.scatter_add_(-1, targets[start:end, None], weight[start:end, None].to(chunk.dtype))
+            chunk.scatter_add_(-1, targets[start:end, None], weight[start:end, None])
         return grad.to(logits.dtype), None, None, None, None
 
 
