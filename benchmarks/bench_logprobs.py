@@ -1,4 +1,4 @@
-"""The RL update's [rows, vocab] passes: `rollout.token_logprobs` (chunked, two exps, no log-softmax
+"""The RL update's [rows, vocab] passes: `model.logprobs.token_logprobs` (chunked, two exps, no log-softmax
 written) against what `sequence_logprobs` did before it (log_softmax + gather, and an entropy pass),
 forward and backward, on the logits of one micro-batch.
 
@@ -19,7 +19,7 @@ import time
 import torch
 from machine import cpu_model
 
-from echochamber.rl.rollout import logprob_chunk_rows, token_logprobs
+from echochamber.model.logprobs import chunk_rows_for, token_logprobs
 
 
 def before(logits: torch.Tensor, targets: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +75,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for side in best:
                 best[side] = min(best[side], timed(side, logits, targets, scale, upstream))
-        chunk = min(args.rows, logprob_chunk_rows(vocab))
+        chunk = min(args.rows, chunk_rows_for(vocab, torch.device("cpu")))
         print(f"{args.rows:>6} {vocab:>6} {chunk:>6} {best[before] * 1e3:>10.2f} {best[ours] * 1e3:>8.2f} "
               f"{best[before] / best[ours]:>5.2f}x")
 

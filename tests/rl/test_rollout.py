@@ -22,7 +22,6 @@ from echochamber.rl.rollout import (
     sequence_logprobs,
     step_prompts,
     steps_per_epoch,
-    token_logprobs,
     write_rollouts,
 )
 
@@ -74,34 +73,6 @@ def test_sequence_logprobs_apply_the_temperature_and_shift_by_one():
     assert entropy[0, 2].item() == pytest.approx(math.log(3), abs=1e-6)
     no_entropy = sequence_logprobs(FixedLogits(logits), tokens, torch.ones_like(tokens), 0.5, entropy=False)
     assert no_entropy[1] is None and torch.equal(no_entropy[0], logp)
-
-
-def test_token_logprobs_equal_log_softmax_and_its_gradient_across_chunks():
-    """The chunked pass (rollout.token_logprobs) against log_softmax + gather and the entropy's
-    formula, over rows spanning three chunks with a ragged last one: equal values in float64, a
-    hand-written backward that finite differences confirm (gradcheck), the float32 gradient of the
-    plain formula, and an entropy that carries no gradient."""
-    gen = torch.Generator().manual_seed(0)
-    chunk, vocab, scale = 16, 13, 1 / 0.7
-    rows = 2 * chunk + 7
-    logits = torch.randn(rows, vocab, generator=gen, dtype=torch.float64) * 3
-    targets = torch.randint(vocab, (rows,), generator=gen)
-    logp, entropy = token_logprobs(logits, targets, scale, chunk_rows=chunk)
-    plain = torch.log_softmax(logits * scale, dim=-1)
-    torch.testing.assert_close(logp, plain.gather(-1, targets[:, None]).squeeze(-1), rtol=0, atol=1e-12)
-    torch.testing.assert_close(entropy, -(plain.exp() * plain).sum(-1), rtol=0, atol=1e-12)
-    assert token_logprobs(logits, targets, scale, entropy=False, chunk_rows=chunk)[1].numel() == 0
-    torch.testing.assert_close(token_logprobs(logits, targets, scale)[0], logp, rtol=0, atol=1e-12)  # one chunk
-
-    x = logits.clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: token_logprobs(t, targets, scale, chunk_rows=chunk)[0], (x,))
-    assert not token_logprobs(x, targets, scale)[1].requires_grad
-
-    upstream = torch.randn(rows, generator=gen)
-    ours, theirs = (logits.float().requires_grad_() for _ in range(2))
-    token_logprobs(ours, targets, scale, chunk_rows=chunk)[0].backward(upstream)
-    torch.log_softmax(theirs * scale, dim=-1).gather(-1, targets[:, None]).squeeze(-1).backward(upstream)
-    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_sampler_logprobs_equal_a_forward_pass_at_the_same_temperature(tiny_policy, test_world, grader):
