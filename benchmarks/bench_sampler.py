@@ -2,6 +2,7 @@
 
     python benchmarks/bench_sampler.py                      # tiny and small, batch 128 and 512
     python benchmarks/bench_sampler.py --presets tiny --batches 128 --new-tokens 64 --repeats 3
+    python benchmarks/bench_sampler.py --batches 128 --threads 1 --profile   # + where our time goes
 
 Models are random-initialised presets over a 4k byte-level BPE trained on GSM8K text (prompts are
 GSM8K train questions + "\\n\\n"). Both sides generate exactly --new-tokens tokens per row (EOS
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest counts")
+    parser.add_argument("--profile", action="store_true", help="then profile one more run of ours: top ops by self time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -110,6 +112,10 @@ def main() -> None:
             print(f"{preset:>6} {count_parameters(model) / 1e6:>7.2f}M {batch:>5} {tokens / ours.wall:>11.0f} "
                   f"{tokens / hf.wall:>9.0f} {hf.wall / ours.wall:>5.1f}x {hf.cpu / ours.cpu:>13.1f}x "
                   f"{os.getloadavg()[0]:>5.1f}", flush=True)
+            if args.profile:
+                with torch.profiler.profile() as profiler:
+                    time_ours(model, tokenizer, prompts, batch, params)
+                print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ class _TokenLogprobs(torch.autograd.Function):
 
     Against log_softmax + gather + an entropy pass this takes two exps instead of three and no
     [rows, vocab] log-softmax is written: every pass after a chunk's first read hits the cache
-    instead of memory. The [rows, vocab] passes were about a fifth of an RL update on tiny
-    and a sixth of a pretraining step at a 4k vocabulary (docs/performance.md). The logits are saved as they are (the graph holds them anyway).
+    instead of memory. The [rows, vocab] passes were about a fifth of an RL update on tiny and a
+    sixth of a pretraining step at a 4k vocabulary (docs/performance.md). The logits are saved as
+    they are (the graph holds them anyway).
     """
 
     @staticmethod
