@@ -60,7 +60,7 @@ class _TokenLogprobs(torch.autograd.Function):
         for start in range(0, rows, chunk):
             end = min(start + chunk, rows)
             z, e = z_chunk[: end - start], e_chunk[: end - start]
-            torch.mul(logits[start:end], scale, out=z)
+            torch.mul(logits[start:end].to(work), scale, out=z)  # scaled in float32, not in bfloat16
             high = z.amax(dim=-1, keepdim=True)
             z.sub_(high)
             picked = z.gather(-1, targets[start:end, None]).squeeze(-1)  # before e may overwrite z
@@ -84,7 +84,7 @@ class _TokenLogprobs(torch.autograd.Function):
         for start in range(0, len(logits), ctx.chunk):
             end = min(start + ctx.chunk, len(logits))
             chunk = grad[start:end]  # p, then the gradient, written in place
-            torch.mul(logits[start:end], ctx.scale, out=chunk)
+            torch.mul(logits[start:end].to(chunk.dtype), ctx.scale, out=chunk)
             chunk.sub_(log_norm[start:end, None]).exp_().mul_(-weight[start:end, None])
             chunk.scatter_add_(-1, targets[start:end, None], weight[start:end, None])
         return grad.to(logits.dtype), None, None, None, None

@@ -36,18 +36,23 @@ def test_token_logprobs_equal_log_softmax_and_its_gradient_across_chunks():
 
 
 def test_bfloat16_logits_get_float32_log_probs_and_a_bfloat16_gradient():
-    """Under bfloat16 autocast the logits arrive in bfloat16: the pass works in float32 (no float32
-    copy of the whole tensor first) and hands back a gradient in the logits' own dtype."""
+    """Under bfloat16 autocast the logits arrive in bfloat16: the pass scales and works in float32
+    chunk by chunk (no float32 copy of the whole tensor first) and hands back a gradient in the
+    logits' own dtype."""
     gen = torch.Generator().manual_seed(1)
     logits = (torch.randn(40, 29, generator=gen) * 3).to(torch.bfloat16)
     targets = torch.randint(29, (40,), generator=gen)
-    x = logits.clone().requires_grad_()
-    logp, _ = token_logprobs(x, targets, 1.0, entropy=False, chunk_rows=16)
-    assert logp.dtype == torch.float32
-    plain = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
-    torch.testing.assert_close(logp, plain, rtol=0, atol=1e-5)
-    logp.sum().backward()
-    assert x.grad.dtype == torch.bfloat16
+    for scale in (1.0, 1 / 0.7):  # a temperature: bfloat16 would round the scaled logits by ~0.05
+        x = logits.clone().requires_grad_()
+        logp, _ = token_logprobs(x, targets, scale, entropy=False, chunk_rows=16)
+        assert logp.dtype == torch.float32
+        plain = torch.log_softmax(logits.float() * scale, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+        torch.testing.assert_close(logp, plain, rtol=0, atol=1e-5)
+        logp.sum().backward()
+        assert x.grad.dtype == torch.bfloat16
+        p = torch.softmax(logits.float() * scale, dim=-1)
+        expected = scale * (torch.nn.functional.one_hot(targets, 29).float() - p)
+        torch.testing.assert_close(x.grad.float(), expected.to(torch.bfloat16).float(), rtol=0, atol=1e-2)
 
 
 def test_chunks_fit_a_cpu_cache_and_cap_memory_on_an_accelerator():
