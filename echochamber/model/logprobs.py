@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import torch
 
-# Bytes of float32 logits per chunk. On a CPU: small enough to stay in one core's L2 between a
-# chunk's passes, large enough that the per-chunk Python overhead stays small (measured on Zen 4 with
-# benchmarks/bench_logprobs.py: 512 rows at a 1k vocabulary, 128 at 4k). On a GPU the passes are
-# bandwidth-bound kernels whatever the size, and each chunk costs ~10 launches: a chunk is then a
-# memory cap (a 16k-token micro-batch at a 32k vocabulary is 2 GiB of logits), not a cache fit.
-CHUNK_BYTES = {"cpu": 2 << 20}
+# Bytes of float32 logits per chunk. On a CPU: small enough that a chunk's passes after its first
+# read hit the cache (2 MiB: twice Zen 4's L2, a small share of its L3), large enough that the
+# per-chunk Python overhead stays small (measured on Zen 4 with benchmarks/bench_logprobs.py: 512 rows
+# at a 1k vocabulary beat 64). On a GPU the passes are bandwidth-bound kernels whatever the size, and
+# each chunk costs ~10 launches: a chunk is then a memory cap (a 16k-token micro-batch at a 32k
+# vocabulary is 2 GiB of logits), not a cache fit.
+CPU_CHUNK_BYTES = 2 << 20
 ACCELERATOR_CHUNK_BYTES = 256 << 20
 
 
@@ -32,7 +33,8 @@ def token_logprobs(
 
 def chunk_rows_for(vocab: int, device: torch.device) -> int:
     """Rows of float32 logits in one chunk on `device`."""
-    return max(1, CHUNK_BYTES.get(device.type, ACCELERATOR_CHUNK_BYTES) // (4 * vocab))
+    chunk_bytes = CPU_CHUNK_BYTES if device.type == "cpu" else ACCELERATOR_CHUNK_BYTES
+    return max(1, chunk_bytes // (4 * vocab))
 
 
 class _TokenLogprobs(torch.autograd.Function):

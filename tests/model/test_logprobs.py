@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from echochamber.model.logprobs import ACCELERATOR_CHUNK_BYTES, CHUNK_BYTES, chunk_rows_for, token_logprobs
+from echochamber.model.logprobs import (
+    ACCELERATOR_CHUNK_BYTES,
+    CPU_CHUNK_BYTES,
+    chunk_rows_for,
+    token_logprobs,
+)
 
 
 def test_token_logprobs_equal_log_softmax_and_its_gradient_across_chunks():
@@ -56,10 +61,10 @@ def test_bfloat16_logits_get_float32_log_probs_and_a_bfloat16_gradient():
 
 
 def test_chunks_fit_a_cpu_cache_and_cap_memory_on_an_accelerator():
-    """CPU chunks are sized for L2 (a few hundred rows), accelerator chunks for launch count: a 32k
+    """CPU chunks are sized for the cache (a few hundred rows), accelerator chunks for launch count: a 32k
     vocabulary must not be cut into 16-row chunks on a GPU (thousands of launches per pass)."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert chunk_rows_for(1024, cpu) * 1024 * 4 == CHUNK_BYTES["cpu"] == 2 << 20
+    assert chunk_rows_for(1024, cpu) * 1024 * 4 == CPU_CHUNK_BYTES == 2 << 20
     assert chunk_rows_for(32768, cpu) == 16
     assert chunk_rows_for(32768, cuda) == ACCELERATOR_CHUNK_BYTES // (4 * 32768) >= 2048
     assert chunk_rows_for(10**9, cpu) == 1  # never zero rows
