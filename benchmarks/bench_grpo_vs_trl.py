@@ -3,6 +3,7 @@
     python benchmarks/bench_grpo_vs_trl.py                       # 16 prompts x 8, <= 128 new tokens
     python benchmarks/bench_grpo_vs_trl.py --steps 3 --policy RUN/final   # a pretrained checkpoint
     python benchmarks/bench_grpo_vs_trl.py --preset small --threads 1     # the small preset, 1 thread
+    python benchmarks/bench_grpo_vs_trl.py --dtype auto                   # bfloat16 on both sides where native
 
 Both sides get the same model (by default a random `tiny` preset, ~1M parameters, over a 4k BPE
 trained on GSM8K questions; or --policy), the same GSM8K train prompts (question + "\\n\\n"), group
@@ -15,6 +16,10 @@ callback; ours from the timing split core writes to metrics.jsonl for every step
 each side is a warm-up and is not counted; the whole call (setup, warm-up, logging, saving) per step
 is printed too, as an upper bound. A random model rarely stops before the limit, so both
 sides sample the full length: the worst case for sampling speed.
+
+Precision (--dtype) is the same on both sides: float32 by default; under bfloat16 (or "auto" where
+it resolves to bfloat16) TRL trains with `bf16=True` (autocast) and ours with `dtype: bfloat16`
+(autocast over the update's, the reference's forward); both sample from float32 weights.
 
 Where our step's time goes (docs/performance.md): each phase's share, and its achieved GFLOP/s
 (useful tokens only: the padding a micro-batch carries counts as lost time) against the dense-GEMM
@@ -48,6 +53,7 @@ from echochamber.data.tokenizer import (
     pad_token_id,
     train_bpe,
 )
+from echochamber.model.precision import DTYPES, resolve_dtype
 from echochamber.model.presets import build_model, count_parameters, flops_per_token, load_model, spec_of
 from echochamber.rl.config import load_rl_config, rl_preset
 from echochamber.rl.core import run_rl
@@ -98,7 +104,7 @@ def time_trl(policy: Path, records: list, grader: Grader, args: argparse.Namespa
         use_bias_correction_kl=False, epsilon=0.2, loss_type="grpo", scale_rewards="group",
         learning_rate=args.lr, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0,
         lr_scheduler_type="constant", logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-        bf16=False, disable_tqdm=True, seed=0,
+        bf16=args.dtype == "bfloat16", disable_tqdm=True, seed=0,
         gradient_checkpointing=False,  # TRL's GRPO default is on; a 1M model does not need it, nor do we use it
     )  # fmt: skip
     dataset = datasets.Dataset.from_dict(
@@ -144,7 +150,7 @@ def time_ours(
     config.grpo.kl_coef, config.grpo.kl_estimator, config.grpo.kl_placement = args.beta, "k3", "loss"
     config.grpo.lr, config.grpo.clip, config.grpo.aggregation = args.lr, 0.2, "seq_mean"
     config.betas, config.grad_clip, config.weight_decay = [0.9, 0.95], 1.0, 0.0
-    config.micro_batch_size = args.micro_batch
+    config.micro_batch_size, config.dtype = args.micro_batch, args.dtype
     config.max_steps, config.checkpoint_every = args.steps + 1, args.steps + 1
     config.eval_every, config.tensorboard, config.progress = 0, False, False
     started = time.perf_counter()
@@ -191,7 +197,7 @@ def phase_table(model: Any, result: dict[str, Any], args: argparse.Namespace) ->
     train = flops_per_token(model, int(length)) * length * n  # forward + backward over every token
     spec, context = spec_of(model), prompt + response / 2  # mean context of a decoding step
     decode = flops_per_token(model, int(context)) / 3 * response * n  # forward only, generated tokens
-    update_ceiling = bench_matmuls(model, int(args.micro_batch * length), repeats=3)
+    update_ceiling = bench_matmuls(model, int(args.micro_batch * length), repeats=3, dtype=args.dtype)
     decode_ceiling = bench_matmuls(model, n, repeats=20)
     weights = sum(p.numel() for p in model.parameters()) * 4
     kv_cache = 2 * spec.n_layers * spec.d_model * context * n * 4  # K and V of every row, float32
@@ -200,7 +206,7 @@ def phase_table(model: Any, result: dict[str, Any], args: argparse.Namespace) ->
     flops = {"time_generate": decode, "time_reward": None, "time_reference": train / 3, "time_update": train}
     ceilings = {"time_generate": decode_ceiling, "time_reference": update_ceiling, "time_update": update_ceiling}
     print(f"our step, phase by phase (mean of the timed steps; {prompt:.0f} prompt + {response:.0f} response tokens "
-          f"per sample; GEMM ceiling {update_ceiling:.1f} GFLOP/s at {int(args.micro_batch * length)} rows, "
+          f"per sample; {args.dtype} GEMM ceiling {update_ceiling:.1f} GFLOP/s at {int(args.micro_batch * length)} rows, "
           f"{decode_ceiling:.1f} at {n}; copy {bandwidth:.1f} GB/s; load {os.getloadavg()[0]:.1f}):")  # fmt: skip
     for part, seconds in split.items():
         line = f"  {part.removeprefix('time_'):10s} {seconds:6.2f} s {seconds / step:5.0%}"
@@ -228,7 +234,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
     parser.add_argument("--micro-batch", type=int, help="sequences per forward/backward, both sides (default: the cpu preset's)")
     parser.add_argument("--only", choices=("trl", "ours"), help="time one side only")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="training precision, both sides (auto: bfloat16 where native)")
     args = parser.parse_args()
+    args.dtype = resolve_dtype(args.dtype, torch.device("cpu"))
     args.micro_batch = args.micro_batch or int(rl_preset("cpu")["micro_batch_size"])
     if (args.prompts * args.group) % args.micro_batch:
         raise SystemExit(f"--micro-batch must divide prompts x group = {args.prompts * args.group}")
@@ -245,7 +253,7 @@ def main() -> None:
         model = load_model(policy)
         print(f"model: {policy} ({count_parameters(model) / 1e6:.2f}M parameters, vocab {model.config.vocab_size}); "
               f"{args.prompts} prompts x {args.group} = {args.prompts * args.group} completions, <= {args.new_tokens} "
-              f"new tokens, T={args.temperature}, beta={args.beta}; {args.threads} threads; "
+              f"new tokens, T={args.temperature}, beta={args.beta}; {args.threads} threads; training in {args.dtype}; "
               f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
         results = {}
         if args.only in (None, "trl"):

@@ -10,11 +10,17 @@ hardware multiplies bfloat16 natively, float32 everywhere else:
 So "auto" gives different numbers on different machines by design: a run records the dtype it
 resolved to (its config.yaml), and presets whose numbers are compared across machines (the
 quickstart, the sweeps) pin float32.
+
+`autocast` is the one place a resolved dtype becomes compute: wrap each forward in it (never an
+optimizer step: autocast caches the bfloat16 copies of the weights until the outermost context
+exits, so a forward after a step inside one context would run on the old weights).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any
 
 import torch
 
@@ -46,3 +52,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     if device.type == "cpu":
         return "bfloat16" if cpu_has_native_bf16() else "float32"
     return "float32"
+
+
+def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The compute `dtype` means on `device` (`resolve_dtype`): bfloat16 autocast (matmuls in
+    bfloat16; reductions, norms and softmaxes in float32; weights and optimiser state stay float32)
+    or nothing."""
+    if resolve_dtype(dtype, device) == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -47,7 +47,7 @@ from echochamber.checkpoint import (
 from echochamber.config import save_config, to_dict
 from echochamber.data.shards import Shards, open_shards
 from echochamber.errors import UserError
-from echochamber.model.precision import resolve_dtype
+from echochamber.model.precision import autocast, resolve_dtype
 from echochamber.model.presets import build_model, load_model
 from echochamber.pretrain.config import RUN_DEFINING_KEYS, PretrainConfig, lr_multiplier
 from echochamber.pretrain.windows import WindowSampler, token_loss, validation_loss
@@ -135,7 +135,7 @@ class _Loop:
         self.per_rank = per_rank
         self.total = config.total_steps()
         self.windows = WindowSampler(shards.train, config.seq_len, config.seed)
-        self.autocast = _autocast(config, env.device)
+        self.autocast = autocast(config.dtype, env.device)
         self.tokens_per_step = config.batch_size * config.seq_len
 
     def step(self, step: int) -> dict[str, Any]:
@@ -232,13 +232,6 @@ def _initial_model(config: PretrainConfig, manifest: dict[str, Any], checkpoint:
     if config.compile:
         hf_model.compile()  # in place: parameter names (and so checkpoints) stay unchanged
     return hf_model
-
-
-def _autocast(config: PretrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast for a resolved dtype of "bfloat16" (weights and AdamW state stay float32)."""
-    if config.dtype == "bfloat16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -229,6 +229,13 @@ class RLConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0  # max global gradient norm; null = no clipping (norm still logged)
     micro_batch_size: int = 16  # sequences per forward/backward (memory knob; the update does not depend on it)
+    # The trainer's compute precision (model/precision.py): "auto" = bfloat16 autocast where the
+    # hardware multiplies bfloat16 natively (GPUs, CPUs with AMX/AVX512-BF16), float32 elsewhere;
+    # config.yaml records what it resolved to. It covers every forward of the update, the reference
+    # pass, PPO's critic and EI's SFT. Weights, optimiser state and the sampler stay float32, so under
+    # bfloat16 the update's log-probs differ from the sampler's by bfloat16's rounding: the ratio
+    # starts near, not at, 1 (the update's approx_kl measures the gap; docs/performance.md).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # "auto": the reference model is loaded and run only when the update uses it (KL coefficient > 0);
     # "always": also at KL 0, for the KL-to-reference curves (kl_k1..k3, kl_loss) of a KL-0 run.
     reference_pass: Literal["auto", "always"] = "auto"

@@ -23,6 +23,7 @@ optimizer state come from the checkpoint, and metrics/rollouts written after it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -50,6 +51,7 @@ from echochamber.errors import UserError
 from echochamber.eval.context import context_note, fit_prompts
 from echochamber.eval.suite import evaluate_benchmark, generation_stats
 from echochamber.formats.registry import build_registry
+from echochamber.model.precision import resolve_dtype
 from echochamber.model.presets import checkpoint_context, load_model
 from echochamber.provenance.records import check_tokenizer, trace_generations
 from echochamber.rl.config import ALGORITHMS, RLConfig
@@ -73,7 +75,9 @@ PROMPTS_FILE = "prompts.json"  # the prompt set's size and what the context chec
 EVAL_STAGE = "eval"
 # What a run computes; resuming with any of these changed would splice two different runs. The run
 # length (epochs, max_steps), evaluation, logging and memory knobs may change.
-RUN_DEFINING_KEYS = ("policy", "reference", "prompts", "formats", "rollout", "betas", "weight_decay", "grad_clip", "seed")
+RUN_DEFINING_KEYS = (
+    "policy", "reference", "prompts", "formats", "rollout", "betas", "weight_decay", "grad_clip", "seed", "dtype",
+)  # fmt: skip
 
 
 def run_rl(
@@ -159,6 +163,8 @@ class _Run:
     def __init__(
         self, config: RLConfig, algo: str, resume: bool, device: torch.device, tracer: Tracer | None
     ) -> None:
+        # "auto" resolved once, here: config.yaml and every checkpoint record the precision it ran in.
+        config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, device))
         self.config, self.algo, self.device, self.tracer = config, algo, device, tracer
         self.out = Path(config.out)
         self.rank0 = dist.rank() == 0
@@ -355,7 +361,10 @@ def _check_resumable(config: RLConfig, algo: str, state: dict[str, Any], checkpo
 
 
 def _defining(value: Any, key: str) -> Any:
-    """What of a config section defines the run: all of it, but the vLLM engine's memory share."""
+    """What of a config section defines the run: all of it, but the vLLM engine's memory share. A
+    checkpoint written before RL had a dtype trained in float32."""
+    if key == "dtype" and value is None:
+        return "float32"
     if key == "rollout" and isinstance(value, dict) and isinstance(value.get("vllm"), dict):
         return {**value, "vllm": {k: v for k, v in value["vllm"].items() if k != "memory"}}
     return value

@@ -101,10 +101,12 @@ def collate(
 
 
 def response_nll(
-    model: torch.nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+    model: torch.nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+    dtype: str = "float32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed negative log-likelihood of the response tokens, their summed entropy, detached), at T=1."""
-    logp, entropy = sequence_logprobs(model, tokens, attention_mask, 1.0)
+    """(summed negative log-likelihood of the response tokens, their summed entropy, detached), at T=1,
+    the forward in precision `dtype`."""
+    logp, entropy = sequence_logprobs(model, tokens, attention_mask, 1.0, dtype=dtype)
     assert entropy is not None
     return -(logp * loss_mask).sum(), (entropy.detach() * loss_mask).sum()
 
@@ -137,7 +139,7 @@ def train_sft(
             optimizer.zero_grad(set_to_none=True)
             for lo in range(0, len(mine), config.micro_batch_size):
                 tokens, attention_mask, loss_mask = collate(mine[lo : lo + config.micro_batch_size], pad_id, device)
-                nll, entropy = response_nll(model, tokens, attention_mask, loss_mask)
+                nll, entropy = response_nll(model, tokens, attention_mask, loss_mask, config.dtype)
                 (nll / batch_tokens).backward()
                 nll_sum += float(nll.detach())
                 entropy_sum += float(entropy)

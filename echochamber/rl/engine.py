@@ -62,14 +62,15 @@ class RolloutEngine:
 
 
 def logprob_gap(
-    policy: torch.nn.Module, batch: RolloutBatch, temperature: float, micro_batch_size: int
+    policy: torch.nn.Module, batch: RolloutBatch, temperature: float, micro_batch_size: int, dtype: str = "float32"
 ) -> dict[str, float | None]:
     """{"logprob_gap_mean", "logprob_gap_max"}: |trainer log p - sampler log p| per response token
-    of `batch` (all ranks), the trainer's from `policy`'s forward at the sampling temperature, before
-    any update; None without response tokens. Costs one forward pass of the policy over the batch."""
+    of `batch` (all ranks), the trainer's from `policy`'s forward at the sampling temperature in the
+    run's precision `dtype`, before any update; None without response tokens. Costs one forward
+    pass of the policy over the batch."""
     was_training = policy.training
     policy.eval()
-    trainer = batch_logprobs(policy, batch, temperature, micro_batch_size)
+    trainer = batch_logprobs(policy, batch, temperature, micro_batch_size, dtype=dtype)
     policy.train(was_training)
     gap = (trainer - batch.old_logp).abs()[batch.response_mask > 0]
     total, count = float(gap.sum()), float(gap.numel())

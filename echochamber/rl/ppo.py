@@ -30,6 +30,7 @@ from transformers import AutoModel, PreTrainedModel
 
 from echochamber.dist import Sums
 from echochamber.errors import UserError
+from echochamber.model.precision import autocast
 from echochamber.rl.config import RLConfig
 from echochamber.rl.losses import (
     approx_kl,
@@ -85,7 +86,8 @@ class ValueModel(torch.nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
-        values = self.head(hidden.float()).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # values in float32 under a bfloat16 run too
+            values = self.head(hidden.float()).squeeze(-1)
         return F.pad(values[:, :-1], (1, 0))
 
     def save(self, folder: Path) -> None:
@@ -173,7 +175,8 @@ class PPO:
         for lo in range(0, len(batch), self.config.micro_batch_size):
             hi = min(lo + self.config.micro_batch_size, len(batch))
             cols = int(batch.attention_mask[lo:hi].sum(1).max())
-            values[lo:hi, :cols] = self.critic(batch.tokens[lo:hi, :cols], batch.attention_mask[lo:hi, :cols])
+            with autocast(self.config.dtype, values.device):
+                values[lo:hi, :cols] = self.critic(batch.tokens[lo:hi, :cols], batch.attention_mask[lo:hi, :cols])
         return values * batch.response_mask
 
     def _minibatch(
@@ -196,7 +199,9 @@ class PPO:
         self.critic_optimizer.zero_grad(set_to_none=True)
         for micro in micro_batches(batch, indices, self.config.micro_batch_size):
             rows, cols, mask = micro.rows, micro.cols, micro.response_mask
-            logp, entropy = sequence_logprobs(self.policy, micro.tokens, micro.attention_mask, self.config.rollout.temperature)
+            logp, entropy = sequence_logprobs(
+                self.policy, micro.tokens, micro.attention_mask, self.config.rollout.temperature, dtype=self.config.dtype
+            )
             assert entropy is not None
             per_token, clipped = clipped_policy_loss(logp, micro.old_logp, advantages[rows, :cols], mask, ppo.clip)
             policy_loss = micro_batch_loss(per_token, mask, ppo.aggregation, **shares)
@@ -207,7 +212,8 @@ class PPO:
                 loss = loss + micro_batch_loss(ppo.kl_coef * kl_to_ref, mask, ppo.aggregation, **shares)
             loss.backward()
 
-            values = self.critic(micro.tokens, micro.attention_mask)
+            with autocast(self.config.dtype, micro.tokens.device):
+                values = self.critic(micro.tokens, micro.attention_mask)
             per_token_value = clipped_value_loss(values, old_values[rows, :cols], returns[rows, :cols], ppo.value_clip)
             value_loss = micro_batch_loss(per_token_value, mask, ppo.aggregation, **shares)
             value_loss.backward()

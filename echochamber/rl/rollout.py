@@ -39,6 +39,7 @@ from echochamber.data.tokenizer import encode_prompt, pad_token_id
 from echochamber.errors import UserError
 from echochamber.formats.registry import Registry
 from echochamber.model.logprobs import token_logprobs
+from echochamber.model.precision import autocast
 from echochamber.model.sampler import Sampler, build_sampler
 from echochamber.model.sampling import SamplingParams
 from echochamber.rl.config import PromptConfig
@@ -206,6 +207,7 @@ def sequence_logprobs(
     temperature: float,
     *,
     entropy: bool = True,
+    dtype: str = "float32",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """([N, S] log p(tokens[:, s] | tokens[:, :s]) at `temperature`, [N, S] entropy or None).
 
@@ -213,8 +215,11 @@ def sequence_logprobs(
     log-probs and the sampler's describe one distribution (both temper by multiplying the logits
     by 1/T). The entropy is a diagnostic: it carries no gradient. The [rows, vocab] work runs in
     `token_logprobs`, chunk by chunk (benchmarks/bench_logprobs.py against log_softmax + gather).
+    `dtype` is the run's resolved precision: the forward runs under its autocast (bfloat16 logits
+    are normalised in float32 by token_logprobs), the log-probs are float32 either way.
     """
-    logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
+    with autocast(dtype, tokens.device):
+        logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
     rows, length = tokens.shape
     # Position s predicts token s+1; the last position predicts nothing (a dummy target, cut below):
     # slicing it off first would copy the whole [N, S, vocab] tensor.
@@ -225,11 +230,11 @@ def sequence_logprobs(
 
 
 def batch_logprobs(
-    model: torch.nn.Module, batch: RolloutBatch, temperature: float, micro_batch_size: int
+    model: torch.nn.Module, batch: RolloutBatch, temperature: float, micro_batch_size: int, *, dtype: str = "float32"
 ) -> torch.Tensor:
     """[N, S] `model`'s log-probs of `batch`'s tokens at `temperature`, 0 off the response mask, in
-    micro-batches of `micro_batch_size` rows without a graph: the reference pass, and the trainer's
-    side of the vLLM log-prob gap."""
+    micro-batches of `micro_batch_size` rows without a graph, in the run's precision `dtype`: the
+    reference pass, and the trainer's side of the vLLM log-prob gap."""
     logps = torch.zeros_like(batch.old_logp)
     with torch.no_grad():
         for lo in range(0, len(batch), micro_batch_size):
@@ -237,7 +242,8 @@ def batch_logprobs(
             # Trim each chunk to its own longest row: padding columns cost a full forward each.
             cols = int(batch.attention_mask[lo:hi].sum(1).max())
             logp, _ = sequence_logprobs(
-                model, batch.tokens[lo:hi, :cols], batch.attention_mask[lo:hi, :cols], temperature, entropy=False
+                model, batch.tokens[lo:hi, :cols], batch.attention_mask[lo:hi, :cols], temperature, entropy=False,
+                dtype=dtype,
             )
             logps[lo:hi, :cols] = logp
     return logps * batch.response_mask
@@ -252,10 +258,11 @@ def build_batch(
     truncation: Literal["zero", "mask"],
     micro_batch_size: int,
     device: torch.device | None = None,
+    dtype: str = "float32",
 ) -> tuple[RolloutBatch, float]:
     """Pad `rollouts` (prompt-major, G per prompt) into a RolloutBatch on `device` (default: `ref`'s),
-    and the seconds the reference pass took. Without a reference (None) there is no pass: the batch's
-    ref_logp is None and the seconds are 0."""
+    and the seconds the reference pass took (in the run's precision `dtype`). Without a reference
+    (None) there is no pass: the batch's ref_logp is None and the seconds are 0."""
     if not rollouts:
         raise ValueError("build_batch needs at least one rollout")
     if device is None:
@@ -296,7 +303,7 @@ def build_batch(
     if ref is None:
         return batch, 0.0
     started = time.perf_counter()
-    batch.ref_logp = batch_logprobs(ref, batch, temperature, micro_batch_size)
+    batch.ref_logp = batch_logprobs(ref, batch, temperature, micro_batch_size, dtype=dtype)
     return batch, time.perf_counter() - started
 
 

@@ -104,14 +104,14 @@ class PolicyGradientSteps:
         batch, seconds["time_reference"] = build_batch(
             rollouts, tokenizer=self.tokenizer, ref=self.ref, temperature=config.rollout.temperature,
             truncation=config.rollout.truncation, micro_batch_size=config.micro_batch_size,
-            device=next(self.policy.parameters()).device,
+            device=next(self.policy.parameters()).device, dtype=config.dtype,
         )  # fmt: skip
         sums = rollout_kl(batch)
         kl = dist.global_sum(sums).tolist() if sums is not None else None
         gap: dict[str, float | None] = {"logprob_gap_mean": None, "logprob_gap_max": None}
         if config.rollout.backend != "torch":  # samples from another engine: how far from the trainer's forward
             started = time.perf_counter()
-            gap = logprob_gap(self.policy, batch, config.rollout.temperature, config.micro_batch_size)
+            gap = logprob_gap(self.policy, batch, config.rollout.temperature, config.micro_batch_size, dtype=config.dtype)
             seconds["time_reference"] += time.perf_counter() - started
         started = time.perf_counter()
         diagnostics = self.algorithm.update(batch)

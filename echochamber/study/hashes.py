@@ -31,6 +31,7 @@ LATER_KEYS: dict[tuple[tuple[str, ...], str], Any] = {
     (("rl", "eval"), "over_context"): "error",
     (("rl", "prompts"), "over_context"): "error",
     (("rl", "rollout"), "backend"): "torch",
+    (("rl",), "dtype"): "float32",
 }
 
 

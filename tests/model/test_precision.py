@@ -62,4 +62,6 @@ def test_explicit_dtypes_are_kept_and_unknown_ones_refused(monkeypatch):
 def test_science_presets_pin_float32(preset):
     """Their numbers are compared across machines (seeds are the unit of replication): bfloat16 on
     AVX-512 machines and float32 on AVX2 ones would differ by more than float rounding."""
-    assert read_preset("study", preset, "study")["pretrain"]["dtype"] == "float32"
+    study = read_preset("study", preset, "study")
+    assert study["pretrain"]["dtype"] == "float32"
+    assert study["rl"]["dtype"] == "float32"

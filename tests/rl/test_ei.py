@@ -70,7 +70,7 @@ def _kept_rollouts(tokenizer) -> list[Rollout]:
 
 
 def _config(base: Path, tmp_path: Path, **ei_settings: object) -> RLConfig:
-    config = RLConfig(policy=str(base), out=str(tmp_path / "run"))
+    config = RLConfig(policy=str(base), out=str(tmp_path / "run"), dtype="float32")
     config.micro_batch_size = 3
     config.ei.epochs, config.ei.batch_size, config.ei.lr = 2, 4, 1e-3
     for name, value in ei_settings.items():

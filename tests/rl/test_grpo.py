@@ -149,7 +149,8 @@ def _tensor_batch(
 
 
 def _config(**grpo: object) -> RLConfig:
-    return load_config(RLConfig, base={"policy": "p", "out": "o", "grpo": {"lr": 1e-3, **grpo}, "rollout": {"temperature": 0.7}})
+    return load_config(RLConfig, base={"policy": "p", "out": "o", "grpo": {"lr": 1e-3, **grpo}, "rollout": {"temperature": 0.7},
+                                         "dtype": "float32"})  # these tests compare against float32 log-probs
 
 
 def _logp(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:

@@ -19,7 +19,7 @@ def _model(seed: int) -> torch.nn.Module:
 
 
 def _config(**ppo_settings: object) -> RLConfig:
-    config = RLConfig(policy="unused", out="unused")
+    config = RLConfig(policy="unused", out="unused", dtype="float32")  # compared against float32 maths
     config.rollout.temperature = 1.0
     config.micro_batch_size = 2
     for name, value in ppo_settings.items():

@@ -25,7 +25,8 @@ TIMING_KEYS = {"time_generate", "time_reward", "time_reference", "time_update", 
 def _config(algo: str, kl_coef: float, **values: Any) -> RLConfig:
     # KL in the reward for all three: at KL 0 that path reads the reference in the advantages too.
     section = {"lr": 1e-3, "kl_coef": kl_coef, "kl_placement": "reward"}
-    base = {"policy": "p", "out": "o", algo: section, "rollout": {"temperature": 0.7}, "micro_batch_size": 2}
+    base = {"policy": "p", "out": "o", algo: section, "rollout": {"temperature": 0.7}, "micro_batch_size": 2,
+            "dtype": "float32"}
     return load_config(RLConfig, base={**base, **values})
 
 
@@ -76,7 +77,7 @@ def _run(tiny_policy: Path, prompts: Path, world, out: Path, grader, reference_p
         "world": dataclasses.asdict(world)}, "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4,
         "max_new_tokens": 32, "grader_workers": 1}, "grpo": {"lr": 1e-4, "kl_coef": 0.0}, "eval_every": 0,
         "max_steps": 2, "micro_batch_size": 8, "checkpoint_every": 2, "tensorboard": False, "progress": False,
-        "reference_pass": reference_pass,
+        "reference_pass": reference_pass, "dtype": "float32",
     })  # fmt: skip
     run_rl(config, algo="grpo", grader=grader)
     return read_metrics(out / "metrics.jsonl", "rl")

@@ -148,6 +148,7 @@ def _config(**reinforce: object) -> RLConfig:
             "out": "o",
             "reinforce": {"lr": 1e-4, **reinforce},
             "rollout": {"temperature": 0.7},
+            "dtype": "float32",  # these tests compare against float32 maths, at float32 tolerances
         },
     )
 
@@ -203,7 +204,7 @@ def test_reinforce_smoke_run_through_the_rl_stage(tiny_policy, two_answer_prompt
         "policy": str(tiny_policy), "out": str(out), "prompts": {"dataset": "gsm8k", "path": str(two_answer_prompts)},
         "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 32, "grader_workers": 1},
         "reinforce": {"lr": 1e-4, "minibatches": 2}, "max_steps": 2, "eval_every": 0, "micro_batch_size": 8,
-        "checkpoint_every": 1, "tensorboard": False, "progress": False,
+        "checkpoint_every": 1, "tensorboard": False, "progress": False, "dtype": "float32",
     })  # fmt: skip
     final = run_rl(config, algo="reinforce", grader=grader)
     lines = read_metrics(out / "metrics.jsonl", "rl")

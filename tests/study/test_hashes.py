@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from echochamber.study.config import load_study
-from echochamber.study.hashes import LATER_KEYS, stage_hashes
+from echochamber.study.hashes import LATER_KEYS, _settings, stage_hashes
 
 AFTER_PRETRAIN = {"eval-base", "rl", "eval-final", "report"}
 
@@ -47,3 +47,15 @@ def test_the_vllm_engines_settings_count_only_under_that_backend_and_its_memory_
     for override, reruns in (("rl.rollout.vllm.memory=0.5", set()), ("rl.rollout.vllm.dtype=bfloat16", {"rl", "eval-final", "report"})):
         other = stage_hashes(load_study(preset="smoke", overrides=[*vllm, override]))
         assert {name for name in base if base[name] != other[name]} == reruns, override
+
+
+def test_the_rl_dtype_leaves_float32_runs_made_before_it_up_to_date() -> None:
+    """RL trained in float32 before it had a dtype: a study pinning float32 (the quickstart, the
+    sweeps) hashes as if the key did not exist; "auto" and "bfloat16" re-run RL onwards."""
+    pinned = load_study(preset="smoke", overrides=["rl.dtype=float32"])
+    assert "dtype" not in _settings(pinned)["rl"] and "dtype" in _settings(load_study(preset="smoke"))["rl"]
+    for dtype in ("auto", "bfloat16"):
+        other = stage_hashes(load_study(preset="smoke", overrides=[f"rl.dtype={dtype}"]))
+        assert {name for name, value in stage_hashes(pinned).items() if other[name] != value} == {
+            "rl", "eval-final", "report"
+        }, dtype
