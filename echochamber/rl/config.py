@@ -67,8 +67,9 @@ class VLLMRolloutConfig:
     """The colocated vLLM engine of `rollout.backend: vllm` (GPU): in the trainer's process, on its GPU."""
 
     memory: float = 0.3  # fraction of the GPU's memory the engine may take (weights + KV cache); the trainer keeps the rest
-    # The engine's precision: auto = the policy's (RL trains in float32); bfloat16 samples faster and
-    # moves its log-probs away from the trainer's (the metrics line's logprob_gap says by how much).
+    # The engine's precision: auto = the policy's weights' (float32 in RL, whatever rl.dtype computes
+    # in); bfloat16 samples faster and moves its log-probs away from the trainer's (the metrics
+    # line's logprob_gap says by how much).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     def validate(self) -> None:
