@@ -7,10 +7,10 @@ step with each rollout backend (needs a CUDA GPU; the vLLM rows need `pip instal
 Throughput: the three samplers draw the paper's rollout shape (--prompts x --samples, T=0.7, no top-p,
 EOS ignored so every row has exactly --new-tokens tokens) from one random-initialised model over a
 32k vocabulary (the paper's Llama-2 size: a BPE trained on world text, padded with filler tokens), in
-float32 (what RL samples: the policy trains in float32) and bfloat16. The goal of issue 13 is vLLM
+float32 (what RL samples: the policy's weights stay float32) and bfloat16. The goal of issue 13 is vLLM
 >= 3x HF `generate` at 150m.
 GRPO step: `run_rl` with rollout.backend torch, then vllm (vllm.dtype auto, i.e. float32, and
-bfloat16), one step of --prompts x --samples on the world's RL split from the same random 150m policy:
+bfloat16), a float32 trainer (rl.dtype), one step of --prompts x --samples on the world's RL split from the same random 150m policy:
 the metrics line's timing split, rollout tokens/s, the time to push the weights into the engine, and
 the vLLM-vs-trainer log-prob gap (mean/max |Δ| per token), for two steps (the second samples the
 weights pushed after the first update). What only a GPU shows is checked on the way: vLLM accepts the
@@ -184,6 +184,7 @@ def grpo_run(policy: Path, out: Path, prompts: int, samples: int, new_tokens: in
         "rollout": {"prompts_per_step": prompts, "samples_per_prompt": samples, "max_new_tokens": new_tokens,
                     "backend": backend, "vllm": {"dtype": dtype, "memory": 0.3}, "batch_size": prompts * samples},
         "eval_every": 0, "max_steps": 2, "micro_batch_size": 16, "tensorboard": False, "progress": False,
+        "dtype": "float32",  # a float32 trainer: the gap rows then are the engine's alone (rl.dtype auto is bf16 on a GPU)
     })  # fmt: skip
     run_rl(config, algo="grpo")
 
