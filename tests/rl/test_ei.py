@@ -131,6 +131,9 @@ def test_response_loss_ignores_prompt_and_padding_tokens():
         for pad in (0, 31):  # what fills the padding must not matter either
             nll, _ = ei.response_nll(model, *ei.collate(examples, pad, torch.device("cpu")))
             assert float(nll) == pytest.approx(hand, rel=1e-5)
+        # rl.dtype bfloat16: the same loss to bfloat16's rounding, computed under autocast.
+        nll, _ = ei.response_nll(model, *ei.collate(examples, 0, torch.device("cpu")), "bfloat16")
+        assert float(nll) == pytest.approx(hand, rel=1e-2) and float(nll) != pytest.approx(hand, rel=1e-6)
     tokens, _, loss_mask = ei.collate(examples, 0, torch.device("cpu"))
     assert loss_mask.sum() == 3 + 2 + 2  # response tokens only (EOS included as the last one)
     assert loss_mask[1, :1].sum() == 0 and loss_mask[1, 3:].sum() == 0

@@ -265,3 +265,22 @@ def test_state_dict_round_trip_gives_an_identical_next_update(tmp_path):
     saved = ppo.ValueModel.load(tmp_path / ppo.CRITIC_DIR)
     for p, q in zip(saved.state_dict().values(), state["critic"].values(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_a_bfloat16_update_agrees_with_float32_and_keeps_the_values_in_float32():
+    """rl.dtype bfloat16 runs the actor's and the critic's forwards under autocast; the value head
+    stays float32 (a 1-wide output the value loss is computed on)."""
+    policy, ref = _model(0), _model(1)
+    batch = _batch(policy, ref, HAND_ROWS, [1.0, 0.0, 1.0])
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        config = _config(epochs=1, minibatches=1)
+        config.dtype = dtype
+        algorithm = ppo.build(copy.deepcopy(policy), ref, None, config)
+        assert algorithm._values(batch).dtype == torch.float32
+        results[dtype] = algorithm.update(batch)
+    f32, b16 = results["float32"], results["bfloat16"]
+    for key in ("policy_loss", "value_loss", "grad_norm", "critic_grad_norm"):
+        assert b16[key] == pytest.approx(f32[key], rel=1e-2), key
+    assert f32["approx_kl"] < 1e-9 < b16["approx_kl"] < 1e-3  # the actor's forward ran in bfloat16
+    assert b16["critic_grad_norm"] != f32["critic_grad_norm"]  # and the critic's
