@@ -215,8 +215,8 @@ def sequence_logprobs(
     log-probs and the sampler's describe one distribution (both temper by multiplying the logits
     by 1/T). The entropy is a diagnostic: it carries no gradient. The [rows, vocab] work runs in
     `token_logprobs`, chunk by chunk (benchmarks/bench_logprobs.py against log_softmax + gather).
-    `dtype` is the run's resolved precision: the forward runs under its autocast (bfloat16 logits
-    are normalised in float32 by token_logprobs), the log-probs are float32 either way.
+    `dtype` is the run's precision (`precision.autocast`): the forward runs under its autocast
+    (bfloat16 logits are normalised in float32 by token_logprobs); the log-probs are float32 either way.
     """
     with autocast(dtype, tokens.device):
         logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits

@@ -403,3 +403,10 @@ def test_a_bfloat16_update_agrees_with_float32_and_auto_records_what_it_ran(
     assert torch.nn.functional.cosine_similarity(moves["float32"], moves["bfloat16"], dim=0) > 0.95
     resolved = resolve_dtype("auto", torch.device("cpu"))
     assert comparable([lines["auto"]]) == comparable([lines[resolved]]) and torch.equal(moves["auto"], moves[resolved])
+
+    # The precision defines the run: a float32 run does not resume in bfloat16. Checkpoints written
+    # before RL had a dtype trained in float32.
+    config = tiny_config(tiny_policy, tmp_path / "float32", test_world, prompts=prompts, max_steps=2, eval_every=0, dtype="bfloat16")
+    with pytest.raises(UserError, match="config key 'dtype' changed"):
+        run_rl(config, algo="grpo", resume=True, grader=grader)
+    assert core._defining(None, "dtype") == "float32"
