@@ -47,7 +47,7 @@ from echochamber.checkpoint import (
 from echochamber.config import save_config, to_dict
 from echochamber.data.shards import Shards, open_shards
 from echochamber.errors import UserError
-from echochamber.model.precision import autocast, resolve_dtype
+from echochamber.model.precision import autocast, resolve_dtype, set_attention
 from echochamber.model.presets import build_model, load_model
 from echochamber.pretrain.config import RUN_DEFINING_KEYS, PretrainConfig, lr_multiplier
 from echochamber.pretrain.windows import WindowSampler, token_loss, validation_loss
@@ -228,7 +228,7 @@ def _initial_model(config: PretrainConfig, manifest: dict[str, Any], checkpoint:
             config.model, manifest["vocab_size"], max_seq_len=config.context(),
             seed=config.seed, pad_token_id=manifest.get("pad_token_id"), eos_token_id=manifest.get("eos_token_id"),
         )  # fmt: skip
-    hf_model.to(env.device).train()
+    set_attention(hf_model.to(env.device).train(), config.dtype, env.device)
     if config.compile:
         hf_model.compile()  # in place: parameter names (and so checkpoints) stay unchanged
     return hf_model

@@ -51,7 +51,7 @@ from echochamber.errors import UserError
 from echochamber.eval.context import context_note, fit_prompts
 from echochamber.eval.suite import evaluate_benchmark, generation_stats
 from echochamber.formats.registry import build_registry
-from echochamber.model.precision import resolve_dtype
+from echochamber.model.precision import resolve_dtype, set_attention
 from echochamber.model.presets import checkpoint_context, load_model
 from echochamber.provenance.records import check_tokenizer, trace_generations
 from echochamber.rl.config import ALGORITHMS, RLConfig
@@ -194,10 +194,11 @@ class _Run:
             context=checkpoint_context(config.policy), max_new_tokens=budget, policy=config.prompts.over_context,
             setting="rl.prompts.over_context",
         )  # fmt: skip
-        self.policy = load_model(self.checkpoint or config.policy).to(device)
+        self.policy = set_attention(load_model(self.checkpoint or config.policy).to(device), config.dtype, device)
         self.ref = None  # not loaded where nothing reads it (EI, KL 0: RLConfig.uses_reference)
         if config.uses_reference(algo):
             self.ref = load_model(config.reference or config.policy).to(device).eval().requires_grad_(False)
+            set_attention(self.ref, config.dtype, device)
             if self.policy.config.vocab_size != self.ref.config.vocab_size:
                 raise UserError(f"policy and reference have different vocabularies ({config.policy}, {config.reference})")
         self.formats = build_registry(config.formats)

@@ -35,6 +35,7 @@ from transformers import PreTrainedModel
 from echochamber import dist
 from echochamber.data.tokenizer import encode_documents, pad_token_id
 from echochamber.formats.registry import format_names
+from echochamber.model.precision import set_attention
 from echochamber.model.presets import load_model
 from echochamber.rl.config import RLConfig
 from echochamber.rl.rollout import Rollout, sequence_logprobs
@@ -174,7 +175,10 @@ def run_round(
     examples = [SFTExample(**row) for row in dist.gather_rows([asdict(example) for example in local])]
     counts = dist.global_sum(torch.tensor([correct, len(kept), too_long], dtype=torch.float64, device=device)).tolist()
 
-    model = load_model(config.policy).to(device) if settings.init == "base" else policy
+    if settings.init == "base":
+        model = set_attention(load_model(config.policy).to(device), config.dtype, device)
+    else:
+        model = policy
     diagnostics: dict[str, Any] = {
         "ei_init": settings.init,
         "kept_correct": int(counts[0]),  # verified-correct samples

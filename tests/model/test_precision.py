@@ -8,7 +8,8 @@ import torch
 from echochamber.config import read_preset
 from echochamber.errors import UserError
 from echochamber.model import precision
-from echochamber.model.precision import cpu_has_native_bf16, resolve_dtype
+from echochamber.model.precision import cpu_has_native_bf16, resolve_dtype, set_attention
+from echochamber.model.presets import build_model
 
 CPU = torch.device("cpu")
 
@@ -65,3 +66,21 @@ def test_science_presets_pin_float32(preset):
     study = read_preset("study", preset, "study")
     assert study["pretrain"]["dtype"] == "float32"
     assert study["rl"]["dtype"] == "float32"
+
+
+def test_bfloat16_on_a_cpu_trains_with_eager_attention_which_computes_what_sdpa_does(monkeypatch):
+    """The attention kernel is a speed choice (CPU flash attention is slow in bfloat16), not a
+    change of what is computed: in float32 both kernels give the same logits."""
+    model = build_model("tiny", 64, max_seq_len=32, seed=0)
+    tokens = torch.randint(0, 64, (3, 20), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(tokens)
+    mask[0, 15:] = 0  # a padded row
+    assert set_attention(model, "float32", CPU).config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        sdpa = model(input_ids=tokens, attention_mask=mask).logits
+    assert set_attention(model, "bfloat16", CPU).config._attn_implementation == "eager"
+    with torch.no_grad():
+        eager = model(input_ids=tokens, attention_mask=mask).logits
+    torch.testing.assert_close(eager[mask.bool()], sdpa[mask.bool()], rtol=1e-4, atol=1e-5)
+    fake_cpu(monkeypatch, bf16=False, capability="AVX2")  # "auto" is float32 there
+    assert set_attention(model, "auto", CPU).config._attn_implementation == "sdpa"
