@@ -10,8 +10,8 @@ EOS ignored so every row has exactly --new-tokens tokens) from one random-initia
 float32 (what RL samples: the policy's weights stay float32) and bfloat16. The goal of issue 13 is vLLM
 >= 3x HF `generate` at 150m.
 GRPO step: `run_rl` with rollout.backend torch, then vllm (vllm.dtype auto, i.e. float32, and
-bfloat16), a float32 trainer (rl.dtype), one step of --prompts x --samples on the world's RL split from the same random 150m policy:
-the metrics line's timing split, rollout tokens/s, the time to push the weights into the engine, and
+bfloat16) and a float32 trainer (rl.dtype), one step of --prompts x --samples on the world's RL split
+from the same random 150m policy: the metrics line's timing split, rollout tokens/s, the time to push the weights into the engine, and
 the vLLM-vs-trainer log-prob gap (mean/max |Δ| per token), for two steps (the second samples the
 weights pushed after the first update). What only a GPU shows is checked on the way: vLLM accepts the
 colocated settings and the weight push, a stopped vLLM sample ends in its EOS with a log-prob (the

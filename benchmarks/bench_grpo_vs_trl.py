@@ -18,8 +18,9 @@ is printed too, as an upper bound. A random model rarely stops before the limit,
 sides sample the full length: the worst case for sampling speed.
 
 Precision (--dtype) is the same on both sides: float32 by default; under bfloat16 (or "auto" where
-it resolves to bfloat16) TRL trains with `bf16=True` (autocast) and ours with `dtype: bfloat16`
-(autocast over the update's, the reference's forward); both sample from float32 weights.
+it resolves to bfloat16) TRL trains with `bf16=True` (autocast, HF's default sdpa attention) and ours
+with `dtype: bfloat16` (autocast over the update's and the reference's forwards, eager attention on a
+CPU: precision.set_attention); both sample from float32 weights.
 
 Where our step's time goes (docs/performance.md): each phase's share, and its achieved GFLOP/s
 (useful tokens only: the padding a micro-batch carries counts as lost time) against the dense-GEMM

@@ -74,6 +74,9 @@ def set_attention(model: PreTrainedModel, dtype: str, device: torch.device) -> P
     at bfloat16's GEMM rate. A training forward + backward under bfloat16 autocast, eager against
     sdpa: 1.31x (small) and 1.81x (tiny) faster; in float32 sdpa is the faster (eager 0.89x / 0.96x),
     and on a GPU sdpa's fused kernels are. Not saved with a checkpoint (the config keeps no kernel).
+    The RL policy is also what the sampler reads: our presets decode through their own attention
+    (model/decoders.py), but a model without that fast path samples through HF's forward, i.e. with
+    eager attention (in float32) during a bfloat16 CPU run: slower, the same numbers to float error.
     """
     eager = device.type == "cpu" and resolve_dtype(dtype, device) == "bfloat16"
     model.set_attn_implementation("eager" if eager else "sdpa")

@@ -233,7 +233,7 @@ class RLConfig:
     # The trainer's compute precision (model/precision.py): "auto" = bfloat16 autocast where the
     # hardware multiplies bfloat16 natively (GPUs, CPUs with AMX/AVX512-BF16), float32 elsewhere;
     # config.yaml records what it resolved to. It covers every forward of the update, the reference
-    # pass, PPO's critic and EI's SFT. Weights, optimiser state and the sampler stay float32, so under
+    # pass, PPO's critic and EI's SFT (on a CPU with eager attention: precision.set_attention). Weights, optimiser state and the sampler stay float32, so under
     # bfloat16 the update's log-probs differ from the sampler's by bfloat16's rounding: the ratio
     # starts near, not at, 1 (the update's approx_kl measures the gap; docs/performance.md).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
