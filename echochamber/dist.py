@@ -5,18 +5,21 @@ unconditionally. Under `torchrun --nproc_per_node N`, `init` joins torchrun's de
 GPUs, gloo on the CPU) unless a caller already did (the study pipeline joins once for all its
 stages; a stage then neither joins nor leaves).
 
-Every wait in the project is ranks waiting for rank 0, which alone evaluates, builds data or writes a
-checkpoint: work that can take longer than the default group's collective timeout (NCCL's is 10
-minutes; a paper-scale evaluation, n=64 samples of 2048 tokens, takes longer, and a timed-out
-collective aborts the job). So `wait_for_rank0` meets on a separate gloo group with a timeout of
-`WAIT_TIMEOUT`, not on the default group: gloo's barrier waits on the CPU, so no GPU collective is
-pending (and no NCCL watchdog fires) while rank 0 works. Collectives between ranks doing the same
-work (`global_sum`, `sum_gradients`, the gathers) stay on the default group.
+Every wait in the project is ranks waiting for rank 0, which alone builds data, indexes the shards
+for provenance, writes a checkpoint, or writes an evaluation's files and traces its generations: work
+that can take longer than the default group's collective timeout (NCCL's is 10 minutes, and a
+timed-out collective aborts the job). So `wait_for_rank0` meets on a separate gloo group with a
+timeout of `WAIT_TIMEOUT`, not on the default group: gloo's barrier waits on the CPU, so no GPU
+collective is pending (and no NCCL watchdog fires) while rank 0 works. Gathers that follow such work
+(an evaluation's rounds: every rank generates its part, rank 0 also writes and traces) take
+`patient=True` and meet on the same group. Collectives between ranks doing the same work
+(`global_sum`, `sum_gradients`, the RL step's gathers) stay on the default group.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -116,19 +119,29 @@ def sum_gradients(module: torch.nn.Module) -> None:
         offset += p.numel()
 
 
-def gather_objects(value: Any) -> list[Any]:
-    """Every rank's picklable `value`, in rank order (`[value]` in one process)."""
+def rank_part(items: Sequence[Any]) -> list[Any]:
+    """This rank's contiguous part of `items`: parts in rank order, their lengths differing by at most
+    one (the first `len % world` ranks take one more), so concatenating them gives `items` back."""
+    index, world = rank(), world_size()
+    size, extra = divmod(len(items), world)
+    start = index * size + min(index, extra)
+    return list(items[start : start + size + (index < extra)])
+
+
+def gather_objects(value: Any, *, patient: bool = False) -> list[Any]:
+    """Every rank's picklable `value`, in rank order (`[value]` in one process). `patient`: meet on
+    the long-timeout group, for a gather that ranks reach after rank 0 did work of its own."""
     world = world_size()
     if world == 1:
         return [value]
     gathered: list[Any] = [None] * world
-    tdist.all_gather_object(gathered, value)
+    tdist.all_gather_object(gathered, value, group=_waiting_group() if patient else None)
     return gathered
 
 
-def gather_rows(rows: list[Any]) -> list[Any]:
+def gather_rows(rows: list[Any], *, patient: bool = False) -> list[Any]:
     """Every rank's rows concatenated in rank order (a metrics line or file covers the whole job)."""
-    return [row for part in gather_objects(rows) for row in part]
+    return [row for part in gather_objects(rows, patient=patient) for row in part]
 
 
 class Sums:

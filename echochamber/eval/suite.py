@@ -8,6 +8,12 @@ evaluation resumes where it stopped: prompts already complete in the file are sk
 results are recomputed from the file. Because the sampler derives each sample's randomness from (seed, prompt id, sample index), a
 resumed run produces exactly the generations an uninterrupted one would have.
 
+Under torchrun every rank evaluates: each round of prompts is split over the ranks (`dist.rank_part`),
+each rank generates and grades its part, and rank 0 gathers the rows, traces them, appends them to
+the file and alone computes the results, which every rank returns. The generations are those of one
+process (the same randomness per sample; batches of other sizes round differently, so a near-tie
+may break the other way).
+
 Each generation row also records the paper's format rule (`paper_format`) and the sample's `vote`:
 the representative of its answer's math-verify equivalence class among its prompt's samples (None
 when it abstains), formed when the prompt's samples are graded (`passk.vote_classes`), so
@@ -29,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from echochamber import dist
 from echochamber.config import save_config
 from echochamber.data.benchmarks import load_benchmark
 from echochamber.data.records import Record
@@ -84,9 +91,12 @@ def evaluate(
     over `model` (then unused when `sampler` is given, except to record its dtype and device).
     `meta` (e.g. checkpoint, RL step) is copied into the results. With `tracer` (the pretraining
     shards' index) every row gets its `provenance` and each mode's results the pooled shares
-    (provenance/records.py); without, they are None.
+    (provenance/records.py); without, they are None. Under torchrun every rank calls this with the
+    same arguments (`tracer` and `out_dir` matter on rank 0 only) and gets the same results.
     """
     config = evaluation.config
+    rank0 = dist.rank() == 0
+    tracer = tracer if rank0 else None
     if tracer is not None:
         check_tokenizer(tracer, tokenizer, "the evaluated model")
     records, context = _select(records, config.limit), None
@@ -97,7 +107,7 @@ def evaluate(
         )  # fmt: skip
     precision = sampler_precision(model, config.backend, config.dtype)
     store = None
-    if out_dir is not None:
+    if out_dir is not None and rank0:
         expected = {mode: n for mode, n, _ in config.passes()}
         store = GenerationStore(Path(out_dir), expected, evaluation.generation_settings())
         write_prompts(store.folder, records)
@@ -114,38 +124,47 @@ def evaluate(
             _graded_rows, active_grader, truncated_is_wrong=config.truncated_is_wrong, formats=formats
         )
         rows = store.load(regrade) if store is not None else []
-        done = {(row["mode"], row["prompt_id"]) for row in rows}
+        # Rank 0's file decides what is left (the others wait while it reads and regrades it).
+        done = dist.gather_objects({(row["mode"], row["prompt_id"]) for row in rows}, patient=True)[0]
         for mode, n, params in config.passes():
             todo = [record for record in records if (mode, record.id) not in done]
-            # A chunk fills about one sampler batch; it is also the unit that a kill can lose.
-            per_chunk = max(1, config.batch_size // n)
+            # A round fills about one sampler batch on each rank; it is also the unit a kill can lose.
+            per_round = max(1, config.batch_size // n) * dist.world_size()
             with tqdm(
                 total=len(records),
                 initial=len(records) - len(todo),
                 desc=f"{evaluation.benchmark} {mode}",
                 unit="prompt",
-                disable=not progress,
+                disable=not (progress and rank0),
             ) as bar:
-                for start in range(0, len(todo), per_chunk):
-                    chunk = todo[start : start + per_chunk]
-                    new_rows = _generate_rows(
-                        sampler, tokenizer, active_grader, chunk, mode, n, params, config.truncated_is_wrong,
-                        formats, tracer,
-                    )  # fmt: skip
+                for start in range(0, len(todo), per_round):
+                    chunk = todo[start : start + per_round]
+                    part = dist.rank_part(chunk)
+                    generated = _generate_rows(
+                        sampler, tokenizer, active_grader, part, mode, n, params, config.truncated_is_wrong, formats
+                    ) if part else ([], [])  # fmt: skip
+                    parts = dist.gather_objects(generated, patient=True)
+                    if not rank0:
+                        continue
+                    new_rows = [row for part_rows, _ in parts for row in part_rows]
+                    if tracer is not None:
+                        _trace(tracer, new_rows, [ids for _, part_ids in parts for ids in part_ids])
                     if store is not None:
                         store.append(new_rows)
                     rows.extend(new_rows)
                     bar.update(len(chunk))
         if store is not None:
             rows = store.load(regrade)  # the results are a function of the file alone
-    results = summarize(rows, records, evaluation)
-    results["context"] = context  # prompts skipped or given a shorter budget: the report flags them
-    results.update(precision)
-    results.update(meta or {})
-    if store is not None:
-        write_json_atomic(store.folder / RESULTS_FILE, results)
-        save_config(evaluation.record(), store.folder / CONFIG_FILE)
-    return results
+    results = None
+    if rank0:
+        results = summarize(rows, records, evaluation)
+        results["context"] = context  # prompts skipped or given a shorter budget: the report flags them
+        results.update(precision)
+        results.update(meta or {})
+        if store is not None:
+            write_json_atomic(store.folder / RESULTS_FILE, results)
+            save_config(evaluation.record(), store.folder / CONFIG_FILE)
+    return dist.gather_objects(results, patient=True)[0]
 
 
 def _select(records: Sequence[Record], limit: int | None) -> list[Record]:
@@ -170,10 +189,9 @@ def _generate_rows(
     params: SamplingParams,
     truncated_is_wrong: bool,
     formats: Registry,
-    tracer: Tracer | None,
-) -> list[dict[str, Any]]:
-    """Generate and grade `n` completions for each record of `chunk`: one generations.jsonl row each
-    (with its provenance when there is a `tracer`)."""
+) -> tuple[list[dict[str, Any]], list[list[int]]]:
+    """Generate and grade `n` completions for each record of `chunk`: one generations.jsonl row each,
+    and each row's generated token ids (what provenance traces)."""
     # encode_prompt is the pretraining documents' own prefix (question + "\n\n", no BOS), so the
     # model starts exactly where its training documents went on to the solution.
     prompt_tokens = [encode_prompt(tokenizer, record.prompt) for record in chunk]
@@ -192,12 +210,14 @@ def _generate_rows(
         for sample in row
     ]
     rows = _graded_rows(grader, generated, truncated_is_wrong, formats)
-    if tracer is not None:
-        flat = [sample for row in samples for sample in row]
-        traced = trace_generations(tracer, [s.token_ids for s in flat], [s.text for s in flat])
-        for row, provenance in zip(rows, traced, strict=True):
-            row["provenance"] = provenance
-    return rows
+    return rows, [sample.token_ids for row in samples for sample in row]
+
+
+def _trace(tracer: Tracer, rows: list[dict[str, Any]], token_ids: list[list[int]]) -> None:
+    """Each row's `provenance`: where its generated tokens occur in the pretraining shards."""
+    traced = trace_generations(tracer, token_ids, [row["text"] for row in rows])
+    for row, provenance in zip(rows, traced, strict=True):
+        row["provenance"] = provenance
 
 
 def _graded_rows(

@@ -1,10 +1,11 @@
 """The RL stage: rollout -> reward -> reference -> update, with logging, checkpoints and periodic eval.
 
 `run_rl(config, algo=...)` is the whole stage for PPO, GRPO and Expert Iteration: one loop samples,
-grades, updates (what differs per algorithm is steps.py's), logs, checkpoints and evaluates. Under `torchrun --nproc_per_node N` each rank samples and grades its share of a step's
-prompts and the update is data-parallel (see rollout.py); rank 0 writes the run folder and evaluates
-while the other ranks wait on the long-timeout group (`dist.wait_for_rank0`: an evaluation can
-outlast the default group's collective timeout):
+grades, updates (what differs per algorithm is steps.py's), logs, checkpoints and evaluates. Under
+`torchrun --nproc_per_node N` each rank samples and grades its share of a step's prompts, the update
+is data-parallel (see rollout.py) and each periodic evaluation splits its prompts over the ranks
+(eval/suite.py); rank 0 writes the run folder while the other ranks wait on the long-timeout group
+(`dist.wait_for_rank0`: writing a paper-scale checkpoint can outlast the default group's timeout):
 
     config.yaml              the resolved config (the algorithm is in every metrics line)
     prompts.json             the prompt set's size and what the context check did (eval/context.py)
@@ -298,16 +299,15 @@ class _Run:
         every = self.config.eval_every
         if every == 0 or not (done % every == 0 or done == self.total):
             return
-        if self.rank0:
-            for benchmark in self.config.eval.benchmarks:
-                results = evaluate_benchmark(
-                    self.policy, self.tokenizer, self.config.evaluation(benchmark),
-                    self.out / "eval" / f"step_{done:06d}" / benchmark, grader=self.grader, progress=False,
-                    tracer=self.tracer,
-                )  # fmt: skip
+        for benchmark in self.config.eval.benchmarks:
+            # Every rank generates its part of the prompts; rank 0 traces, writes and logs.
+            results = evaluate_benchmark(
+                self.policy, self.tokenizer, self.config.evaluation(benchmark),
+                self.out / "eval" / f"step_{done:06d}" / benchmark, grader=self.grader, progress=False,
+                tracer=self.tracer,
+            )  # fmt: skip
+            if self.rank0:
                 writers[EVAL_STAGE].log(done, {k: v for k, v in results.items() if k != "config"})
-        # Longer than any collective timeout at paper scale: the other ranks wait on the gloo group.
-        dist.wait_for_rank0()
 
     def _writers(self) -> dict[str, MetricsWriter]:
         if not self.rank0:

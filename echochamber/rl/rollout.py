@@ -89,11 +89,9 @@ def step_prompts(records: Sequence[Record], step: int, prompts_per_step: int, se
 
 def rank_share(items: Sequence[Any]) -> list[Any]:
     """This rank's contiguous share (whole prompts, so GRPO groups never span ranks)."""
-    rank, world = dist.rank(), dist.world_size()
-    if len(items) % world:
-        raise UserError(f"{len(items)} prompts per step do not split evenly over {world} processes")
-    share = len(items) // world
-    return list(items[rank * share : (rank + 1) * share])
+    if len(items) % dist.world_size():
+        raise UserError(f"{len(items)} prompts per step do not split evenly over {dist.world_size()} processes")
+    return dist.rank_part(items)
 
 
 # ---------------------------------------------------------------------------------------------

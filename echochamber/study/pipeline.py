@@ -22,9 +22,10 @@ folders run.json knows nothing about are never deleted.
 The stages that generate (eval-base, rl, eval-final) trace what they generate back to the documents
 of shards/ (`_Context.tracer`): generation rows, results and RL metrics lines carry provenance.
 
-Under `torchrun --nproc_per_node N` pretraining and RL run data-parallel on every rank; rank 0
-alone builds the data, indexes the shards, traces, evaluates and writes the report while the
-others wait.
+Under `torchrun --nproc_per_node N` pretraining, the evaluations and RL run on every rank (data-
+parallel; an evaluation splits its prompts); rank 0 alone builds the data, indexes the shards,
+traces, writes the evaluations' files and the report while the others wait. `make quickstart` runs
+the quickstart this way, one rank per pair of cores.
 """
 
 from __future__ import annotations
@@ -161,14 +162,16 @@ def _evaluation(phase: str, checkpoint: str) -> Callable[[StudyConfig, Path, _Co
         ckpt = run_dir / checkpoint
         model = load_model(ckpt).to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         tokenizer = load_tokenizer(ckpt)
+        rank0 = dist.rank() == 0  # every rank generates its part; rank 0 traces and writes
         for benchmark in study.eval.benchmarks:
             # The suite continues from the generations already in the folder (a resumed stage).
             results = evaluate_benchmark(
                 model, tokenizer, study.evaluation(benchmark), run_dir / "eval" / phase / benchmark,
                 grader=ctx.grader(), progress=ctx.progress, meta={"checkpoint": str(ckpt)},
-                tracer=ctx.tracer(run_dir),
+                tracer=ctx.tracer(run_dir) if rank0 else None,
             )  # fmt: skip
-            ctx.say(render_summary(results))
+            if rank0:
+                ctx.say(render_summary(results))
 
     return run
 
@@ -184,9 +187,9 @@ def _run_report(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "shards", False, _run_data),
     Stage("pretrain", "pretrain", True, _run_pretrain),
-    Stage("eval-base", "eval/base", False, _evaluation("base", "pretrain/final")),
+    Stage("eval-base", "eval/base", True, _evaluation("base", "pretrain/final")),
     Stage("rl", "rl", True, _run_rl),
-    Stage("eval-final", "eval/final", False, _evaluation("final", "rl/final")),
+    Stage("eval-final", "eval/final", True, _evaluation("final", "rl/final")),
     Stage("report", "report", False, _run_report, derived=True),
 )
 

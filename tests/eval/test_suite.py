@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from echochamber.eval.config import EvalConfig, Evaluation
 from echochamber.eval.passk import vote_classes
 from echochamber.eval.store import GENERATIONS_FILE, PROMPTS_FILE, RESULTS_FILE, SETTINGS_FILE
 from echochamber.eval.suite import evaluate, generation_stats, run_eval
-from echochamber.model.presets import build_model
+from echochamber.model.presets import build_model, load_model
 from echochamber.model.sampler import Sample, build_sampler
 from echochamber.verify.grade import Grader
 from echochamber.verify.normalize import vote_key
@@ -192,6 +195,55 @@ def test_resume_skips_complete_prompts_and_matches_an_uninterrupted_run(checkpoi
     with pytest.raises(UserError, match="temperature"):
         evaluate(model, tokenizer, records, EvalConfig(n=2, max_new_tokens=4, limit=4,
                  temperature=1.0).evaluation("world-test"), grader=grader, out_dir=partial, progress=False)
+
+
+# Every rank evaluates the same prompts into the same folder and writes what it got back.
+TORCHRUN_EVAL = """
+import json, sys
+from pathlib import Path
+from echochamber import dist
+from echochamber.data.benchmarks import load_benchmark
+from echochamber.data.tokenizer import load_tokenizer
+from echochamber.eval.config import EvalConfig
+from echochamber.eval.suite import evaluate
+from echochamber.model.presets import load_model
+
+checkpoint, settings, out = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3])
+process = dist.init()
+evaluation = EvalConfig(**settings).evaluation("world-test")
+records = load_benchmark(evaluation.benchmark, evaluation.world, evaluation.config.data)
+model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
+results = evaluate(model, tokenizer, records, evaluation, out_dir=out / "eval", progress=False)
+(out / f"results_rank{process.rank}.json").write_text(json.dumps(results))
+dist.leave(process)
+"""
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_rank_generates_its_part_and_the_folder_equals_one_process(checkpoint, tmp_path):
+    """Two ranks split each round of prompts (5 prompts: uneven parts, and a last sampled round that
+    leaves rank 1 nothing); rank 0 writes the folder. Files and results equal one process's, and
+    every rank returns the results."""
+    settings = {"n": 2, "max_new_tokens": 6, "limit": 5, "batch_size": 4, "workers": 1}
+    evaluation = EvalConfig(**settings).evaluation("world-test")
+    single = evaluate(
+        load_model(checkpoint), load_tokenizer(checkpoint), _problems(evaluation), evaluation,
+        out_dir=tmp_path / "single", progress=False,
+    )  # fmt: skip
+    (tmp_path / "launch.py").write_text(TORCHRUN_EVAL)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(tmp_path / "launch.py"), str(checkpoint), json.dumps(settings), str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rows = lambda folder: sorted((folder / GENERATIONS_FILE).read_text().splitlines())  # noqa: E731
+    assert len(rows(tmp_path / "eval")) == 5 * (1 + 2)
+    assert rows(tmp_path / "eval") == rows(tmp_path / "single")
+    for name in (PROMPTS_FILE, SETTINGS_FILE, RESULTS_FILE):
+        assert (tmp_path / "eval" / name).read_text() == (tmp_path / "single" / name).read_text(), name
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"results_rank{rank}.json").read_text()) == single
 
 
 class _PlantedSampler:
