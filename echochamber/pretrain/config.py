@@ -25,7 +25,7 @@ class PretrainConfig:
     model: str = "tiny"  # a MODEL_PRESETS name
     seq_len: int = 256  # tokens per training window (the model sees seq_len+1 with the target shift)
     batch_size: int = 32  # GLOBAL sequences per optimizer step, whatever the number of processes
-    micro_batch_size: int = 32  # sequences per forward/backward on one process (memory knob)
+    micro_batch_size: int = 32  # at most this many sequences per forward/backward on one process (memory knob)
     max_steps: int | None = None  # optimizer steps to train for
     max_tokens: int | None = None  # or a token budget: steps = ceil(max_tokens / (batch_size·seq_len))
     # Or passes over the shards' train.bin (when neither is set): a mixture's repeat factors are already

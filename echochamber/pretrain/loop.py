@@ -7,9 +7,9 @@ world size:
 - the data is a pure function of (seed, step): global sample g of the run is window
   perm_epoch(g mod n) of the token stream, and step s takes samples [s·B, (s+1)·B) split across
   ranks, so neither a restart nor a different number of processes changes what is seen;
-- `batch_size` is global; gradient accumulation = batch_size / (micro_batch_size × world size), and
-  the loss is a token mean over the global batch, so 1 process × 2 accumulation steps and
-  2 processes × 1 give the same update;
+- `batch_size` is global; gradient accumulation = batch_size / (micro_batch_size × world size) (one
+  micro-batch where a rank's share is smaller than micro_batch_size), and the loss is a token mean over
+  the global batch, so 1 process × 2 accumulation steps and 2 processes × 1 give the same update;
 - checkpoints (echochamber/checkpoint.py) hold model, optimizer, scheduler, every rank's RNG state
   and the step, and are written atomically; on resume, metrics a killed run logged past the checkpoint are
   dropped before being logged again.
@@ -74,7 +74,7 @@ def _train(config: PretrainConfig, resume: bool, env: dist.Process) -> Path:
     config = config.for_shards(int(shards.manifest["train_tokens"]))  # a length in epochs becomes tokens
     out = Path(config.out)
     ensure_writable(out, env.rank)
-    per_rank = _per_rank_batch(config, env)
+    per_rank, micro = _rank_batches(config, env)
     checkpoint, state = resume_point(out, resume, STAGE, "a pretraining run")
     if checkpoint is not None:
         _check_resumable(config, state, shards.manifest, checkpoint, env.device)
@@ -95,7 +95,7 @@ def _train(config: PretrainConfig, resume: bool, env: dist.Process) -> Path:
         disable=not (config.progress and env.rank == 0), dynamic_ncols=True,
     )  # fmt: skip
     try:
-        loop = _Loop(config, env, shards, model, hf_model, optimizer, scheduler, per_rank, out)
+        loop = _Loop(config, env, shards, model, hf_model, optimizer, scheduler, (per_rank, micro), out)
         for step in range(start_step, config.total_steps()):
             row = loop.step(step)
             if writer is not None:
@@ -127,12 +127,12 @@ class _Loop:
         hf_model: Any,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        per_rank: int,
+        batches: tuple[int, int],  # (sequences per step on this rank, per forward): `_rank_batches`
         out: Path,
     ) -> None:
         self.config, self.env, self.shards, self.out = config, env, shards, out
         self.model, self.hf_model, self.optimizer, self.scheduler = model, hf_model, optimizer, scheduler
-        self.per_rank = per_rank
+        self.per_rank, self.micro = batches
         self.total = config.total_steps()
         self.windows = WindowSampler(shards.train, config.seq_len, config.seed)
         self.autocast = autocast(config.dtype, env.device)
@@ -146,8 +146,7 @@ class _Loop:
         # This rank's samples of the step: [s·B + rank·per_rank, ...), one micro-batch at a time.
         first = step * config.batch_size + env.rank * self.per_rank
         micro_batches = [
-            self.windows.windows(first + micro * config.micro_batch_size, config.micro_batch_size)
-            for micro in range(self.per_rank // config.micro_batch_size)
+            self.windows.windows(first + index * self.micro, self.micro) for index in range(self.per_rank // self.micro)
         ]
         mean_loss, grad_norm = _train_step(self.model, micro_batches, self.optimizer, config.grad_clip, env, self.autocast)
         self.scheduler.step()
@@ -209,14 +208,17 @@ def _optimizer(
     return optimizer, scheduler, state["step"]
 
 
-def _per_rank_batch(config: PretrainConfig, env: dist.Process) -> int:
-    """Sequences per step on this rank; the global batch must split into ranks × micro-batches."""
+def _rank_batches(config: PretrainConfig, env: dist.Process) -> tuple[int, int]:
+    """(sequences per step on this rank, sequences per forward). The global batch must split evenly
+    over the ranks, and a rank's part into micro-batches of micro_batch_size, or be no larger than
+    one (then it is one micro-batch: 32 sequences over 2 ranks are 16 per forward, whatever the cap)."""
     per_rank, remainder = divmod(config.batch_size, env.world)
-    if remainder or per_rank % config.micro_batch_size:
+    micro = min(config.micro_batch_size, per_rank)
+    if remainder or per_rank % micro:
         raise UserError(
             f"batch_size {config.batch_size} does not split into {env.world} process(es) × micro_batch_size {config.micro_batch_size}"
         )
-    return per_rank
+    return per_rank, micro
 
 
 def _initial_model(config: PretrainConfig, manifest: dict[str, Any], checkpoint: Path | None, env: dist.Process) -> Any:

@@ -22,13 +22,14 @@ import pytest
 import torch
 import yaml
 
+from echochamber import dist
 from echochamber.checkpoint import STATE_FILE
 from echochamber.cli import main
 from echochamber.config import load_config, to_dict
 from echochamber.errors import UserError
 from echochamber.model.precision import resolve_dtype
 from echochamber.pretrain.config import PretrainConfig
-from echochamber.pretrain.loop import run_pretrain
+from echochamber.pretrain.loop import _rank_batches, run_pretrain
 from echochamber.runlog import read_metrics
 
 VOCAB = 320
@@ -220,6 +221,19 @@ def test_torchrun_two_processes_match_one_process_and_resume_in_one(shards, tmp_
     shutil.rmtree(out / "checkpoints" / "step_6")
     run_pretrain(tiny_config(shards, out, **settings), resume=True)
     assert losses(out) == pytest.approx(losses(single), rel=1e-4)
+
+
+def test_a_rank_whose_share_is_below_the_micro_batch_takes_it_whole(shards, tmp_path):
+    """micro_batch_size caps a forward: the quickstart's 32 sequences (cap 32) are 16 a rank on two
+    ranks; shares that do not split into micro-batches of the cap are refused in one line."""
+    on = lambda world: dist.Process(rank=0, world=world, device=torch.device("cpu"), owns_group=False)  # noqa: E731
+    config = lambda batch, micro: tiny_config(shards, tmp_path, batch_size=batch, micro_batch_size=micro)  # noqa: E731
+    assert _rank_batches(config(32, 32), on(2)) == (16, 16)
+    assert _rank_batches(config(32, 32), on(1)) == (32, 32)
+    assert _rank_batches(config(32, 8), on(2)) == (16, 8)
+    for batch, micro, world in ((48, 16, 2), (30, 10, 4)):
+        with pytest.raises(UserError, match=f"batch_size {batch} does not split into {world} process"):
+            _rank_batches(config(batch, micro), on(world))
 
 
 # --- bad input ---------------------------------------------------------------------------------
