@@ -150,10 +150,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from echochamber.study.config import DEFAULT_PRESET, load_study
-    from echochamber.study.pipeline import default_run_dir, run_study
+    from echochamber.study.pipeline import default_run_dir, plan, run_study
 
     study = load_study(args.config, args.preset, list(args.set))
     out = Path(args.out) if args.out else default_run_dir(args.config, args.preset)
+    if args.procs != 1:
+        if args.procs < 1 or "WORLD_SIZE" in os.environ:
+            raise UserError("--procs N (N >= 1) starts its own ranks; under torchrun leave it out")
+        from echochamber.launch import launch
+
+        plan(study, out, resume=args.resume)  # a run it would refuse fails here, once, before any rank starts
+        options = [*(["--preset", args.preset] if args.preset else []), "--out", str(out),
+                   *(["--resume"] if args.resume else []), *(f"--set={item}" for item in args.set)]  # fmt: skip
+        return launch(["run", *([args.config] if args.config else []), *options], args.procs)
     index = run_study(study, out, preset=args.preset or args.config or DEFAULT_PRESET, resume=args.resume)
     print(f"study finished: {index}")
     return 0
@@ -257,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default runs/<preset or config name>)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted stage")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study key (rl.grpo.kl_coef=0.01)")
+    run.add_argument(
+        "--procs", type=int, default=1, metavar="N",
+        help="run as N data-parallel ranks on this machine, each with cores/N threads (make quickstart: 2)",
+    )  # fmt: skip
     run.set_defaults(func=_cmd_run)
 
     sweep = sub.add_parser("sweep", help="run a grid of studies and compare them in one report")
