@@ -162,9 +162,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         plan(study, out, resume=args.resume)  # a run it would refuse fails here, once, before any rank starts
         options = [*(["--preset", args.preset] if args.preset else []), "--out", str(out),
                    *(["--resume"] if args.resume else []), *(f"--set={item}" for item in args.set)]  # fmt: skip
-        return launch(["run", *([args.config] if args.config else []), *options], args.procs)
+        return launch(main, ["run", *([args.config] if args.config else []), *options], args.procs)
     index = run_study(study, out, preset=args.preset or args.config or DEFAULT_PRESET, resume=args.resume)
-    print(f"study finished: {index}")
+    if os.environ.get("RANK", "0") == "0":  # one line for the whole job under --procs or torchrun
+        print(f"study finished: {index}")
     return 0
 
 

@@ -8,45 +8,49 @@ step. On 2 cores the quickstart's pretraining makes 21.7k tokens/s as two one-th
 
 What a rank needs is the environment torchrun would give it (RANK, LOCAL_RANK, WORLD_SIZE,
 LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT: `dist.init` joins through it) and a parent that stops
-every rank when one fails. torchrun stays the launcher for GPUs and clusters (`sweep --emit
-torchrun`); here a failing rank ends the command with its own one-line error and exit code rather
-than under torchrun's report of its agent. Each rank gets OMP_NUM_THREADS = this process's cores / N
-(at least 1) unless the variable is set.
+every rank when one fails. Each rank is a fresh interpreter (multiprocessing's spawn) that runs the
+command's own entry point, so OMP_NUM_THREADS (this process's cores / N, at least 1, unless set)
+takes effect and nothing but echochamber runs (architecture rule 3). torchrun stays the launcher
+for GPUs and clusters (`sweep --emit torchrun`); here a failing rank ends the command with its own
+one-line error and exit code rather than under torchrun's report of its agent.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
-import subprocess
 import sys
 import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 
 POLL_SECONDS = 0.2
 
 
-def launch(argv: list[str], procs: int) -> int:
-    """Run `echochamber ARGV` as `procs` ranks on this machine. Returns 0 when every rank succeeds,
-    else the exit code of the first rank that failed (the others are stopped)."""
+def launch(main: Callable[[list[str]], int], argv: list[str], procs: int) -> int:
+    """Run `main(argv)` (the command line's entry point) as `procs` ranks on this machine, each in a
+    fresh interpreter. Returns 0 when every rank succeeds, else the exit code of the first rank that
+    failed (the others are stopped)."""
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // procs))
     shared = {
         "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs), "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": threads,
     }  # fmt: skip
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter reads OMP_NUM_THREADS at start
     ranks = [
-        subprocess.Popen(
-            [sys.executable, "-m", "echochamber", *argv],
-            env={**os.environ, **shared, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-        )
+        spawn.Process(target=_rank, args=(main, argv, {**shared, "RANK": str(rank), "LOCAL_RANK": str(rank)}))
         for rank in range(procs)
     ]
+    for rank in ranks:
+        rank.start()
     try:
         while True:
-            codes = [rank.poll() for rank in ranks]
+            codes = [rank.exitcode for rank in ranks]
             failed = next((code for code in codes if code not in (None, 0)), None)
             if failed is not None:
                 _stop(ranks)
-                return failed
+                return failed if failed > 0 else 128 - failed  # killed by signal N: 128 + N, as a shell says
             if all(code == 0 for code in codes):
                 return 0
             time.sleep(POLL_SECONDS)
@@ -55,16 +59,21 @@ def launch(argv: list[str], procs: int) -> int:
         raise
 
 
-def _stop(ranks: list[subprocess.Popen]) -> None:
+def _rank(main: Callable[[list[str]], int], argv: list[str], env: dict[str, str]) -> None:
+    """A rank's process: torchrun's environment, then the command."""
+    os.environ.update(env)
+    sys.exit(main(argv))
+
+
+def _stop(ranks: list[BaseProcess]) -> None:
     for rank in ranks:
-        if rank.poll() is None:
+        if rank.exitcode is None:
             rank.terminate()
     for rank in ranks:
-        try:
-            rank.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        rank.join(timeout=30)
+        if rank.exitcode is None:
             rank.kill()
-            rank.wait()
+            rank.join()
 
 
 def _free_port() -> int:

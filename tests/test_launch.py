@@ -13,9 +13,10 @@ from echochamber.study.pipeline import read_run
 
 
 @pytest.mark.slow
-def test_the_smoke_study_as_two_ranks_runs_every_stage_and_rank_0_traces_both_parts(tmp_path: Path) -> None:
+def test_the_smoke_study_as_two_ranks_runs_every_stage_and_rank_0_traces_both_parts(tmp_path: Path, capfd) -> None:
     run = tmp_path / "smoke"
     assert main(["run", "--preset", "smoke", "--procs", "2", "--out", str(run)]) == 0
+    assert capfd.readouterr().out.count("study finished") == 1  # rank 0 speaks for the job
     assert all(stage["done"] for stage in read_run(run)["stages"].values())
     for phase in ("base", "final"):
         for benchmark in ("world-test", "world-hard"):
@@ -36,7 +37,7 @@ def test_the_smoke_study_as_two_ranks_runs_every_stage_and_rank_0_traces_both_pa
 
 
 def test_a_failing_rank_ends_the_launch_with_its_exit_code_and_one_line(tmp_path: Path, capfd) -> None:
-    assert launch(["pretrain", str(tmp_path / "missing.yaml")], 2) == 2
+    assert launch(main, ["pretrain", str(tmp_path / "missing.yaml")], 2) == 2
     errors = [line for line in capfd.readouterr().err.splitlines() if line]
     assert errors and all(line.startswith("echochamber: error: ") for line in errors)  # no traceback
 

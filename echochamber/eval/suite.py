@@ -8,11 +8,10 @@ evaluation resumes where it stopped: prompts already complete in the file are sk
 results are recomputed from the file. Because the sampler derives each sample's randomness from (seed, prompt id, sample index), a
 resumed run produces exactly the generations an uninterrupted one would have.
 
-Under torchrun every rank evaluates: each round of prompts is split over the ranks (`dist.rank_part`),
-each rank generates and grades its part, and rank 0 gathers the rows, traces them, appends them to
-the file and alone computes the results, which every rank returns. The generations are those of one
-process (the same randomness per sample; batches of other sizes round differently, so a near-tie
-may break the other way).
+Under torchrun each round of prompts is split over the ranks (`dist.rank_part`), each rank generates
+and grades its part, and rank 0 gathers, traces and appends the rows and computes the results, which
+every rank returns: one process's generations (batches of other sizes round differently, so a
+near-tie may break the other way).
 
 Each generation row also records the paper's format rule (`paper_format`) and the sample's `vote`:
 the representative of its answer's math-verify equivalence class among its prompt's samples (None
@@ -131,19 +130,14 @@ def evaluate(
             # A round fills about one sampler batch on each rank; it is also the unit a kill can lose.
             per_round = max(1, config.batch_size // n) * dist.world_size()
             with tqdm(
-                total=len(records),
-                initial=len(records) - len(todo),
-                desc=f"{evaluation.benchmark} {mode}",
-                unit="prompt",
-                disable=not (progress and rank0),
-            ) as bar:
+                total=len(records), initial=len(records) - len(todo), desc=f"{evaluation.benchmark} {mode}",
+                unit="prompt", disable=not (progress and rank0),
+            ) as bar:  # fmt: skip
                 for start in range(0, len(todo), per_round):
                     chunk = todo[start : start + per_round]
                     part = dist.rank_part(chunk)
-                    generated = _generate_rows(
-                        sampler, tokenizer, active_grader, part, mode, n, params, config.truncated_is_wrong, formats
-                    ) if part else ([], [])  # fmt: skip
-                    parts = dist.gather_objects(generated, patient=True)
+                    args = (sampler, tokenizer, active_grader, part, mode, n, params, config.truncated_is_wrong, formats)
+                    parts = dist.gather_objects(_generate_rows(*args) if part else ([], []), patient=True)
                     if not rank0:
                         continue
                     new_rows = [row for part_rows, _ in parts for row in part_rows]
