@@ -155,7 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.config, args.preset, list(args.set))
     out = Path(args.out) if args.out else default_run_dir(args.config, args.preset)
     if args.procs != 1:
-        if args.procs < 1 or "WORLD_SIZE" in os.environ:
+        if args.procs < 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("--procs N (N >= 1) starts its own ranks; under torchrun leave it out")
         from echochamber.launch import launch
 

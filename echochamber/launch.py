@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import time
@@ -39,7 +40,9 @@ def launch(main: Callable[[list[str]], int], argv: list[str], procs: int) -> int
     }  # fmt: skip
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter reads OMP_NUM_THREADS at start
     ranks = [
-        spawn.Process(target=_rank, args=(main, argv, {**shared, "RANK": str(rank), "LOCAL_RANK": str(rank)}))
+        spawn.Process(
+            target=_rank, args=(main, argv, {**shared, "RANK": str(rank), "LOCAL_RANK": str(rank)}, os.getpid())
+        )
         for rank in range(procs)
     ]
     for rank in ranks:
@@ -59,10 +62,25 @@ def launch(main: Callable[[list[str]], int], argv: list[str], procs: int) -> int
         raise
 
 
-def _rank(main: Callable[[list[str]], int], argv: list[str], env: dict[str, str]) -> None:
-    """A rank's process: torchrun's environment, then the command."""
+def _rank(main: Callable[[list[str]], int], argv: list[str], env: dict[str, str], launcher: int) -> None:
+    """A rank's process: ended with the launcher, torchrun's environment, then the command."""
+    _end_with(launcher)
     os.environ.update(env)
     sys.exit(main(argv))
+
+
+def _end_with(launcher: int) -> None:
+    """On Linux the kernel sends this rank SIGTERM when the launcher dies, so a launcher killed outright
+    (SIGKILL, or SIGTERM, which ends Python before it can stop its ranks) leaves no rank writing to the
+    run folder behind it; the run resumes with --resume. Elsewhere a rank outlives a killed launcher."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != launcher:  # it died before the request above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _stop(ranks: list[BaseProcess]) -> None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +54,44 @@ def test_a_run_it_would_refuse_is_refused_once_before_any_rank_starts(tmp_path: 
     assert err.count("\n") == 1 and "does not record it" in err
     assert main(["run", "--preset", "smoke", "--procs", "0", "--out", str(tmp_path / "other")]) == 2
     assert "--procs N (N >= 1)" in capsys.readouterr().err
+
+
+def _ranks_of(launcher: int) -> list[int]:
+    """The launcher's rank processes (its spawned children that are not multiprocessing's helpers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ranks end with their launcher on Linux only")
+def test_ranks_end_with_a_launcher_killed_outright(tmp_path: Path) -> None:
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "echochamber", "run", "--preset", "smoke", "--procs", "2", "--out", str(tmp_path / "run"),
+         "--set", "pretrain.max_steps=100000"],  # ranks that would pretrain for an hour
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(ranks := _ranks_of(launcher.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(ranks) == 2, "the launcher did not start its two ranks"
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in ranks), "a rank outlived its launcher"
