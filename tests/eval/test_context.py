@@ -4,7 +4,6 @@ each policy (error, skip, shorten) does to an evaluation and to RL's prompt set.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -89,10 +88,9 @@ def test_an_evaluation_records_what_the_check_did_and_errors_before_sampling(tok
     prompts = records(tokenizer, [1, 10, 2])
     lengths = [len(encode_prompt(tokenizer, record.prompt)) for record in prompts]
     model = build_model("tiny", len(tokenizer), max_seq_len=lengths[0] + 4, eos_token_id=tokenizer.eos_token_id)
-    started = time.monotonic()
     with pytest.raises(UserError, match=r"world-test: 2 of 3 prompts \+ 4 new tokens exceed the model's context"):
         evaluate(model, tokenizer, prompts, _evaluation(), grader=grader, out_dir=tmp_path / "error", progress=False)
-    assert time.monotonic() - started < 5 and not (tmp_path / "error" / "generations.jsonl").exists()
+    assert not (tmp_path / "error" / "generations.jsonl").exists()  # nothing was sampled
 
     results = evaluate(model, tokenizer, prompts, _evaluation(over_context="skip"), grader=grader, out_dir=tmp_path / "skip", progress=False)
     assert results["n_prompts"] == 1 and results["context"]["skipped"] == 2

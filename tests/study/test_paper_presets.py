@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 from pathlib import Path
 
 import pytest
@@ -97,9 +96,7 @@ def test_each_paper_preset_runs_end_to_end_on_local_stand_ins(
     run = root / preset
     for other in runs:
         share_stages(run, other, study, SHARED_STAGES)
-    started = time.monotonic()
     run_study(study, run, preset=preset, progress=False)
-    elapsed = time.monotonic() - started
     runs.append(run)
 
     info = read_run(run)
@@ -116,7 +113,6 @@ def test_each_paper_preset_runs_end_to_end_on_local_stand_ins(
     [line] = read_metrics(run / "rl" / "metrics.jsonl", "rl")
     assert line["algo"] == "ppo" and line["n_samples"] == 4
     assert (run / "report" / "index.html").is_file()
-    assert elapsed < 120, f"{preset} took {elapsed:.0f} s"
 
 
 @pytest.mark.slow
