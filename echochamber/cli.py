@@ -139,12 +139,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out is not None and len(config.benchmarks) > 1:
         raise UserError("--out is one evaluation's folder: name one --benchmark (or leave --out out: CKPT/eval/NAME)")
     evaluations = [config.evaluation(benchmark) for benchmark in config.benchmarks]  # all checked first
-    tracer = _tracer(args.shards)
-    if tracer is None:
-        print("echochamber: eval: provenance not measured (no --shards RUN_OR_SHARDS_DIR given)", file=sys.stderr)
-    for evaluation in evaluations:
-        results = run_eval(Path(args.ckpt), evaluation, Path(args.out) if args.out else None, tracer=tracer)
-        print(render_summary(results))
+    from echochamber import dist
+
+    process = dist.init()  # under torchrun the ranks split each evaluation's prompts; rank 0 writes
+    try:
+        tracer = _tracer(args.shards) if process.rank == 0 else None
+        if tracer is None and process.rank == 0:
+            print("echochamber: eval: provenance not measured (no --shards RUN_OR_SHARDS_DIR given)", file=sys.stderr)
+        for evaluation in evaluations:
+            results = run_eval(Path(args.ckpt), evaluation, Path(args.out) if args.out else None, tracer=tracer)
+            if process.rank == 0:
+                print(render_summary(results))
+    finally:
+        dist.leave(process)
     return 0
 
 

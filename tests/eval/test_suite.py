@@ -245,6 +245,15 @@ def test_under_torchrun_each_rank_generates_its_part_and_the_folder_equals_one_p
     for rank in (0, 1):
         assert json.loads((tmp_path / f"results_rank{rank}.json").read_text()) == single
 
+    # `echochamber eval` under torchrun joins the ranks the same way (it used to run whole on each).
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "echochamber.cli", "eval", str(checkpoint), "--benchmark", "world-test", "--out", str(tmp_path / "cli"),
+               *(f"--set={key}={value}" for key, value in settings.items())]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("world-test: 5 prompts") == 1  # rank 0 reports for the job
+    assert rows(tmp_path / "cli") == rows(tmp_path / "single")
+
 
 class _PlantedSampler:
     """Fixed (text, truncated) samples per prompt id."""
