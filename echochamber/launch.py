@@ -12,7 +12,8 @@ every rank when one fails. Each rank is a fresh interpreter (multiprocessing's s
 command's own entry point, so OMP_NUM_THREADS (this process's cores / N, at least 1, unless set)
 takes effect and nothing but echochamber runs (architecture rule 3). torchrun stays the launcher
 for GPUs and clusters (`sweep --emit torchrun`); here a failing rank ends the command with its own
-one-line error and exit code rather than under torchrun's report of its agent.
+one-line error and exit code rather than under torchrun's report of its agent. `end_with_parent` is
+also what a sweep's cell processes call first (study/sweep.py).
 """
 
 from __future__ import annotations
@@ -64,22 +65,23 @@ def launch(main: Callable[[list[str]], int], argv: list[str], procs: int) -> int
 
 def _rank(main: Callable[[list[str]], int], argv: list[str], env: dict[str, str], launcher: int) -> None:
     """A rank's process: ended with the launcher, torchrun's environment, then the command."""
-    _end_with(launcher)
+    end_with_parent(launcher)
     os.environ.update(env)
     sys.exit(main(argv))
 
 
-def _end_with(launcher: int) -> None:
-    """On Linux the kernel sends this rank SIGTERM when the launcher dies, so a launcher killed outright
-    (SIGKILL, or SIGTERM, which ends Python before it can stop its ranks) leaves no rank writing to the
-    run folder behind it; the run resumes with --resume. Elsewhere a rank outlives a killed launcher."""
+def end_with_parent(parent: int) -> None:
+    """Called first in a child process (a rank, a sweep's cell): on Linux the kernel sends it SIGTERM
+    when `parent` dies, so a parent killed outright (SIGKILL, or SIGTERM, which ends Python before it
+    can stop its children) leaves no child writing to a run folder behind it; the run resumes with
+    --resume. Elsewhere a child outlives a killed parent."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
     pr_set_pdeathsig = 1  # <linux/prctl.h>
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != launcher:  # it died before the request above took effect
+    if os.getppid() != parent:  # it died before the request above took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 

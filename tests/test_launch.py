@@ -56,8 +56,8 @@ def test_a_run_it_would_refuse_is_refused_once_before_any_rank_starts(tmp_path: 
     assert "--procs N (N >= 1)" in capsys.readouterr().err
 
 
-def _ranks_of(launcher: int) -> list[int]:
-    """The launcher's rank processes (its spawned children that are not multiprocessing's helpers)."""
+def _children_of(launcher: int) -> list[int]:
+    """The parent's spawned children (ranks or cells), not multiprocessing's helpers."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -77,21 +77,33 @@ def _running(pid: int) -> bool:
         return False
 
 
+LONG = "pretrain.max_steps=100000"  # children that would pretrain for an hour
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ranks end with their launcher on Linux only")
-def test_ranks_end_with_a_launcher_killed_outright(tmp_path: Path) -> None:
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "echochamber", "run", "--preset", "smoke", "--procs", "2", "--out", str(tmp_path / "run"),
-         "--set", "pretrain.max_steps=100000"],  # ranks that would pretrain for an hour
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="children end with their parent on Linux only")
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_children_end_with_a_parent_killed_outright(command: str, tmp_path: Path) -> None:
+    """The ranks of `run --procs 2` and the cell processes of `sweep --jobs 2` stop when their parent is
+    SIGKILLed mid-pretraining, instead of writing on to the run folder."""
+    if command == "run":
+        argv = ["run", "--preset", "smoke", "--procs", "2", "--out", str(tmp_path / "run"), "--set", LONG]
+    else:  # two seeds: two cells that pretrain at once
+        spec = {"name": "long", "base": "smoke", "axes": {"algo": ["grpo"]}, "seeds": [0, 1], "set": [LONG]}
+        (tmp_path / "long.yaml").write_text(json.dumps(spec))
+        argv = ["sweep", str(tmp_path / "long.yaml"), "--jobs", "2", "--out", str(tmp_path / "sweep")]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "echochamber", *argv], env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while len(ranks := _ranks_of(launcher.pid)) < 2 and time.monotonic() < deadline:
+    while len(children := _children_of(parent.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(ranks) == 2, "the launcher did not start its two ranks"
-    launcher.send_signal(signal.SIGKILL)
-    launcher.wait()
+    assert len(children) == 2, f"{command} did not start its two child processes"
+    time.sleep(3)  # past the children's start, into their work
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
     deadline = time.monotonic() + 30
-    while any(_running(pid) for pid in ranks) and time.monotonic() < deadline:
+    while any(_running(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_running(pid) for pid in ranks), "a rank outlived its launcher"
+    assert not any(_running(pid) for pid in children), f"a child of {command} outlived its parent"

@@ -35,6 +35,7 @@ import yaml
 
 from echochamber.config import load_config, preset_names, preset_path, read_yaml
 from echochamber.errors import UserError
+from echochamber.launch import end_with_parent
 from echochamber.study.config import STUDY_PRESETS, StudyConfig, load_study
 from echochamber.study.pipeline import is_finished, run_study, share_stages, stage_hashes
 
@@ -316,7 +317,10 @@ def _schedule(
     threads = max(1, (os.cpu_count() or 1) // jobs)
     # spawn, one cell per process: no torch or grader state leaks between cells, and each process
     # gets its share of the cores (intra-op threads, tokenizer workers) instead of all of them.
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+    # Each cell's process ends with this one (a sweep killed outright leaves no cell running).
+    with ProcessPoolExecutor(
+        jobs, mp_context=get_context("spawn"), max_tasks_per_child=1, initializer=end_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         running: dict[Future[None], str] = {}
         while queue or running:
             while len(running) < jobs and (ready := next_ready()) is not None:
