@@ -7,6 +7,7 @@ stages (the CI smoke pipeline).
 
 from __future__ import annotations
 
+import fcntl
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -135,6 +136,22 @@ def test_a_crash_under_a_changed_config_starts_the_stage_over(tmp_path: Path, re
     run_study(smoke("rl.max_steps=3"), run)
     assert recorder.calls == [("rl", False), ("eval-final", False), ("report", False)]
     assert (run / "rl" / "out.txt").exists() and not (run / "rl" / "stale.txt").exists()
+
+
+def test_a_run_on_a_folder_another_run_is_writing_stops_in_one_line(tmp_path: Path, recorder: Recorder) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    with (run / pipeline.LOCK_FILE).open("a+") as held:  # another process's hold, as the kernel sees it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("echochamber pid 4242")
+        held.flush()
+        with pytest.raises(UserError, match=r"^\S+/run is being written by echochamber pid 4242; wait for it"):
+            run_study(smoke(), run)
+        assert recorder.calls == [] and not (run / RUN_FILE).exists()
+    run_study(smoke(), run)  # released (as by a holder that ended, however it ended): the run goes ahead
+    assert recorder.names() == ALL
+    run_study(smoke(), run)  # and a finished run released it too
+    assert recorder.names() == ALL
 
 
 def test_a_deleted_stage_folder_is_redone(tmp_path: Path, recorder: Recorder) -> None:
