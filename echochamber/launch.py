@@ -34,7 +34,8 @@ def launch(main: Callable[[list[str]], int], argv: list[str], procs: int) -> int
     """Run `main(argv)` (the command line's entry point) as `procs` ranks on this machine, each in a
     fresh interpreter. Returns 0 when every rank succeeds, else the exit code of the first rank that
     failed (the others are stopped)."""
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // procs))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // procs))
     shared = {
         "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs), "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": threads,
