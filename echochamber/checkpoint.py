@@ -14,11 +14,13 @@ rank calls them); only rank 0 touches the disk. The full-state-dict helpers of
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from echochamber.errors import UserError
 from echochamber.runlog import METRICS_FILE, read_metrics
 
 CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".lock"  # sole_writer's
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_PREFIX = ".tmp-"
@@ -106,6 +109,34 @@ def resume_point(
     if checkpoint is None:
         return None, None
     return checkpoint, load_trainer_state(checkpoint)
+
+
+@contextmanager
+def sole_writer(out: Path, rank: int) -> Iterator[None]:
+    """Hold OUT/.lock (an flock, rank 0's) while a run writes `out`: two runs on one folder (a second
+    terminal, a sweep beside a run) would interleave their steps and delete each other's outputs, so
+    the second stops here in one line. The kernel releases an flock however its holder ends, so a
+    killed run leaves nothing to clean up. Other ranks write under rank 0's hold."""
+    if rank != 0:
+        yield
+        return
+    import fcntl
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = (out / LOCK_FILE).open("a+")
+    except OSError as error:
+        raise UserError(f"output folder {out} is not writable: {error.strerror}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise UserError(f"{out} is being written by {handle.read().strip()}; wait for it or stop it first") from None
+        handle.truncate(0)
+        handle.write(f"echochamber pid {os.getpid()}")
+        handle.flush()
+        yield
 
 
 def ensure_writable(out: Path, rank: int) -> None:

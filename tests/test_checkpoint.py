@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from echochamber.checkpoint import (
+    LOCK_FILE,
     STATE_FILE,
     capture_rng_state,
     latest_checkpoint,
@@ -18,7 +22,9 @@ from echochamber.checkpoint import (
     restore_optimizer,
     restore_rng_state,
     save_checkpoint,
+    sole_writer,
 )
+from echochamber.errors import UserError
 from echochamber.model.presets import build_model
 
 
@@ -129,3 +135,34 @@ def test_rng_state_round_trip():
     restore_rng_state(state)
     again = (torch.rand(4), random.random(), np.random.rand(2))
     assert torch.equal(first[0], again[0]) and first[1] == again[1] and np.array_equal(first[2], again[2])
+
+
+def test_a_second_writer_of_a_run_folder_stops_in_one_line_until_the_first_ends(tmp_path):
+    """sole_writer: rank 0 holds OUT/.lock; another process's hold refuses it (whoever holds it is
+    named); other ranks never take it; a holder that ends, however it ends, releases it."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True
+    )  # another run, mid-way: it holds the folder until killed
+    assert holder.stdout.readline().strip() == "held"
+    refused = rf"^{out} is being written by echochamber pid {holder.pid}; wait for it"
+    with pytest.raises(UserError, match=refused), sole_writer(out, rank=0):
+        pass
+    with sole_writer(out, rank=1):  # a rank of the holder's own job writes under rank 0's hold
+        pass
+    holder.kill()  # SIGKILL: no cleanup ran, the kernel dropped the flock
+    holder.wait()
+    with sole_writer(out, rank=0):
+        assert (out / LOCK_FILE).read_text() == f"echochamber pid {os.getpid()}"
+    with sole_writer(out, rank=0):  # released on leaving too
+        pass
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from echochamber.checkpoint import sole_writer
+with sole_writer(Path(sys.argv[1]), rank=0):
+    print("held", flush=True)
+    time.sleep(600)
+"""

@@ -43,6 +43,7 @@ from echochamber.checkpoint import (
     resume_point,
     save_checkpoint,
     save_hf_folder,
+    sole_writer,
 )
 from echochamber.config import save_config, to_dict
 from echochamber.data.shards import Shards, open_shards
@@ -61,7 +62,8 @@ def run_pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     config.validate()
     env = dist.init()
     try:
-        return _train(config, resume, env)
+        with sole_writer(Path(config.out), env.rank):
+            return _train(config, resume, env)
     finally:
         dist.leave(env)
 

@@ -44,6 +44,7 @@ from echochamber.checkpoint import (
     gather_rng_states,
     prune_checkpoints,
     resume_point,
+    sole_writer,
     write_folder,
 )
 from echochamber.config import save_config, to_dict
@@ -101,7 +102,8 @@ def run_rl(
     config.validate()
     process = dist.init()
     try:
-        return _Run(config, algo, resume, process.device, tracer).run(grader)
+        with sole_writer(Path(config.out), process.rank):
+            return _Run(config, algo, resume, process.device, tracer).run(grader)
     finally:
         dist.leave(process)
 

@@ -1,7 +1,7 @@
 """`echochamber run`: the whole study in one run folder, data -> pretrain -> eval -> RL -> eval -> report.
 
     RUN/
-      .lock           held (flock) by the run writing the folder: a second one on it stops in one line
+      .lock           held by the run writing the folder (checkpoint.sole_writer; pretrain/ and rl/ too)
       run.json        {"name", "preset", "algo", "config_hash", "stages": {name: {"hash", "done", "seconds"}}}
       config.yaml     the resolved StudyConfig (loadable again: `echochamber run RUN/config.yaml --out RUN`)
       shards/         mixture stage (tokenizer/, doc_map/ inside; provenance/: the index, built on first use)
@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from echochamber import dist
+from echochamber.checkpoint import sole_writer
 from echochamber.config import config_hash, to_dict
 from echochamber.data.shards import describe_manifest
 from echochamber.errors import UserError
@@ -52,7 +53,6 @@ from echochamber.study.hashes import stage_hashes
 from echochamber.study.preflight import preflight
 
 RUN_FILE = "run.json"
-LOCK_FILE = ".lock"
 CONFIG_FILE = "config.yaml"
 # ---------------------------------------------------------------------------------------------
 # Stages
@@ -248,7 +248,7 @@ def run_study(
     rank, barrier = process.rank, dist.wait_for_rank0
     lock = ExitStack()
     try:
-        lock.enter_context(_sole_writer(run_dir) if rank == 0 else nullcontext())
+        lock.enter_context(sole_writer(run_dir, rank))
         actions = plan(study, run_dir, resume=resume)
         hashes = stage_hashes(study)
         barrier()  # every rank has read run.json before rank 0 writes it
@@ -287,28 +287,6 @@ def run_study(
         lock.close()
         dist.leave(process)
 
-
-@contextmanager
-def _sole_writer(run_dir: Path) -> Iterator[None]:
-    """Hold RUN/.lock while the run writes: two runs on one folder would interleave stages and delete
-    each other's work. The kernel releases an flock however its holder ends (nothing to clean up)."""
-    import fcntl
-
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handle = (run_dir / LOCK_FILE).open("a+")
-    except OSError as error:
-        raise UserError(f"cannot write the run folder {run_dir}: {error.strerror}") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise UserError(f"{run_dir} is being written by {handle.read().strip()}; wait for it or stop it first") from None
-        handle.truncate(0)
-        handle.write(f"echochamber pid {os.getpid()}")
-        handle.flush()
-        yield
 
 
 def _check_context(study: StudyConfig, run_dir: Path, ctx: _Context, say: bool) -> bool:

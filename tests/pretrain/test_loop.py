@@ -8,6 +8,7 @@ falling loss means the loop really trains.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import torch
 import yaml
 
 from echochamber import dist
-from echochamber.checkpoint import STATE_FILE
+from echochamber.checkpoint import LOCK_FILE, STATE_FILE
 from echochamber.cli import main
 from echochamber.config import load_config, to_dict
 from echochamber.errors import UserError
@@ -237,6 +238,16 @@ def test_a_rank_whose_share_is_below_the_micro_batch_takes_it_whole(shards, tmp_
 
 
 # --- bad input ---------------------------------------------------------------------------------
+
+
+def test_a_pretraining_folder_another_run_is_writing_is_refused_before_any_step(shards, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / LOCK_FILE).open("a+") as held:  # another run's hold, as the kernel sees it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="is being written by"):
+            run_pretrain(tiny_config(shards, out))
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
 
 
 def test_missing_shards_folder_and_missing_shard_file(shards, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from echochamber.checkpoint import list_checkpoints
+from echochamber.checkpoint import LOCK_FILE, list_checkpoints
 from echochamber.config import load_config, save_config
 from echochamber.data.tokenizer import load_tokenizer
 from echochamber.data.world import WorldConfig
@@ -353,6 +354,20 @@ def test_torchrun_ranks_outwait_an_evaluation_longer_than_the_collective_timeout
     evals = read_metrics(out / "metrics.jsonl", "eval")
     assert [row["step"] for row in evals] == [0, 2]
     assert [line["step"] for line in rl_lines(out)] == [1, 2]
+
+
+def test_an_rl_folder_another_run_is_writing_is_refused_before_any_weights_load(
+    tiny_policy, two_answer_prompts, test_world, grader, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    out.mkdir()
+    config = resume_config(tiny_policy, out, two_answer_prompts, test_world, max_steps=1, eval_every=0)
+    monkeypatch.setattr(core, "load_model", lambda *args, **kwargs: pytest.fail("weights loaded"))
+    with (out / LOCK_FILE).open("a+") as held:  # another run's hold, as the kernel sees it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="is being written by"):
+            run_rl(config, algo="grpo", grader=grader)
+    assert not (out / "metrics.jsonl").exists()
 
 
 def test_rl_checks_its_prompts_before_loading_any_weights(tiny_policy, grader, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from echochamber.checkpoint import LOCK_FILE
 from echochamber.errors import UserError
 from echochamber.study import pipeline
 from echochamber.study.config import StudyConfig, load_study
@@ -141,7 +142,7 @@ def test_a_crash_under_a_changed_config_starts_the_stage_over(tmp_path: Path, re
 def test_a_run_on_a_folder_another_run_is_writing_stops_in_one_line(tmp_path: Path, recorder: Recorder) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    with (run / pipeline.LOCK_FILE).open("a+") as held:  # another process's hold, as the kernel sees it
+    with (run / LOCK_FILE).open("a+") as held:  # another process's hold, as the kernel sees it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("echochamber pid 4242")
         held.flush()
