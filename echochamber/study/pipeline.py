@@ -246,47 +246,44 @@ def run_study(
     # ranks wait for rank 0 (building data, evaluating) on the long-timeout group.
     process = dist.init()
     rank, barrier = process.rank, dist.wait_for_rank0
-    lock = ExitStack()
     try:
-        lock.enter_context(sole_writer(run_dir, rank))
-        actions = plan(study, run_dir, resume=resume)
-        hashes = stage_hashes(study)
-        barrier()  # every rank has read run.json before rank 0 writes it
-        if rank == 0:
-            _start_run(study, run_dir, preset, hashes, actions)
-        workers = max(study.eval.workers, study.rl.rollout.grader_workers)
-        ctx = _Context(progress=progress, grader_workers=workers, label=label)
-        # Prompt lengths against the model's context: before the first stage that can use the
-        # tokenizer (study/preflight.py says when), never when nothing is left to sample.
-        checked = all(actions[name] == "skip" for name in ("pretrain", "eval-base", "rl", "eval-final"))
-        with ctx.stack:
-            started = time.monotonic()
-            for number, stage in enumerate(STAGES, start=1):
-                if not checked:
-                    checked = _check_context(study, run_dir, ctx, rank == 0)
-                head = f"{label}[{number}/{len(STAGES)}] {stage.name}"
-                action = actions[stage.name]
-                if action == "skip":
+        with sole_writer(run_dir, rank):  # rank 0 holds RUN/.lock for the whole run
+            actions = plan(study, run_dir, resume=resume)
+            hashes = stage_hashes(study)
+            barrier()  # every rank has read run.json before rank 0 writes it
+            if rank == 0:
+                _start_run(study, run_dir, preset, hashes, actions)
+            workers = max(study.eval.workers, study.rl.rollout.grader_workers)
+            ctx = _Context(progress=progress, grader_workers=workers, label=label)
+            # Prompt lengths against the model's context: before the first stage that can use the
+            # tokenizer (study/preflight.py says when), never when nothing is left to sample.
+            checked = all(actions[name] == "skip" for name in ("pretrain", "eval-base", "rl", "eval-final"))
+            with ctx.stack:
+                started = time.monotonic()
+                for number, stage in enumerate(STAGES, start=1):
+                    if not checked:
+                        checked = _check_context(study, run_dir, ctx, rank == 0)
+                    head = f"{label}[{number}/{len(STAGES)}] {stage.name}"
+                    action = actions[stage.name]
+                    if action == "skip":
+                        if rank == 0:
+                            print(f"{head}: up to date, skipped", flush=True)
+                        continue
                     if rank == 0:
-                        print(f"{head}: up to date, skipped", flush=True)
-                    continue
-                if rank == 0:
-                    print(f"{head}: {'resuming' if action == 'resume' else 'running'} "
-                          f"(pipeline at {_clock(time.monotonic() - started)})", flush=True)  # fmt: skip
-                    if action == "fresh":
-                        _remove(run_dir / stage.folder)
-                barrier()
-                with _timed(run_dir, stage.name, hashes[stage.name], action, rank == 0) as seconds:
-                    if stage.distributed or rank == 0:
-                        stage.run(study, run_dir, ctx, action == "resume")
+                        print(f"{head}: {'resuming' if action == 'resume' else 'running'} "
+                              f"(pipeline at {_clock(time.monotonic() - started)})", flush=True)  # fmt: skip
+                        if action == "fresh":
+                            _remove(run_dir / stage.folder)
                     barrier()
-                if rank == 0:
-                    print(f"{head}: done in {_clock(seconds())}", flush=True)
-        return run_dir / "report" / "index.html"
+                    with _timed(run_dir, stage.name, hashes[stage.name], action, rank == 0) as seconds:
+                        if stage.distributed or rank == 0:
+                            stage.run(study, run_dir, ctx, action == "resume")
+                        barrier()
+                    if rank == 0:
+                        print(f"{head}: done in {_clock(seconds())}", flush=True)
+            return run_dir / "report" / "index.html"
     finally:
-        lock.close()
         dist.leave(process)
-
 
 
 def _check_context(study: StudyConfig, run_dir: Path, ctx: _Context, say: bool) -> bool:
