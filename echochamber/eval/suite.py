@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from echochamber import dist
+from echochamber.checkpoint import sole_writer
 from echochamber.config import save_config
 from echochamber.data.benchmarks import load_benchmark
 from echochamber.data.records import Record
@@ -405,15 +406,16 @@ def run_eval(
     config = evaluation.config
     out_dir = Path(out_dir) if out_dir is not None else Path(ckpt) / "eval" / evaluation.benchmark
     records = load_benchmark(evaluation.benchmark, evaluation.world, config.data)  # fails before the model loads
-    model = load_model(ckpt)
-    tokenizer = load_tokenizer(ckpt)
-    model.to(_device(config.device))
-    if config.dtype != "auto":
-        model.to(getattr(torch, config.dtype))
-    return evaluate(
-        model, tokenizer, records, evaluation, out_dir=out_dir, progress=progress, meta={"checkpoint": str(ckpt)},
-        tracer=tracer,
-    )  # fmt: skip
+    with sole_writer(out_dir, dist.rank()):  # one `echochamber eval` writes a folder at a time
+        model = load_model(ckpt)
+        tokenizer = load_tokenizer(ckpt)
+        model.to(_device(config.device))
+        if config.dtype != "auto":
+            model.to(getattr(torch, config.dtype))
+        return evaluate(
+            model, tokenizer, records, evaluation, out_dir=out_dir, progress=progress, meta={"checkpoint": str(ckpt)},
+            tracer=tracer,
+        )  # fmt: skip
 
 
 def _device(name: str) -> torch.device:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from echochamber.checkpoint import LOCK_FILE
 from echochamber.config import load_config
 from echochamber.data.benchmarks import benchmark_records, load_benchmark
 from echochamber.data.records import Record
@@ -253,6 +254,21 @@ def test_under_torchrun_each_rank_generates_its_part_and_the_folder_equals_one_p
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("world-test: 5 prompts") == 1  # rank 0 reports for the job
     assert rows(tmp_path / "cli") == rows(tmp_path / "single")
+
+
+def test_an_eval_folder_another_eval_is_writing_is_refused_before_the_model_loads(checkpoint, tmp_path, monkeypatch):
+    import fcntl
+
+    from echochamber.eval import suite
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    monkeypatch.setattr(suite, "load_model", lambda *args, **kwargs: pytest.fail("model loaded"))
+    with (out / LOCK_FILE).open("a+") as held:  # another run's hold, as the kernel sees it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="is being written by"):
+            run_eval(checkpoint, _evaluation("world-test", limit=1, n=1, max_new_tokens=2), out, progress=False)
+    assert not (out / GENERATIONS_FILE).exists()
 
 
 class _PlantedSampler:
