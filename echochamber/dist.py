@@ -139,9 +139,9 @@ def gather_objects(value: Any, *, patient: bool = False) -> list[Any]:
     return gathered
 
 
-def gather_rows(rows: list[Any], *, patient: bool = False) -> list[Any]:
+def gather_rows(rows: list[Any]) -> list[Any]:
     """Every rank's rows concatenated in rank order (a metrics line or file covers the whole job)."""
-    return [row for part in gather_objects(rows, patient=patient) for row in part]
+    return [row for part in gather_objects(rows) for row in part]
 
 
 class Sums:

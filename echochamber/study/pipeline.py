@@ -26,7 +26,7 @@ of shards/ (`_Context.tracer`): generation rows, results and RL metrics lines ca
 Under `torchrun --nproc_per_node N` pretraining, the evaluations and RL run on every rank (data-
 parallel; an evaluation splits its prompts); rank 0 alone builds the data, indexes the shards,
 traces, writes the evaluations' files and the report while the others wait. `make quickstart` runs
-the quickstart this way, one rank per pair of cores.
+the quickstart this way: two ranks (`--procs 2`), each with half of the machine's cores.
 """
 
 from __future__ import annotations
