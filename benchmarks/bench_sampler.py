@@ -8,7 +8,9 @@ Models are random-initialised presets over a 4k byte-level BPE trained on GSM8K 
 GSM8K train questions + "\\n\\n"). Both sides generate exactly --new-tokens tokens per row (EOS
 ignored), at T=0.7 and top-p 0.95 by default, so tokens/s compare like with like. A random model's
 next-token distribution is nearly flat, so top-p keeps ~90 % of the vocabulary: the worst case for
-top-p filtering on both sides. On a shared, oversubscribed machine pass --threads 1 (OpenMP barriers
+top-p filtering on both sides. Like HF `generate` (no `output_scores`), ours returns no log-probs
+by default, as when an evaluation samples; --logprobs times it returning each token's log-prob under
+the filtered distribution, as RL's rollouts do. On a shared, oversubscribed machine pass --threads 1 (OpenMP barriers
 waiting on descheduled threads slow both sides several-fold) and read the CPU-time ratio too.
 """
 
@@ -84,6 +86,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest counts")
+    parser.add_argument("--logprobs", action="store_true", help="ours also returns each token's log-prob (as RL)")
     parser.add_argument("--profile", action="store_true", help="then profile one more run of ours: top ops by self time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -91,10 +94,12 @@ def main() -> None:
     questions = gsm8k_questions()
     tokenizer = train_bpe((q + "\n\n" for q in questions), args.vocab)
     params = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.new_tokens, ignore_eos=True
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.new_tokens, ignore_eos=True,
+        logprobs=args.logprobs,
     )
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.2f}, "
-          f"vocab {len(tokenizer)}, T={params.temperature}, top-p {params.top_p}, {params.max_new_tokens} new tokens")
+          f"vocab {len(tokenizer)}, T={params.temperature}, top-p {params.top_p}, {params.max_new_tokens} new tokens, "
+          f"ours {'with' if params.logprobs else 'without'} log-probs")
     print(f"{'preset':>6} {'params':>8} {'batch':>5} {'ours tok/s':>11} {'HF tok/s':>9} {'ratio':>6} "
           f"{'CPU-time ratio':>14} {'load':>5}")
     for preset in args.presets:

@@ -119,13 +119,14 @@ class EvalConfig:
             top_k=self.top_k,
             max_new_tokens=self.max_new_tokens,
             seed=self.seed or 0,
+            logprobs=False,  # an evaluation grades text; nothing reads the log-probs
         )
 
     def passes(self) -> list[tuple[str, int, SamplingParams]]:
         """(mode, generations per prompt, sampling params) for each kind of generation asked for."""
         passes = []
         if self.greedy:
-            passes.append(("greedy", 1, SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens, seed=self.seed or 0)))
+            passes.append(("greedy", 1, SamplingParams(0.0, max_new_tokens=self.max_new_tokens, seed=self.seed or 0, logprobs=False)))
         if self.n > 0:
             passes.append(("sampled", self.n, self.sampling_params()))
         return passes

@@ -41,7 +41,7 @@ class Sample:
     sample_index: int
     token_ids: list[int]  # generated tokens, ending in EOS unless truncated
     text: str  # decoded token_ids without the EOS
-    logprobs: list[float]  # one per token_ids entry, under the distribution actually sampled from
+    logprobs: list[float]  # one per token_ids entry, under the distribution actually sampled from; [] if not asked for
     truncated: bool  # stopped by max_new_tokens / context length, not by EOS
 
 
@@ -164,7 +164,7 @@ def _generate_batch(
     limits = torch.tensor(limits_list, device=device)
     rows = len(batch)
     out_tokens = torch.zeros(rows, max_steps, dtype=torch.long, device=device)
-    out_logprobs = torch.zeros(rows, max_steps, dtype=torch.float32, device=device)
+    out_logprobs = torch.zeros(rows, max_steps if params.logprobs else 0, dtype=torch.float32, device=device)
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
     stopped = torch.zeros(rows, dtype=torch.bool, device=device)
     active = torch.arange(rows, device=device)  # original row of each row still in the decoder
@@ -173,7 +173,8 @@ def _generate_batch(
         token, logprob = pick(logits, keys, step, params)
         # Finished rows still in the batch write past their length; those entries are never read.
         out_tokens[active, step] = token
-        out_logprobs[active, step] = logprob
+        if logprob is not None:
+            out_logprobs[active, step] = logprob
         hit_eos = (token == eos) if eos is not None else torch.zeros_like(alive)
         finishing = alive & (hit_eos | (step + 1 >= limits))
         lengths[active[finishing]] = step + 1

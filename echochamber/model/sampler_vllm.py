@@ -63,7 +63,7 @@ class VLLMSampler:
                 top_k=params.top_k if params.top_k > 0 else -1,
                 max_tokens=min(params.max_new_tokens, context - len(tokens)) if context else params.max_new_tokens,
                 seed=sample_key(params.seed, pid, 0) & 0x7FFFFFFF,
-                logprobs=0,  # 0 = only the sampled token's log-prob
+                logprobs=0 if params.logprobs else None,  # 0 = only the sampled token's log-prob
                 ignore_eos=params.ignore_eos,
                 stop_token_ids=[] if params.ignore_eos or eos is None else [eos],
                 detokenize=False,  # texts are decoded here, the same way as the torch backend's
@@ -77,7 +77,10 @@ class VLLMSampler:
             row = []
             for i, completion in enumerate(output.outputs):
                 token_ids = list(completion.token_ids)
-                logprobs = [step[token].logprob for step, token in zip(completion.logprobs, token_ids, strict=True)]
+                logprobs = (
+                    [step[token].logprob for step, token in zip(completion.logprobs, token_ids, strict=True)]
+                    if params.logprobs else []
+                )  # fmt: skip
                 stopped = completion.finish_reason == "stop"
                 if stopped and not params.ignore_eos and (not token_ids or token_ids[-1] != eos):
                     # RL trains on the choice to stop: a stopped sample must carry its EOS and its log-prob.

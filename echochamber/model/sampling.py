@@ -26,6 +26,9 @@ class SamplingParams:
     max_new_tokens: int = 256
     seed: int = 0
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
+    # False where nobody reads the sampled tokens' log-probs (evaluations): top-p then needs no
+    # normaliser, so the nucleus histogram is skipped for a masked sum per draw (see `pick`).
+    logprobs: bool = True
 
     def __post_init__(self) -> None:
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
@@ -150,6 +153,29 @@ def _top_p_mask(t: _Tempered, top_p: float) -> torch.Tensor:
     return nucleus.mask(t.logits) if nucleus is not None else _nucleus_mask_sorted(t.logits, t.weights, top_p)
 
 
+def _in_nucleus(t: _Tempered, total: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Whether each drawn (row, token) is in the top-p set, by the rule itself: the mass of strictly
+    more probable tokens is < top_p × the row's total (so tied tokens share one fate).
+
+    A token heavier than (1 - top_p) × total is in without looking (the mass above it is at most
+    total − its weight); the others cost one masked sum over their row, no histogram or sort. Once
+    a model is trained most draws pass the first test; a random model's flat rows need the sum.
+    """
+    total = total[rows]
+    weight = t.weights[rows, tokens]
+    accepted = weight > (1 - top_p) * total
+    check = (~accepted).nonzero().squeeze(-1)
+    if len(check):
+        r = rows[check]  # ascending, so all of them means every row in order: no copy needed
+        whole = len(r) == len(t.logits)
+        logits = t.logits if whole else t.logits.index_select(0, r)
+        weights = t.weights if whole else t.weights.index_select(0, r)
+        # A bool -> float conversion and an in-place product: 3.5x faster than torch.where on a CPU.
+        above = (logits > logits.gather(1, tokens[check, None])).view(torch.uint8).float().mul_(weights).sum(-1)
+        accepted[check] = above < top_p * total[check]
+    return accepted
+
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -199,17 +225,25 @@ def _inverse_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 
 def pick(
     logits: torch.Tensor, keys: torch.Tensor, step: int, params: SamplingParams
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next token per row and its log-prob under the sampling distribution.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next token per row and its log-prob under the sampling distribution (None when
+    `params.logprobs` is off).
 
     Inverse CDF with one counter-based uniform per row: batch-independent and far cheaper than
     Gumbel-max (one hash per row, not per vocab entry). Top-p is sampled by rejection from the
     tempered distribution — a draw outside the nucleus is redrawn with the next uniform — which is
     exact and skips building the vocab-wide mask; rows still unlucky after 8 rounds (or when top-p
-    < 0.5 makes rejection slow) sample from the masked distribution.
+    < 0.5 makes rejection slow) sample from the masked distribution. Whether a draw is in the
+    nucleus is decided by the histogram (`_nucleus`) when the log-prob is wanted, since its
+    normaliser (the nucleus's mass) needs the histogram's boundary anyway; otherwise by
+    `_in_nucleus`'s masked sum, a third of the histogram's cost at 128 rows × 4k. Both apply the
+    same rule to the same uniforms, so the tokens do not depend on `params.logprobs` (up to float
+    rounding of a mass that lands exactly on the top_p boundary).
     """
     if params.greedy:
         index = logits.argmax(dim=-1, keepdim=True)
+        if not params.logprobs:
+            return index.squeeze(-1), None
         return index.squeeze(-1), (logits.gather(-1, index) - logits.logsumexp(dim=-1, keepdim=True)).squeeze(-1)
     t = _temper(logits, params)
     counter = step * _DRAWS_PER_STEP
@@ -218,14 +252,17 @@ def pick(
         token = _inverse_cdf(cdf, uniforms(keys, counter))
         kept_weight = cdf[:, -1]
     else:
-        nucleus = _nucleus(t, params.top_p)
-        rounds = _DRAWS_PER_STEP - 1 if nucleus is not None and params.top_p >= 0.5 else 0
+        nucleus = _nucleus(t, params.top_p) if params.logprobs else None
+        rounds = _DRAWS_PER_STEP - 1 if params.top_p >= 0.5 else 0
         token = torch.zeros(len(keys), dtype=torch.long, device=keys.device)
         pending = torch.arange(len(keys), device=keys.device)
         for draw in range(rounds):
             rows_cdf = cdf if draw == 0 else cdf[pending]
             drawn = _inverse_cdf(rows_cdf, uniforms(keys[pending], counter + draw))
-            accepted = nucleus.keeps(pending, drawn, t.logits)
+            if nucleus is not None:
+                accepted = nucleus.keeps(pending, drawn, t.logits)
+            else:
+                accepted = _in_nucleus(t, cdf[:, -1], pending, drawn, params.top_p)
             token[pending[accepted]] = drawn[accepted]
             pending = pending[~accepted]
             if len(pending) == 0:
@@ -236,7 +273,9 @@ def pick(
             token[pending] = _inverse_cdf(masked.cumsum(-1), uniforms(keys[pending], counter + _DRAWS_PER_STEP - 1))
         if nucleus is not None:
             kept_weight = nucleus.kept_weight.squeeze(-1)
-        else:
+        elif params.logprobs:
             kept_weight = torch.where(_nucleus_mask_sorted(t.logits, t.weights, params.top_p), t.weights, 0).sum(-1)
+    if not params.logprobs:
+        return token, None
     logprob = t.logits.gather(-1, token[:, None]).squeeze(-1) - t.high.squeeze(-1) - kept_weight.log()
     return token, logprob

@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,17 @@ def test_logprobs_equal_a_full_forward_with_the_same_transform(tokenizer, tiny, 
             expected = filtered_logprobs(logits, params).gather(-1, torch.tensor(sample.token_ids)[:, None])[:, 0]
             assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4, rtol=0)
             assert all(math.isfinite(lp) and lp <= 0 for lp in sample.logprobs)
+
+
+def test_without_logprobs_the_samples_are_the_same_and_carry_none(tokenizer, tiny):
+    # What an evaluation asks for (eval.config): the same tokens and texts, no log-probs.
+    for params in (SamplingParams(0.7, top_p=0.95, max_new_tokens=16, seed=3), SamplingParams(0.0, max_new_tokens=16)):
+        logged = build_sampler(tiny, tokenizer, batch_size=4).generate(PROMPTS, IDS, 2, params)
+        unlogged = build_sampler(tiny, tokenizer, batch_size=4).generate(PROMPTS, IDS, 2, replace(params, logprobs=False))
+        for row_a, row_b in zip(logged, unlogged, strict=True):
+            for a, b in zip(row_a, row_b, strict=True):
+                assert (a.token_ids, a.text, a.truncated) == (b.token_ids, b.text, b.truncated)
+                assert len(a.logprobs) == len(a.token_ids) and b.logprobs == []
 
 
 def test_results_do_not_depend_on_batch_size_or_order(tokenizer, tiny):

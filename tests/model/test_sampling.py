@@ -3,6 +3,8 @@ by HF's rules, and draws whose frequencies and log-probs match the filtered dist
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -47,6 +49,27 @@ def test_sampled_frequencies_follow_the_filtered_distribution(params, filtered_l
     assert counts[probs == 0].sum() == 0  # filtered tokens never drawn
     assert torch.allclose(counts, probs.double(), atol=0.01)
     assert torch.allclose(logprobs, probs.log()[tokens], atol=1e-5)
+    # Without log-probs the nucleus is tested by a masked sum instead of the histogram: same draws.
+    unlogged, none = sampling.pick(logits.expand(n, -1), torch.arange(n), 0, replace(params, logprobs=False))
+    assert none is None and torch.equal(unlogged, tokens)
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.3])
+def test_tokens_do_not_depend_on_whether_log_probs_are_asked_for(top_p, temperature):
+    # Constructed rows: a peaked one (most draws pass the "heavier than 1 - top_p" shortcut), flat
+    # ones (every draw needs the masked sum, and some are rejected and redrawn), and tie groups.
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 300, generator=generator) * torch.linspace(0.05, 4.0, 64)[:, None]
+    x[:8, :40] = x[:8, 40:41]
+    x[8, 0] = 12.0
+    params = SamplingParams(temperature=temperature, top_p=top_p)
+    keys = torch.arange(64) * 7919
+    for step in range(20):
+        tokens, logprobs = sampling.pick(x, keys, step, params)
+        unlogged, none = sampling.pick(x, keys, step, replace(params, logprobs=False))
+        assert none is None and logprobs is not None
+        assert torch.equal(unlogged, tokens)
 
 
 def brute_force_top_p(x: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -78,6 +101,9 @@ def test_top_p_mask_matches_the_definition_including_ties(scale):
             assert torch.equal(keeps[drawable], expected[drawable])
             sorted_mask = sampling._nucleus_mask_sorted(tempered.logits, tempered.weights, top_p)
             assert torch.equal(sorted_mask, expected)
+            total = tempered.weights.sum(-1)
+            in_nucleus = sampling._in_nucleus(tempered, total, rows.flatten(), tokens.flatten(), top_p).view(10, 60)
+            assert torch.equal(in_nucleus[drawable], expected[drawable])
 
 
 def test_top_p_matches_hf_warpers_on_distinct_logits(filtered_logprobs):
