@@ -10,8 +10,9 @@ ignored), at T=0.7 and top-p 0.95 by default, so tokens/s compare like with like
 next-token distribution is nearly flat, so top-p keeps ~90 % of the vocabulary: the worst case for
 top-p filtering on both sides. Like HF `generate` (no `output_scores`), ours returns no log-probs
 by default, as when an evaluation samples; --logprobs times it returning each token's log-prob under
-the filtered distribution, as RL's rollouts do. On a shared, oversubscribed machine pass --threads 1 (OpenMP barriers
-waiting on descheduled threads slow both sides several-fold) and read the CPU-time ratio too.
+the filtered distribution, as RL's rollouts do. On a shared, oversubscribed machine pass --threads 1
+(OpenMP barriers waiting on descheduled threads slow both sides several-fold) and read the CPU-time
+ratio too.
 """
 
 from __future__ import annotations

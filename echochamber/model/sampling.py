@@ -236,9 +236,9 @@ def pick(
     < 0.5 makes rejection slow) sample from the masked distribution. Whether a draw is in the
     nucleus is decided by the histogram (`_nucleus`) when the log-prob is wanted, since its
     normaliser (the nucleus's mass) needs the histogram's boundary anyway; otherwise by
-    `_in_nucleus`'s masked sum, a third of the histogram's cost at 128 rows × 4k. Both apply the
-    same rule to the same uniforms, so the tokens do not depend on `params.logprobs` (up to float
-    rounding of a mass that lands exactly on the top_p boundary).
+    `_in_nucleus`'s masked sum, about a quarter of the histogram's cost at 128 rows × 4k. Both
+    apply the same rule to the same uniforms, so the tokens do not depend on `params.logprobs` (up
+    to float rounding of a mass that lands exactly on the top_p boundary).
     """
     if params.greedy:
         index = logits.argmax(dim=-1, keepdim=True)
