@@ -4,8 +4,9 @@ It is the `eval:` section of a study and of an RL config, and what `echochamber 
 `--benchmark` names the benchmark). `EvalConfig.evaluation(benchmark, world, seed, formats)` turns it
 into one benchmark's `Evaluation`, filling in what the config leaves to the run: the world behind the
 world-* benchmarks, the seed (a study's and `echochamber eval`'s evaluations sample with seed 0, RL's
-periodic ones with the RL run's seed) and the format registry (written out in full). An Evaluation is what the suite runs and what results.json's
-`config` and an evaluation folder's config.yaml record.
+periodic ones with the RL run's seed) and the format registry (written out in full). An Evaluation is
+what the suite runs and what results.json's `config` records; an evaluation folder's config.yaml holds
+it as an EvalConfig again (`echochamber eval CKPT --config FOLDER/config.yaml` repeats it).
 """
 
 from __future__ import annotations
@@ -153,10 +154,15 @@ class Evaluation:
         return build_registry(self.config.formats)
 
     def record(self) -> dict[str, Any]:
-        """The settings as results.json's `config` and the folder's config.yaml hold them: the
-        benchmark, then every EvalConfig field but the benchmark list."""
+        """The settings as results.json's `config` holds them: the benchmark, then every EvalConfig
+        field but the benchmark list."""
         settings = {key: value for key, value in asdict(self.config).items() if key != "benchmarks"}
         return {"benchmark": self.benchmark, **settings}
+
+    def config_file(self) -> dict[str, Any]:
+        """The folder's config.yaml: this evaluation as the EvalConfig that loads back into it (its
+        benchmark as the list, its world, seed and registry resolved)."""
+        return asdict(replace(self.config, benchmarks=[self.benchmark]))
 
     def generation_settings(self) -> dict[str, Any]:
         """Everything that decides the content of generations.jsonl: a resumed run must match it."""

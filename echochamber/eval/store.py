@@ -6,7 +6,7 @@
     eval_settings.json   the settings that decide the generations and their grading, the format
                          registry included (a resumed run must match them)
     results.json         the scores, written at the end
-    config.yaml          the evaluation's settings as the suite ran them (eval.config.Evaluation.record)
+    config.yaml          the evaluation as an EvalConfig (Evaluation.config_file): `eval --config` repeats it
 
 A killed evaluation resumes where it stopped, and a folder never mixes generations made under
 different settings or grading rules."""

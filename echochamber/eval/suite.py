@@ -158,7 +158,7 @@ def evaluate(
         results.update(meta or {})
         if store is not None:
             write_json_atomic(store.folder / RESULTS_FILE, results)
-            save_config(evaluation.record(), store.folder / CONFIG_FILE)
+            save_config(evaluation.config_file(), store.folder / CONFIG_FILE)
     return dist.gather_objects(results, patient=True)[0]
 
 

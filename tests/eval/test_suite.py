@@ -471,6 +471,10 @@ def test_the_eval_command_runs_one_benchmark_per_folder(checkpoint, tmp_path, ca
     assert main([*args, "--benchmark", "world-test", "--out", str(tmp_path / "one")]) == 0
     assert "world-test: 1 prompts" in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "one").iterdir()} >= {GENERATIONS_FILE, PROMPTS_FILE, RESULTS_FILE, "config.yaml"}
+    # The folder's config.yaml is a config the command takes back: it repeats the evaluation.
+    assert main(["eval", str(checkpoint), "--config", str(tmp_path / "one/config.yaml"), "--out", str(tmp_path / "again")]) == 0
+    assert "world-test: 1 prompts" in capsys.readouterr().out
+    assert (tmp_path / "again" / GENERATIONS_FILE).read_text() == (tmp_path / "one" / GENERATIONS_FILE).read_text()
     # Two benchmarks (the config's default) cannot share one --out folder: refused in one line.
     assert main([*args, "--out", str(tmp_path / "two")]) == 2
     assert "name one --benchmark" in capsys.readouterr().err and not (tmp_path / "two").exists()
