@@ -42,7 +42,7 @@ from echochamber.rl.losses import (
     reference_kl,
     token_rewards,
 )
-from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
+from echochamber.rl.rollout import RolloutBatch, micro_batch_rows, sequence_logprobs
 from echochamber.rl.update import (
     global_counts,
     global_whiten,
@@ -172,11 +172,10 @@ class PPO:
         """The critic's values of every response token's state before this update ([N, S], 0 off the mask)."""
         self.critic.eval()
         values = torch.zeros_like(batch.old_logp)
-        for lo in range(0, len(batch), self.config.micro_batch_size):
-            hi = min(lo + self.config.micro_batch_size, len(batch))
-            cols = int(batch.attention_mask[lo:hi].sum(1).max())
+        every_row = torch.arange(len(batch), device=values.device)
+        for rows, cols in micro_batch_rows(batch.attention_mask, every_row, self.config.micro_batch_size):
             with autocast(self.config.dtype, values.device):
-                values[lo:hi, :cols] = self.critic(batch.tokens[lo:hi, :cols], batch.attention_mask[lo:hi, :cols])
+                values[rows, :cols] = self.critic(batch.tokens[rows, :cols], batch.attention_mask[rows, :cols])
         return values * batch.response_mask
 
     def _minibatch(

@@ -227,23 +227,37 @@ def sequence_logprobs(
     return logp, (F.pad(entropies.view(rows, length)[:, :-1], (1, 0)) if entropy else None)
 
 
+def micro_batch_rows(attention_mask: torch.Tensor, rows: torch.Tensor, size: int) -> list[tuple[torch.Tensor, int]]:
+    """`rows` of a right-padded batch in micro-batches of `size` rows, longest first, each with its
+    longest row's length (the columns it is cut to: a padding column costs a full forward).
+
+    Why sort: a batch is prompt-major, and one prompt's samples range from a few tokens to the
+    limit, so micro-batches of consecutive rows carried 3–26 % padding (median 10 %) in the
+    quickstart's RL steps, sorted 1–7 % (median 4 %): its update and reference passes 1.15x
+    faster (docs/performance.md). It only regroups rows: every micro-batch's loss share is
+    normalised by the minibatch's global counts (losses.micro_batch_loss), so the sum is the same
+    up to float rounding. The sort is stable, so equal lengths keep their order and every rank, and
+    a resumed run, cut the same micro-batches."""
+    lengths = attention_mask[rows].sum(1)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    return [(rows[part], int(lengths[part[0]])) for part in order.split(size)]
+
+
 def batch_logprobs(
     model: torch.nn.Module, batch: RolloutBatch, temperature: float, micro_batch_size: int, *, dtype: str = "float32"
 ) -> torch.Tensor:
     """[N, S] `model`'s log-probs of `batch`'s tokens at `temperature`, 0 off the response mask, in
-    micro-batches of `micro_batch_size` rows without a graph, in the run's precision `dtype`: the
-    reference pass, and the trainer's side of the vLLM log-prob gap."""
+    micro-batches of `micro_batch_size` rows (`micro_batch_rows`) without a graph, in the run's
+    precision `dtype`: the reference pass, and the trainer's side of the vLLM log-prob gap."""
     logps = torch.zeros_like(batch.old_logp)
+    every_row = torch.arange(len(batch), device=batch.tokens.device)
     with torch.no_grad():
-        for lo in range(0, len(batch), micro_batch_size):
-            hi = min(lo + micro_batch_size, len(batch))
-            # Trim each chunk to its own longest row: padding columns cost a full forward each.
-            cols = int(batch.attention_mask[lo:hi].sum(1).max())
+        for rows, cols in micro_batch_rows(batch.attention_mask, every_row, micro_batch_size):
             logp, _ = sequence_logprobs(
-                model, batch.tokens[lo:hi, :cols], batch.attention_mask[lo:hi, :cols], temperature, entropy=False,
+                model, batch.tokens[rows, :cols], batch.attention_mask[rows, :cols], temperature, entropy=False,
                 dtype=dtype,
             )
-            logps[lo:hi, :cols] = logp
+            logps[rows, :cols] = logp
     return logps * batch.response_mask
 
 

@@ -2,10 +2,10 @@
 
 One update consumes one RolloutBatch: `epochs` passes over it, each cut into `minibatches`
 optimizer steps (`minibatch_indices`). An optimizer step runs its samples in micro-batches
-(`micro_batches`, each trimmed to its longest row), every micro-batch's loss normalised by the
-minibatch's global token and sequence counts (`global_counts`, see losses.micro_batch_loss) so that
-the shares of all micro-batches on all ranks sum to the minibatch's loss; then the gradients are
-summed over ranks, clipped and applied (`optimizer_step`). Diagnostics are summed once over ranks at
+(`micro_batches`: rows of similar length, each trimmed to its longest), every micro-batch's loss
+normalised by the minibatch's global token and sequence counts (`global_counts`, see
+losses.micro_batch_loss) so that the shares of all micro-batches on all ranks sum to the
+minibatch's loss; then the gradients are summed over ranks, clipped and applied (`optimizer_step`). Diagnostics are summed once over ranks at
 the end (`dist.Sums`; `step_counts` for the numbers every rank holds alike; `update_diagnostics`).
 A critic-free algorithm (GRPO, REINFORCE) hands `policy_step` its loss for one micro-batch and gets
 the whole optimizer step. What is an algorithm's own (advantages, losses, what it logs) stays in
@@ -24,7 +24,7 @@ from echochamber import dist
 from echochamber.dist import Sums
 from echochamber.rl.config import RLConfig
 from echochamber.rl.losses import approx_kl
-from echochamber.rl.rollout import RolloutBatch, sequence_logprobs
+from echochamber.rl.rollout import RolloutBatch, micro_batch_rows, sequence_logprobs
 
 
 def minibatch_indices(
@@ -54,10 +54,9 @@ class MicroBatch:
 
 
 def micro_batches(batch: RolloutBatch, indices: torch.Tensor, size: int) -> Iterator[MicroBatch]:
-    """`indices` in micro-batches of `size` rows, each trimmed to its longest row: a padding column
-    costs a full forward."""
-    for rows in indices.split(size):
-        cols = int(batch.attention_mask[rows].sum(1).max())
+    """`indices` in micro-batches of `size` rows of similar length, each trimmed to its longest row
+    (`rollout.micro_batch_rows`)."""
+    for rows, cols in micro_batch_rows(batch.attention_mask, indices, size):
         yield MicroBatch(
             rows, cols, batch.tokens[rows, :cols], batch.attention_mask[rows, :cols],
             batch.response_mask[rows, :cols], batch.old_logp[rows, :cols],

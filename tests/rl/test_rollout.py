@@ -133,9 +133,11 @@ def test_batch_layout_and_truncation_policy(tiny_policy, truncation):
     assert (batch.old_logp[batch.response_mask == 0] == 0).all() and (batch.ref_logp[batch.response_mask == 0] == 0).all()
     assert batch.group.tolist() == [0, 0, 1] and batch.rewards.tolist() == [1.0, 0.0, 0.0]
     assert batch.truncated.tolist() == [False, True, False] and batch.correct.tolist() == [True, False, False]
-    # Reference log-probs are the reference model's, per row, whatever the micro-batching.
-    expected, _ = sequence_logprobs(model, batch.tokens[2:3, :3], batch.attention_mask[2:3, :3], 1.0)
-    torch.testing.assert_close(batch.ref_logp[2, 1:3], expected[0, 1:3])
+    # Reference log-probs are the reference model's, per row, whatever the micro-batching: the pass
+    # runs rows 1 and 0 together (longest first), then row 2, and writes each back to its own row.
+    for row, length in enumerate((6, 7, 3)):
+        expected, _ = sequence_logprobs(model, batch.tokens[row : row + 1, :length], batch.attention_mask[row : row + 1, :length], 1.0)
+        torch.testing.assert_close(batch.ref_logp[row, :length], expected[0] * batch.response_mask[row, :length])
 
 
 def test_rollout_files_round_trip_byte_identically(tmp_path):

@@ -41,12 +41,18 @@ def test_minibatches_cover_every_sample_once_per_epoch_in_a_seeded_order():
     assert steps(minibatches=1) == [list(range(10))] * 2  # one minibatch: in order, no shuffle
 
 
-def test_micro_batches_are_cut_to_their_longest_row_and_counts_are_global_sums():
+def test_micro_batches_hold_rows_of_similar_length_cut_to_their_longest_and_counts_are_global_sums():
     batch = _batch([2, 5, 3, 1, 6])
     micro = list(micro_batches(batch, torch.tensor([0, 2, 1, 3]), 2))
-    assert [m.rows.tolist() for m in micro] == [[0, 2], [1, 3]] and [m.cols for m in micro] == [3, 5]
-    assert torch.equal(micro[1].old_logp, batch.old_logp[[1, 3], :5])
-    assert torch.equal(micro[0].ref_logp, batch.ref_logp[[0, 2], :3])
+    # Longest first: [1 (5), 2 (3)] and [0 (2), 3 (1)], 14 columns of forward instead of the given
+    # order's [0, 2] and [1, 3] at 3 and 5 (16).
+    assert [m.rows.tolist() for m in micro] == [[1, 2], [0, 3]] and [m.cols for m in micro] == [5, 2]
+    assert torch.equal(micro[0].old_logp, batch.old_logp[[1, 2], :5])
+    assert torch.equal(micro[1].ref_logp, batch.ref_logp[[0, 3], :2])
+    assert torch.equal(micro[1].tokens, batch.tokens[[0, 3], :2])
+    # Equal lengths keep the given order (a stable sort), so every rank and a resumed run agree.
+    ties = list(micro_batches(_batch([3, 3, 3, 4]), torch.tensor([2, 0, 1, 3]), 2))
+    assert [m.rows.tolist() for m in ties] == [[3, 2], [0, 1]]
     tokens, sequences = global_counts(batch, torch.tensor([1, 4]))
     assert (tokens.item(), sequences.item()) == (4 + 5, 2) and tokens.dtype == sequences.dtype == torch.float64
 
