@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from echochamber.allocator import keep_large_tensors
 from echochamber.config import load_config
 from echochamber.model.precision import resolve_dtype
 from echochamber.model.presets import build_model, count_parameters, flops_per_token
@@ -146,6 +147,8 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "auto"], choices=["float32", "auto", "bfloat16"],
                         help="one row per dtype (auto: skipped where it resolves to float32)")
     args = parser.parse_args()
+    # As run_pretrain sets it, for both sides from the start: the order of the sides must not matter.
+    keep_large_tensors()
     dtypes = list(dict.fromkeys(resolve_dtype(d, torch.device("cpu")) for d in args.dtypes))
     if args.threads:
         torch.set_num_threads(args.threads)

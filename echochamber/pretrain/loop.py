@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from echochamber import dist
+from echochamber.allocator import keep_large_tensors
 from echochamber.checkpoint import (
     ensure_writable,
     full_model_state,
@@ -60,6 +61,7 @@ STAGE = "pretrain"
 def run_pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     """Train (or continue, with `resume`) and return the final HF folder `out/final`."""
     config.validate()
+    keep_large_tensors()  # each step's [tokens, vocab] logits reuse their pages (allocator.py)
     env = dist.init()
     try:
         with sole_writer(Path(config.out), env.rank):
