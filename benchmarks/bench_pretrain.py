@@ -14,8 +14,9 @@ GFLOP/s of the two training loops is tokens/s × `flops_per_token` (6·N + atten
 Each --dtypes entry is one row per preset: "float32", and "auto" (bfloat16 autocast on CPUs with
 AMX/AVX512-BF16, model/precision.py; skipped where it resolves to float32). In a bfloat16 row the
 plain loop runs under the same autocast and the matmul ceiling is measured in bfloat16.
-The three are measured in turn for --rounds rounds and the best of each is kept, so a burst of load
-from other processes on a shared machine does not land on one side only. `--compile` adds a column
+The three are measured in turn for --rounds rounds (the matmuls after each loop) and the best of each
+is kept, so a burst of load from other processes on a shared machine does not land on one side only.
+Both loops run with glibc's large tensors kept in its heap, as `run_pretrain` sets it (allocator.py). `--compile` adds a column
 for `run_pretrain` with `compile: true` (compilation happens in the untimed warm-up steps).
 The data is random tokens over a 4k vocabulary (speed does not depend on what is learned).
 """
@@ -178,8 +179,10 @@ def main() -> None:
                         else:
                             plain = max(plain, bench_plain_loop(preset, tokens, args.seq_len, args.batch,
                                                                 args.warmup, args.steps, dtype))  # fmt: skip
-                    ceiling = max(ceiling, bench_matmuls(model, args.batch * args.seq_len,
-                                                         repeats=max(1, args.steps // 2), dtype=dtype))  # fmt: skip
+                        # The ceiling after each side, as many passes as a side has timed steps: on a shared
+                        # machine one short measurement a round moved it by half (docs/performance.md).
+                        ceiling = max(ceiling, bench_matmuls(model, args.batch * args.seq_len,
+                                                             repeats=args.steps, dtype=dtype))  # fmt: skip
                 rates = [ours, plain]
                 if args.compile:
                     out = Path(tmp) / f"{preset}-{dtype}-compiled"
