@@ -10,11 +10,12 @@ step reuses the same pages.
 
 Measured (docs/performance.md; a 2-core AMD EPYC Zen 3, one thread, bench_pretrain's shape): minor
 page faults 44–47k a tiny pretraining step → 7.5k, tokens/s 1.10–1.11× (tiny) and, with the same
-settings through GLIBC_TUNABLES, 1.07–1.09× (small); the process keeps its peak heap (RSS 732–751 → 806–812 MiB at tiny). Not moved: the
-quickstart's pretraining (1k vocabulary, 4 MiB of logits a rank: glibc already reuses its heap
-below the threshold), 0.97–1.01×, and a GRPO step (its micro-batches' logits are ~33 MiB), 0.94–1.05×,
-so only `run_pretrain` sets it (and bench_pretrain, for both of its sides). Process-wide; only glibc
-has these knobs, and with any other C library (musl, macOS) nothing changes.
+settings through GLIBC_TUNABLES, 1.07–1.09× (small); the process keeps its peak heap (RSS 732–751
+→ 806–812 MiB at tiny). Not moved: the quickstart's pretraining (1k vocabulary, 4 MiB of logits a
+rank: glibc already reuses its heap below the threshold), 0.97–1.01×, and a GRPO step (its
+micro-batches' logits are ~33 MiB), 0.94–1.05×, so only `run_pretrain` sets it (and bench_pretrain,
+for both of its sides). Process-wide; only glibc has these knobs, and with any other C library
+(musl, macOS) nothing changes.
 """
 
 from __future__ import annotations
