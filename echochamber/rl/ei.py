@@ -107,7 +107,7 @@ def response_nll(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed negative log-likelihood of the response tokens, their summed entropy, detached), at T=1,
     the forward in precision `dtype`."""
-    logp, entropy = sequence_logprobs(model, tokens, attention_mask, 1.0, dtype=dtype)
+    logp, entropy = sequence_logprobs(model, tokens, attention_mask, 1.0, wanted=loss_mask, dtype=dtype)
     assert entropy is not None
     return -(logp * loss_mask).sum(), (entropy.detach() * loss_mask).sum()
 

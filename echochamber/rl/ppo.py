@@ -199,7 +199,8 @@ class PPO:
         for micro in micro_batches(batch, indices, self.config.micro_batch_size):
             rows, cols, mask = micro.rows, micro.cols, micro.response_mask
             logp, entropy = sequence_logprobs(
-                self.policy, micro.tokens, micro.attention_mask, self.config.rollout.temperature, dtype=self.config.dtype
+                self.policy, micro.tokens, micro.attention_mask, self.config.rollout.temperature, wanted=mask,
+                dtype=self.config.dtype,
             )
             assert entropy is not None
             per_token, clipped = clipped_policy_loss(logp, micro.old_logp, advantages[rows, :cols], mask, ppo.clip)

@@ -204,6 +204,7 @@ def sequence_logprobs(
     attention_mask: torch.Tensor,
     temperature: float,
     *,
+    wanted: torch.Tensor | None = None,
     entropy: bool = True,
     dtype: str = "float32",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -213,18 +214,32 @@ def sequence_logprobs(
     log-probs and the sampler's describe one distribution (both temper by multiplying the logits
     by 1/T). The entropy is a diagnostic: it carries no gradient. The [rows, vocab] work runs in
     `token_logprobs`, chunk by chunk (benchmarks/bench_logprobs.py against log_softmax + gather).
+    `wanted` ([N, S], e.g. the response mask) marks the log-probs the caller reads: the output layer
+    and the [rows, vocab] passes then start at the first column any row wants (`first_wanted_column`),
+    and the columns before it are 0 — a prompt's positions still run through every layer (the
+    response attends to them) but predict nothing anyone reads (HF's `logits_to_keep`, as TRL
+    does; docs/performance.md measures it).
     `dtype` is the run's precision (`precision.autocast`): the forward runs under its autocast
     (bfloat16 logits are normalised in float32 by token_logprobs); the log-probs are float32 either way.
     """
-    with autocast(dtype, tokens.device):
-        logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
     rows, length = tokens.shape
-    # Position s predicts token s+1; the last position predicts nothing (a dummy target, cut below):
-    # slicing it off first would copy the whole [N, S, vocab] tensor.
-    targets = F.pad(tokens[:, 1:], (0, 1)).flatten()
+    first = 1 if wanted is None else first_wanted_column(wanted)
+    kept = length - first + 1  # positions first-1 .. S-1: position s predicts token s+1
+    with autocast(dtype, tokens.device):
+        logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False, logits_to_keep=kept).logits
+    # The last position predicts nothing (a dummy target, cut below): slicing it off first would
+    # copy the whole [N, kept, vocab] tensor.
+    targets = F.pad(tokens[:, first:], (0, 1)).flatten()
     logp, entropies = token_logprobs(logits.flatten(0, 1), targets, 1.0 / temperature, entropy)
-    logp = F.pad(logp.view(rows, length)[:, :-1], (1, 0))
-    return logp, (F.pad(entropies.view(rows, length)[:, :-1], (1, 0)) if entropy else None)
+    logp = F.pad(logp.view(rows, kept)[:, :-1], (first, 0))
+    return logp, (F.pad(entropies.view(rows, kept)[:, :-1], (first, 0)) if entropy else None)
+
+
+def first_wanted_column(wanted: torch.Tensor) -> int:
+    """The first column of `wanted` ([N, S]) set in any row (at least 1: nothing predicts column 0);
+    S when none is, so that only the last position's logits are computed."""
+    columns = wanted.any(0).nonzero()
+    return max(1, int(columns[0])) if len(columns) else wanted.shape[1]
 
 
 def micro_batch_rows(attention_mask: torch.Tensor, rows: torch.Tensor, size: int) -> list[tuple[torch.Tensor, int]]:
@@ -254,8 +269,8 @@ def batch_logprobs(
     with torch.no_grad():
         for rows, cols in micro_batch_rows(batch.attention_mask, every_row, micro_batch_size):
             logp, _ = sequence_logprobs(
-                model, batch.tokens[rows, :cols], batch.attention_mask[rows, :cols], temperature, entropy=False,
-                dtype=dtype,
+                model, batch.tokens[rows, :cols], batch.attention_mask[rows, :cols], temperature,
+                wanted=batch.response_mask[rows, :cols], entropy=False, dtype=dtype,
             )
             logps[rows, :cols] = logp
     return logps * batch.response_mask

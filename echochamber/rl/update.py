@@ -135,7 +135,7 @@ def policy_step(
     for micro in micro_batches(batch, indices, config.micro_batch_size):
         mask = micro.response_mask
         logp, entropy = sequence_logprobs(
-            policy, micro.tokens, micro.attention_mask, config.rollout.temperature, dtype=config.dtype
+            policy, micro.tokens, micro.attention_mask, config.rollout.temperature, wanted=mask, dtype=config.dtype
         )
         assert entropy is not None
         loss, clipped, kl_to_ref = micro_loss(micro, logp, total_tokens, total_sequences)

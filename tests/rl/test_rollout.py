@@ -16,6 +16,7 @@ from echochamber.rl.config import PromptConfig
 from echochamber.rl.rollout import (
     Rollout,
     build_batch,
+    first_wanted_column,
     generate_rollouts,
     load_prompts,
     read_rollouts,
@@ -73,6 +74,29 @@ def test_sequence_logprobs_apply_the_temperature_and_shift_by_one():
     assert entropy[0, 2].item() == pytest.approx(math.log(3), abs=1e-6)
     no_entropy = sequence_logprobs(FixedLogits(logits), tokens, torch.ones_like(tokens), 0.5, entropy=False)
     assert no_entropy[1] is None and torch.equal(no_entropy[0], logp)
+
+
+def test_wanted_columns_skip_the_output_layer_before_the_first_and_keep_the_rest(tiny_policy):
+    """Log-probs asked only where `wanted` is set: the output layer runs from the first column any
+    row wants (not over the prompts), the values there equal the full pass's, and earlier columns are 0."""
+    model = load_model(tiny_policy)
+    tokens = torch.randint(3, 200, (3, 12), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(tokens)
+    attention_mask[2, 9:] = 0
+    wanted = torch.zeros(3, 12)
+    wanted[0, 5:12], wanted[1, 7:10], wanted[2, 6:9] = 1, 1, 1  # responses start at columns 5, 7, 6
+    rows_seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, inputs, _o: rows_seen.append(inputs[0].shape[:2]))
+    full, full_entropy = sequence_logprobs(model, tokens, attention_mask, 0.7)
+    part, part_entropy = sequence_logprobs(model, tokens, attention_mask, 0.7, wanted=wanted)
+    nothing, _ = sequence_logprobs(model, tokens, attention_mask, 0.7, wanted=torch.zeros(3, 12), entropy=False)
+    hook.remove()
+    assert rows_seen == [(3, 12), (3, 8), (3, 1)]  # positions 4..11 predict columns 5..11 (and a dummy)
+    assert part.shape == full.shape == nothing.shape == (3, 12)
+    torch.testing.assert_close(part[:, 5:], full[:, 5:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(part_entropy[:, 5:], full_entropy[:, 5:], atol=1e-5, rtol=0)
+    assert (part[:, :5] == 0).all() and (part_entropy[:, :5] == 0).all() and (nothing == 0).all()
+    assert first_wanted_column(wanted) == 5 and first_wanted_column(torch.ones(2, 4)) == 1
 
 
 def test_sampler_logprobs_equal_a_forward_pass_at_the_same_temperature(tiny_policy, test_world, grader):
