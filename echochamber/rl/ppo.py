@@ -173,7 +173,7 @@ class PPO:
         self.critic.eval()
         values = torch.zeros_like(batch.old_logp)
         every_row = torch.arange(len(batch), device=values.device)
-        for rows, cols in micro_batch_rows(batch.attention_mask, every_row, self.config.micro_batch_size):
+        for rows, cols, _ in micro_batch_rows(batch, every_row, self.config.micro_batch_size, share_prompts=False):
             with autocast(self.config.dtype, values.device):
                 values[rows, :cols] = self.critic(batch.tokens[rows, :cols], batch.attention_mask[rows, :cols])
         return values * batch.response_mask
@@ -200,7 +200,7 @@ class PPO:
             rows, cols, mask = micro.rows, micro.cols, micro.response_mask
             logp, entropy = sequence_logprobs(
                 self.policy, micro.tokens, micro.attention_mask, self.config.rollout.temperature, wanted=mask,
-                dtype=self.config.dtype,
+                shared_prompt=micro.shared_prompt, dtype=self.config.dtype,
             )
             assert entropy is not None
             per_token, clipped = clipped_policy_loss(logp, micro.old_logp, advantages[rows, :cols], mask, ppo.clip)

@@ -2,8 +2,8 @@
 
 One update consumes one RolloutBatch: `epochs` passes over it, each cut into `minibatches`
 optimizer steps (`minibatch_indices`). An optimizer step runs its samples in micro-batches
-(`micro_batches`: rows of similar length, each trimmed to its longest), every micro-batch's loss
-normalised by the minibatch's global token and sequence counts (`global_counts`, see
+(`micro_batches`: rows of similar length or of one prompt, each trimmed to its longest), every
+micro-batch's loss normalised by the minibatch's global token and sequence counts (`global_counts`, see
 losses.micro_batch_loss) so that the shares of all micro-batches on all ranks sum to the
 minibatch's loss; then the gradients are summed over ranks, clipped and applied (`optimizer_step`).
 Diagnostics are summed once over ranks at the end (`dist.Sums`; `step_counts` for the numbers every
@@ -47,6 +47,7 @@ class MicroBatch:
 
     rows: torch.Tensor
     cols: int
+    shared_prompt: int  # prompt tokens every row starts with, run once (rollout.micro_batch_rows); 0: none
     tokens: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
@@ -55,11 +56,11 @@ class MicroBatch:
 
 
 def micro_batches(batch: RolloutBatch, indices: torch.Tensor, size: int) -> Iterator[MicroBatch]:
-    """`indices` in micro-batches of `size` rows of similar length, each trimmed to its longest row
-    (`rollout.micro_batch_rows`)."""
-    for rows, cols in micro_batch_rows(batch.attention_mask, indices, size):
+    """`indices` in micro-batches of at most `size` rows, each trimmed to its longest row, as
+    `rollout.micro_batch_rows` plans them (by length, or by prompt with the prompt run once)."""
+    for rows, cols, shared in micro_batch_rows(batch, indices, size):
         yield MicroBatch(
-            rows, cols, batch.tokens[rows, :cols], batch.attention_mask[rows, :cols],
+            rows, cols, shared, batch.tokens[rows, :cols], batch.attention_mask[rows, :cols],
             batch.response_mask[rows, :cols], batch.old_logp[rows, :cols],
             batch.ref_logp[rows, :cols] if batch.ref_logp is not None else None,
         )  # fmt: skip
@@ -135,7 +136,8 @@ def policy_step(
     for micro in micro_batches(batch, indices, config.micro_batch_size):
         mask = micro.response_mask
         logp, entropy = sequence_logprobs(
-            policy, micro.tokens, micro.attention_mask, config.rollout.temperature, wanted=mask, dtype=config.dtype
+            policy, micro.tokens, micro.attention_mask, config.rollout.temperature, wanted=mask,
+            shared_prompt=micro.shared_prompt, dtype=config.dtype,
         )
         assert entropy is not None
         loss, clipped, kl_to_ref = micro_loss(micro, logp, total_tokens, total_sequences)

@@ -99,6 +99,37 @@ def test_wanted_columns_skip_the_output_layer_before_the_first_and_keep_the_rest
     assert first_wanted_column(wanted) == 5 and first_wanted_column(torch.ones(2, 4)) == 1
 
 
+def test_a_shared_prompt_runs_once_and_gives_the_same_logprobs_and_gradients(tiny_policy):
+    """Three samples of one 5-token prompt: with `shared_prompt` the model sees the prompt once and
+    the responses (right-padded) over its repeated cache; log-probs, entropies and every weight's
+    gradient equal the whole rows' pass."""
+    model = load_model(tiny_policy)
+    prompt = [11, 12, 13, 14, 15]
+    responses = [[21, 22, 23, 24], [31, 32], [41, 42, 43]]
+    tokens = torch.tensor([prompt + r + [0] * (4 - len(r)) for r in responses])
+    attention_mask = torch.tensor([[1] * (5 + len(r)) + [0] * (4 - len(r)) for r in responses])
+    response_mask = attention_mask.float()
+    response_mask[:, :5] = 0
+
+    def run(shared: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        logp, entropy = sequence_logprobs(model, tokens, attention_mask, 0.7, wanted=response_mask, shared_prompt=shared)
+        (logp * response_mask).sum().backward()
+        return logp * response_mask, entropy * response_mask, [p.grad.clone() for p in model.parameters()]
+
+    seen = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda _m, inputs, _o: seen.append(tuple(inputs[0].shape)))
+    whole, shared = run(0), run(5)
+    hook.remove()
+    assert seen == [(3, 9), (1, 5), (3, 4)]
+    torch.testing.assert_close(shared[0], whole[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared[1], whole[1], atol=1e-5, rtol=0)
+    for got, expected in zip(shared[2], whole[2], strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="shared prompt"):
+        sequence_logprobs(model, tokens, attention_mask, 0.7, wanted=torch.ones_like(response_mask), shared_prompt=5)
+
+
 def test_sampler_logprobs_equal_a_forward_pass_at_the_same_temperature(tiny_policy, test_world, grader):
     """The ratio's denominator (old_logp, from the sampler) and its numerator (the trainer's forward)
     describe one distribution: they agree before any update."""

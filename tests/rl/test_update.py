@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from echochamber.rl.rollout import RolloutBatch
+from echochamber.rl.rollout import RolloutBatch, micro_batch_rows
 from echochamber.rl.update import global_counts, micro_batches, minibatch_indices, optimizer_step, step_counts
 
 
@@ -23,7 +23,7 @@ def _batch(lengths: list[int], width: int = 6) -> RolloutBatch:
         prompt_ids=[f"p{i}" for i in range(n)], sample_index=[0] * n, group=torch.arange(n), texts=[""] * n,
         formats=["other"] * n, statuses=["ok"] * n, correct=torch.zeros(n, dtype=torch.bool),
         rewards=torch.zeros(n), truncated=torch.zeros(n, dtype=torch.bool), tokens=values.long(),
-        attention_mask=attention, response_mask=response, old_logp=-values, ref_logp=-2 * values,
+        attention_mask=attention, prompt_length=torch.ones(n, dtype=torch.long), response_mask=response, old_logp=-values, ref_logp=-2 * values,
     )  # fmt: skip
 
 
@@ -55,6 +55,36 @@ def test_micro_batches_hold_rows_of_similar_length_cut_to_their_longest_and_coun
     assert [m.rows.tolist() for m in ties] == [[3, 2], [0, 1]]
     tokens, sequences = global_counts(batch, torch.tensor([1, 4]))
     assert (tokens.item(), sequences.item()) == (4 + 5, 2) and tokens.dtype == sequences.dtype == torch.float64
+
+
+def _grouped(prompts: list[list[int]], responses: list[list[int]], groups: list[int]) -> RolloutBatch:
+    """A batch whose row i is prompts[groups[i]] + responses[i], right-padded with -1."""
+    rows = [prompts[g] + r for g, r in zip(groups, responses, strict=True)]
+    batch = _batch([len(r) for r in rows], width=max(len(r) for r in rows))
+    batch.group = torch.tensor(groups)
+    batch.prompt_length = torch.tensor([len(prompts[g]) for g in groups])
+    batch.tokens = torch.tensor([r + [-1] * (batch.tokens.shape[1] - len(r)) for r in rows])
+    return batch
+
+
+def test_micro_batches_of_one_prompt_run_it_once_when_that_runs_fewer_tokens():
+    # Two prompts of 6 tokens, four samples each, micro-batches of 4: by prompt the forward runs
+    # 6 + 4 x 3 and 6 + 4 x 4 tokens (38); by length 4 x 10 twice (80).
+    prompts = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]
+    responses = [[1], [2, 2, 2], [3, 3], [4], [5, 5, 5, 5], [6], [7, 7], [8]]
+    batch = _grouped(prompts, responses, [0, 0, 0, 0, 1, 1, 1, 1])
+    micro = list(micro_batches(batch, torch.arange(8), 4))
+    assert [m.rows.tolist() for m in micro] == [[1, 2, 0, 3], [4, 6, 5, 7]]  # each prompt's rows, longest first
+    assert [(m.cols, m.shared_prompt) for m in micro] == [(9, 6), (10, 6)]
+    # A model that runs whole rows (PPO's critic) keeps the plan by length.
+    whole = list(micro_batch_rows(batch, torch.arange(8), 4, share_prompts=False))
+    assert [(rows.tolist(), shared) for rows, _, shared in whole] == [([4, 1, 2, 6], 0), ([0, 3, 5, 7], 0)]
+    # Rows that only claim a group but start differently share nothing (group 0 now; group 1 still does).
+    batch.tokens[3, 0] = 99
+    assert [m.shared_prompt for m in micro_batches(batch, torch.arange(8), 4)] == [0, 6]
+    # One sample per prompt: a plan by prompt would need more micro-batches, so rows go by length.
+    single = _grouped([[1, 2, 3]] * 3, [[1], [2, 2], [3]], [0, 1, 2])
+    assert [(m.rows.tolist(), m.shared_prompt) for m in micro_batches(single, torch.arange(3), 2)] == [([1, 0], 0), ([2], 0)]
 
 
 def test_optimizer_step_clips_to_the_global_norm_and_reports_it_unclipped():
