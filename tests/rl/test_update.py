@@ -82,6 +82,8 @@ def test_micro_batches_of_one_prompt_run_it_once_when_that_runs_fewer_tokens():
     # Rows that only claim a group but start differently share nothing (group 0 now; group 1 still does).
     batch.tokens[3, 0] = 99
     assert [m.shared_prompt for m in micro_batches(batch, torch.arange(8), 4)] == [0, 6]
+    # Rows with nothing after their prompt have nothing to run over a shared one.
+    assert micro_batch_rows(_grouped([[1, 2]], [[], []], [0, 0]), torch.arange(2), 2)[0][2] == 0
     # One sample per prompt: a plan by prompt would need more micro-batches, so rows go by length.
     single = _grouped([[1, 2, 3]] * 3, [[1], [2, 2], [3]], [0, 1, 2])
     assert [(m.rows.tolist(), m.shared_prompt) for m in micro_batches(single, torch.arange(3), 2)] == [([1, 0], 0), ([2], 0)]
