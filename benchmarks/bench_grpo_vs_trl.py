@@ -23,8 +23,8 @@ with `dtype: bfloat16` (autocast over the update's and the reference's forwards,
 CPU: precision.set_attention); both sample from float32 weights.
 
 Where our step's time goes (docs/performance.md): each phase's share, and its achieved GFLOP/s
-(useful work only: the padding a micro-batch carries counts as lost time, and the output layer
-counts only where a response token is predicted) against the dense-GEMM
+(useful work only: the padding a micro-batch carries counts as lost time, a prompt counts once
+per group, and the output layer only where a response token is predicted) against the dense-GEMM
 rate of the model's own linear layers at that phase's rows, measured in the same run
 (bench_pretrain.bench_matmuls); sampling also as GB/s of weights and KV cache read per decoding
 step against a measured copy bandwidth.
@@ -197,10 +197,12 @@ def phase_table(model: Any, result: dict[str, Any], args: argparse.Namespace) ->
     prompt, response = result["tokens"]
     length, n = prompt + response, args.prompts * args.group
     spec, context = spec_of(model), prompt + response / 2  # mean context of a decoding step
-    # Forward + backward: every token through the layers, the output layer only where a response
-    # token is predicted (rollout.sequence_logprobs skips the prompt's logits, as TRL does).
+    # Forward + backward of the work that is needed: each prompt through the layers once (its group
+    # shares it: rollout.micro_batch_rows), every response token through the layers and the output
+    # layer (nothing reads the prompt's logits: rollout.sequence_logprobs).
     head = 6.0 * model.config.vocab_size * spec.d_model
-    train = (flops_per_token(model, int(length)) * length - head * prompt) * n
+    layers = flops_per_token(model, int(length)) - head
+    train = layers * (prompt * args.prompts + response * n) + head * response * n
     decode = flops_per_token(model, int(context)) / 3 * response * n  # forward only, generated tokens
     update_ceiling = bench_matmuls(model, int(args.micro_batch * length), repeats=3, dtype=args.dtype)
     decode_ceiling = bench_matmuls(model, n, repeats=20)
