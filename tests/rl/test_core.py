@@ -216,7 +216,8 @@ def test_rollout_kl_ignores_extreme_fillers_on_padding():
         prompt_ids=["a", "b"], sample_index=[0, 0], group=torch.tensor([0, 1]), texts=["", ""], formats=["other"] * 2,
         statuses=["ok"] * 2, correct=torch.zeros(2, dtype=torch.bool), rewards=torch.zeros(2),
         truncated=torch.zeros(2, dtype=torch.bool), tokens=torch.zeros(2, 4, dtype=torch.long),
-        attention_mask=torch.ones(2, 4, dtype=torch.long), prompt_length=mask.argmax(1), response_mask=mask, old_logp=old, ref_logp=ref,
+        attention_mask=torch.ones(2, 4, dtype=torch.long), prompt_length=mask.argmax(1), response_mask=mask,
+        old_logp=old, ref_logp=ref,
     )  # fmt: skip
     ratios = [-0.5, 1.0, -0.2]  # ref - old on the three response tokens
     expected = [sum(-r for r in ratios), sum(r * r / 2 for r in ratios), sum(math.expm1(r) - r for r in ratios)]

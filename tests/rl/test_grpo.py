@@ -141,7 +141,8 @@ def _tensor_batch(
         group=torch.tensor(group or [0] * n), texts=[""] * n, formats=["other"] * n, statuses=["ok"] * n,
         correct=torch.tensor(rewards) > 0, rewards=torch.tensor(rewards), truncated=torch.zeros(n, dtype=torch.bool),
         tokens=torch.zeros(n, 2, dtype=torch.long), attention_mask=torch.ones(n, 2, dtype=torch.long),
-        prompt_length=torch.zeros(n, dtype=torch.long), response_mask=torch.ones(n, 2), old_logp=torch.tensor(old), ref_logp=torch.tensor(ref),
+        prompt_length=torch.zeros(n, dtype=torch.long), response_mask=torch.ones(n, 2), old_logp=torch.tensor(old),
+        ref_logp=torch.tensor(ref),
     )  # fmt: skip
 
 

@@ -49,7 +49,8 @@ def _batch(
         prompt_ids=[f"p{i}" for i in range(n)], sample_index=[0] * n, group=torch.arange(n),
         texts=[""] * n, formats=["other"] * n, statuses=["ok"] * n, correct=torch.tensor(scores) > 0,
         rewards=torch.tensor(scores), truncated=torch.zeros(n, dtype=torch.bool), tokens=tokens,
-        attention_mask=attention, prompt_length=torch.tensor([len(prompt) for prompt, _ in rows]), response_mask=mask, old_logp=old_logp, ref_logp=ref_logp,
+        attention_mask=attention, prompt_length=torch.tensor([len(prompt) for prompt, _ in rows]), response_mask=mask,
+        old_logp=old_logp, ref_logp=ref_logp,
     )  # fmt: skip
 
 

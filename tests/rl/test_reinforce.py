@@ -60,7 +60,8 @@ def _batch(
         texts=[""] * n, formats=["other"] * n, statuses=["ok"] * n, correct=torch.tensor(rewards) > 0,
         rewards=torch.tensor(rewards), truncated=torch.zeros(n, dtype=torch.bool),
         tokens=torch.zeros(n, width, dtype=torch.long), attention_mask=torch.ones(n, width, dtype=torch.long),
-        prompt_length=torch.tensor(mask).argmax(1), response_mask=torch.tensor(mask), old_logp=torch.tensor(old), ref_logp=torch.tensor(ref),
+        prompt_length=torch.tensor(mask).argmax(1), response_mask=torch.tensor(mask), old_logp=torch.tensor(old),
+        ref_logp=torch.tensor(ref),
     )  # fmt: skip
 
 

@@ -86,7 +86,8 @@ def test_wanted_columns_skip_the_output_layer_before_the_first_and_keep_the_rest
     wanted = torch.zeros(3, 12)
     wanted[0, 5:12], wanted[1, 7:10], wanted[2, 6:9] = 1, 1, 1  # responses start at columns 5, 7, 6
     rows_seen = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda _m, inputs, _o: rows_seen.append(inputs[0].shape[:2]))
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda _m, inputs, _o: rows_seen.append(inputs[0].shape[:2]))
     full, full_entropy = sequence_logprobs(model, tokens, attention_mask, 0.7)
     part, part_entropy = sequence_logprobs(model, tokens, attention_mask, 0.7, wanted=wanted)
     nothing, _ = sequence_logprobs(model, tokens, attention_mask, 0.7, wanted=torch.zeros(3, 12), entropy=False)
@@ -113,12 +114,15 @@ def test_a_shared_prompt_runs_once_and_gives_the_same_logprobs_and_gradients(tin
 
     def run(shared: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         model.zero_grad(set_to_none=True)
-        logp, entropy = sequence_logprobs(model, tokens, attention_mask, 0.7, wanted=response_mask, shared_prompt=shared)
+        logp, entropy = sequence_logprobs(
+            model, tokens, attention_mask, 0.7, wanted=response_mask, shared_prompt=shared
+        )
         (logp * response_mask).sum().backward()
         return logp * response_mask, entropy * response_mask, [p.grad.clone() for p in model.parameters()]
 
     seen = []
-    hook = model.get_input_embeddings().register_forward_hook(lambda _m, inputs, _o: seen.append(tuple(inputs[0].shape)))
+    embed = model.get_input_embeddings()
+    hook = embed.register_forward_hook(lambda _m, inputs, _o: seen.append(tuple(inputs[0].shape)))
     whole, shared = run(0), run(5)
     hook.remove()
     assert seen == [(3, 9), (1, 5), (3, 4)]

@@ -23,7 +23,8 @@ def _batch(lengths: list[int], width: int = 6) -> RolloutBatch:
         prompt_ids=[f"p{i}" for i in range(n)], sample_index=[0] * n, group=torch.arange(n), texts=[""] * n,
         formats=["other"] * n, statuses=["ok"] * n, correct=torch.zeros(n, dtype=torch.bool),
         rewards=torch.zeros(n), truncated=torch.zeros(n, dtype=torch.bool), tokens=values.long(),
-        attention_mask=attention, prompt_length=torch.ones(n, dtype=torch.long), response_mask=response, old_logp=-values, ref_logp=-2 * values,
+        attention_mask=attention, prompt_length=torch.ones(n, dtype=torch.long), response_mask=response,
+        old_logp=-values, ref_logp=-2 * values,
     )  # fmt: skip
 
 
@@ -86,7 +87,8 @@ def test_micro_batches_of_one_prompt_run_it_once_when_that_runs_fewer_tokens():
     assert micro_batch_rows(_grouped([[1, 2]], [[], []], [0, 0]), torch.arange(2), 2)[0][2] == 0
     # One sample per prompt: a plan by prompt would need more micro-batches, so rows go by length.
     single = _grouped([[1, 2, 3]] * 3, [[1], [2, 2], [3]], [0, 1, 2])
-    assert [(m.rows.tolist(), m.shared_prompt) for m in micro_batches(single, torch.arange(3), 2)] == [([1, 0], 0), ([2], 0)]
+    by_length = [(m.rows.tolist(), m.shared_prompt) for m in micro_batches(single, torch.arange(3), 2)]
+    assert by_length == [([1, 0], 0), ([2], 0)]
 
 
 def test_optimizer_step_clips_to_the_global_norm_and_reports_it_unclipped():
