@@ -9,6 +9,7 @@ Both give the HF model's logits; the fast one is chosen whenever it reproduces t
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol
 
 import torch
@@ -214,12 +215,13 @@ class HFDecoder:
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
+        self.cache_keyword = cache_keyword(model)
 
     def prefill(self, tokens: torch.Tensor, valid: torch.Tensor, capacity: int) -> torch.Tensor:
         self.attention_mask = valid.long()
         positions = (valid.cumsum(dim=1) - 1).clamp(min=0)
         out = self.model(input_ids=tokens, attention_mask=self.attention_mask, position_ids=positions, use_cache=True)
-        self.cache = out.past_key_values
+        self.cache = getattr(out, self.cache_keyword)
         self.next_position = valid.sum(dim=1)
         return out.logits[:, -1].float()
 
@@ -235,12 +237,18 @@ class HFDecoder:
             input_ids=tokens[:, None],
             attention_mask=self.attention_mask,
             position_ids=self.next_position[:, None],
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_keyword: self.cache},
         )
-        self.cache = out.past_key_values
+        self.cache = getattr(out, self.cache_keyword)
         self.next_position = self.next_position + 1
         return out.logits[:, -1].float()
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name under which `model.forward` takes (and its output returns) a KV cache: HF is renaming
+    `past_key_values` to `cache` (5.x deprecates the old name, to be removed in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def build_decoder(model: PreTrainedModel) -> Decoder:

@@ -21,7 +21,6 @@ backward (works for any module, a critic included).
 from __future__ import annotations
 
 import gzip
-import inspect
 import json
 import os
 import time
@@ -39,6 +38,7 @@ from echochamber.data.records import Record
 from echochamber.data.tokenizer import encode_prompt, pad_token_id
 from echochamber.errors import UserError
 from echochamber.formats.registry import Registry
+from echochamber.model.decoders import cache_keyword
 from echochamber.model.logprobs import token_logprobs
 from echochamber.model.precision import autocast
 from echochamber.model.sampler import Sampler, build_sampler
@@ -252,8 +252,7 @@ def _after_shared_prompt(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """sequence_logprobs' columns prompt.. when every row starts with the same `prompt` tokens."""
     rows, length = tokens.shape
-    # HF is renaming `past_key_values` to `cache` (5.x deprecates the old name): use the one it has.
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = cache_keyword(model)
     with autocast(dtype, tokens.device):
         head = model(input_ids=tokens[:1, :prompt], attention_mask=attention_mask[:1, :prompt], use_cache=True,
                      logits_to_keep=1)  # fmt: skip

@@ -100,6 +100,7 @@ def test_wanted_columns_skip_the_output_layer_before_the_first_and_keep_the_rest
     assert first_wanted_column(wanted) == 5 and first_wanted_column(torch.ones(2, 4)) == 1
 
 
+@pytest.mark.filterwarnings("error:`past_key_values` is deprecated:FutureWarning")  # decoders.cache_keyword
 def test_a_shared_prompt_runs_once_and_gives_the_same_logprobs_and_gradients(tiny_policy):
     """Three samples of one 5-token prompt: with `shared_prompt` the model sees the prompt once and
     the responses (right-padded) over its repeated cache; log-probs, entropies and every weight's
