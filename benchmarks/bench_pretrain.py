@@ -16,8 +16,9 @@ AMX/AVX512-BF16, model/precision.py; skipped where it resolves to float32). In a
 plain loop runs under the same autocast and the matmul ceiling is measured in bfloat16.
 The three are measured in turn for --rounds rounds (the matmuls after each loop) and the best of each
 is kept, so a burst of load from other processes on a shared machine does not land on one side only.
-Both loops run with glibc's large tensors kept in its heap, as `run_pretrain` sets it (allocator.py). `--compile` adds a column
-for `run_pretrain` with `compile: true` (compilation happens in the untimed warm-up steps).
+Both loops run with glibc's large tensors kept in its heap, as `run_pretrain` sets it (allocator.py).
+`--compile` adds a column for `run_pretrain` with `compile: true` (compilation happens in the untimed
+warm-up steps).
 The data is random tokens over a 4k vocabulary (speed does not depend on what is learned).
 """
 

@@ -3,11 +3,11 @@
 One update consumes one RolloutBatch: `epochs` passes over it, each cut into `minibatches`
 optimizer steps (`minibatch_indices`). An optimizer step runs its samples in micro-batches
 (`micro_batches`: rows of similar length or of one prompt, each trimmed to its longest), every
-micro-batch's loss normalised by the minibatch's global token and sequence counts (`global_counts`, see
-losses.micro_batch_loss) so that the shares of all micro-batches on all ranks sum to the
-minibatch's loss; then the gradients are summed over ranks, clipped and applied (`optimizer_step`).
-Diagnostics are summed once over ranks at the end (`dist.Sums`; `step_counts` for the numbers every
-rank holds alike; `update_diagnostics`).
+micro-batch's loss normalised by the minibatch's global token and sequence counts
+(`global_counts`, see losses.micro_batch_loss) so that the shares of all micro-batches on all
+ranks sum to the minibatch's loss; then the gradients are summed over ranks, clipped and applied
+(`optimizer_step`). Diagnostics are summed once over ranks at the end (`dist.Sums`; `step_counts`
+for the numbers every rank holds alike; `update_diagnostics`).
 A critic-free algorithm (GRPO, REINFORCE) hands `policy_step` its loss for one micro-batch and gets
 the whole optimizer step. What is an algorithm's own (advantages, losses, what it logs) stays in
 grpo.py, ppo.py and reinforce.py.

@@ -30,7 +30,8 @@ def reference_logits(model, ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([ids])).logits[0, -1]
 
 
-# HF deprecates the cache's old keyword (gone in transformers 5.40): the decoder passes the one the model takes.
+# HF deprecates the cache's old keyword (gone in transformers 5.40): the decoder passes the one the
+# model takes.
 @pytest.mark.filterwarnings("error:`past_key_values` is deprecated:FutureWarning")
 @pytest.mark.parametrize("decoder_cls", [OlmoDecoder, HFDecoder])
 def test_prefill_select_and_steps_give_the_models_own_logits(model, decoder_cls, monkeypatch):
