@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from echochamber.allocator import keep_large_tensors
 from echochamber.data.paths import data_dir
 from echochamber.data.sources import load_source
 from echochamber.data.tokenizer import (
@@ -243,6 +244,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("trl", "ours"), help="time one side only")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="training precision, both sides (auto: bfloat16 where native)")
     args = parser.parse_args()
+    # As our sampler sets it, for both sides from the start: the order of the sides must not matter.
+    keep_large_tensors()
     args.dtype = resolve_dtype(args.dtype, torch.device("cpu"))
     args.micro_batch = args.micro_batch or int(rl_preset("cpu")["micro_batch_size"])
     if (args.prompts * args.group) % args.micro_batch:

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from echochamber.allocator import keep_large_tensors
 from echochamber.data.paths import data_dir
 from echochamber.data.tokenizer import train_bpe
 from echochamber.model.presets import build_model, count_parameters
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--logprobs", action="store_true", help="ours also returns each token's log-prob (as RL)")
     parser.add_argument("--profile", action="store_true", help="then profile one more run of ours: top ops by self time")
     args = parser.parse_args()
+    # As our sampler sets it, for both sides from the start: the order of the sides must not matter.
+    keep_large_tensors()
     torch.set_num_threads(args.threads)
 
     questions = gsm8k_questions()

@@ -1,21 +1,27 @@
-"""glibc's malloc kept from returning large tensors to the kernel: one process setting of pretraining.
+"""glibc's malloc kept from returning large tensors to the kernel: a process setting of pretraining
+and sampling.
 
 PyTorch allocates a CPU tensor with the C library's malloc. glibc serves a request above its mmap
-threshold (at most 32 MiB) with a fresh mmap and unmaps it on free, so a tensor that size made in
-every step — a pretraining step's [tokens, vocab] logits and their gradient: 64 MiB each at 4,096
-tokens and a 4k vocabulary — comes back as new pages that the kernel zero-fills one fault at a
-time. `keep_large_tensors` turns glibc's mmap off (M_MMAP_MAX 0: every block comes from the heap)
-and its trimming (M_TRIM_THRESHOLD: the heap's free top stays mapped), so after a few steps every
-step reuses the same pages.
+threshold (at most 32 MiB) with a fresh mmap and unmaps it on free, and trims the heap's free top
+once it passes twice that threshold, so tensors of MiBs made again and again — a pretraining step's
+[tokens, vocab] logits and their gradient (64 MiB each at 4,096 tokens and a 4k vocabulary), the KV
+cache the sampler copies whenever it drops finished rows (a layer's keys or values, ~11 MiB at 128
+rows of the tiny model) — come back as new pages that the kernel zero-fills one fault at a time.
+`keep_large_tensors` turns glibc's mmap off (M_MMAP_MAX 0: every block comes from the heap) and its
+trimming (M_TRIM_THRESHOLD: the heap's free top stays mapped), so after a few steps every step
+reuses the same pages.
 
-Measured (docs/performance.md; a 2-core AMD EPYC Zen 3, one thread, bench_pretrain's shape): minor
+Measured (docs/performance.md; a 2-core AMD EPYC Zen 3, one thread): bench_pretrain's shape, minor
 page faults 44–47k a tiny pretraining step → 7.5k, tokens/s 1.10–1.11× (tiny) and, with the same
 settings through GLIBC_TUNABLES, 1.07–1.09× (small); the process keeps its peak heap (RSS 732–751
-→ 806–812 MiB at tiny). Not moved: the quickstart's pretraining (1k vocabulary, 4 MiB of logits a
-rank: glibc already reuses its heap below the threshold), 0.97–1.01×, and a GRPO step (its
-micro-batches' logits are ~33 MiB), 0.94–1.05×, so only `run_pretrain` sets it (and bench_pretrain,
-for both of its sides). Process-wide; only glibc has these knobs, and with any other C library
-(musl, macOS) nothing changes.
+→ 806–812 MiB at tiny). Sampling as an evaluation does (the quickstart's pretrained model, its 128
+world-test prompts × 8 samples, ≤ 192 new tokens, rows dropped as they finish): ~470k → ~22k minor
+faults a generation, 1.15–1.2× faster, peak RSS +8 MiB. Not moved: the quickstart's pretraining (1k
+vocabulary, 4 MiB of logits a rank: glibc already reuses its heap below the threshold),
+0.97–1.01×, and a GRPO step of a random model (its micro-batches' logits are ~33 MiB, and no row
+finishes early), 0.94–1.05×. `run_pretrain` and the torch sampler set it (bench_pretrain,
+bench_sampler and bench_grpo_vs_trl for both of their sides). Process-wide; only glibc has these
+knobs, and with any other C library (musl, macOS) nothing changes.
 """
 
 from __future__ import annotations

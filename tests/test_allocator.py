@@ -1,5 +1,6 @@
 """allocator.keep_large_tensors: a step's large tensors reuse their pages instead of being faulted in
-again. Each case runs in its own interpreter: the setting is process-wide."""
+again, once set directly or by the torch sampler. Each case runs in its own interpreter: the
+setting is process-wide."""
 
 from __future__ import annotations
 
@@ -11,12 +12,22 @@ import pytest
 
 # Ten "steps", each making and dropping a [4096, 4096] float32 logits tensor (64 MiB, over glibc's
 # largest mmap threshold) and a gradient of the same size; prints the minor page faults of each.
+# "keep" sets the allocator first; "sample" draws a few tokens from a tiny model first.
 STEPS = """
 import json, resource, sys, torch
 torch.set_num_threads(1)
 if sys.argv[1] == "keep":
     from echochamber.allocator import keep_large_tensors
     assert keep_large_tensors()
+if sys.argv[1] == "sample":
+    from echochamber.data.tokenizer import train_bpe
+    from echochamber.model.presets import build_model
+    from echochamber.model.sampler import build_sampler
+    from echochamber.model.sampling import SamplingParams
+    tokenizer = train_bpe(["Natalia sold 48 clips.", "She sold half as many in May."] * 4, 300)
+    model = build_model("tiny", len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    sampler = build_sampler(model, tokenizer)
+    sampler.generate(["Natalia"], ["q0"], 2, SamplingParams(temperature=1.0, max_new_tokens=3))
 h, w, faults = torch.randn(4096, 96), torch.randn(4096, 96), []
 for _ in range(10):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -42,3 +53,13 @@ def test_large_tensors_reuse_their_pages_once_kept():
     kept = _faults("keep")
     # The heap grows for the first few steps, then every step reuses it.
     assert max(kept[-3:]) < 1_000, kept
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc knobs exist on Linux only")
+def test_sampling_keeps_large_tensors():
+    """The sampler sets it: its row drops copy the KV cache into fresh MiB-sized tensors."""
+    default = _faults("default")
+    if min(default[-3:]) < 16_000:
+        pytest.skip(f"this C library or kernel already reuses the pages ({default[-3:]} faults a step)")
+    after_sampling = _faults("sample")
+    assert max(after_sampling[-3:]) < 1_000, after_sampling

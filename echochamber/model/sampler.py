@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
+from echochamber.allocator import keep_large_tensors
 from echochamber.errors import UserError
 from echochamber.model.decoders import Decoder, build_decoder
 from echochamber.model.sampling import SamplingParams, pick, sample_key
@@ -112,6 +113,9 @@ class TorchSampler:
         # Rows ordered by prompt length so batches carry little padding; results do not depend on it.
         rows = sorted(((p, i) for p in range(len(prompt_ids)) for i in range(n)), key=lambda r: len(prompt_token_ids[r[0]]))
         results: list[list[Sample | None]] = [[None] * n for _ in prompt_ids]
+        # Dropping finished rows copies the KV cache into fresh tensors (MiBs each): kept in glibc's
+        # heap they reuse their pages instead of being faulted in again (allocator.py).
+        keep_large_tensors()
         was_training = self.model.training
         self.model.eval()
         decoder = build_decoder(self.model)
