@@ -17,6 +17,10 @@ each side is a warm-up and is not counted; the whole call (setup, warm-up, loggi
 is printed too, as an upper bound. A random model rarely stops before the limit, so both
 sides sample the full length: the worst case for sampling speed.
 
+Both sides run with glibc's large tensors kept in its heap (allocator.py), as our sampler sets it
+for its whole process: TRL's update, which writes [rows, vocab] tensors of MiBs every micro-batch,
+gains most from it (docs/performance.md, session 14).
+
 Precision (--dtype) is the same on both sides: float32 by default; under bfloat16 (or "auto" where
 it resolves to bfloat16) TRL trains with `bf16=True` (autocast, HF's default sdpa attention) and ours
 with `dtype: bfloat16` (autocast over the update's and the reference's forwards, eager attention on a

@@ -12,7 +12,8 @@ top-p filtering on both sides. Like HF `generate` (no `output_scores`), ours ret
 by default, as when an evaluation samples; --logprobs times it returning each token's log-prob under
 the filtered distribution, as RL's rollouts do. On a shared, oversubscribed machine pass --threads 1
 (OpenMP barriers waiting on descheduled threads slow both sides several-fold) and read the CPU-time
-ratio too.
+ratio too. Both sides run with glibc's large tensors kept in its heap (allocator.py), as our sampler
+sets it for its whole process; HF's cache, grown by concatenation every step, gains from it.
 """
 
 from __future__ import annotations
