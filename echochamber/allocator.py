@@ -16,7 +16,7 @@ page faults 44–47k a tiny pretraining step → 7.5k, tokens/s 1.10–1.11× (t
 settings through GLIBC_TUNABLES, 1.07–1.09× (small); the process keeps its peak heap (RSS 732–751
 → 806–812 MiB at tiny). Sampling as an evaluation does (the quickstart's pretrained model, its 128
 world-test prompts × 8 samples, ≤ 192 new tokens, rows dropped as they finish): ~470k → ~22k minor
-faults a generation, 1.15–1.2× faster, peak RSS +8 MiB. Not moved: the quickstart's pretraining (1k
+faults a generation, 1.15–1.28× faster, peak RSS +8 MiB. Not moved: the quickstart's pretraining (1k
 vocabulary, 4 MiB of logits a rank: glibc already reuses its heap below the threshold),
 0.97–1.01×, and a GRPO step of a random model (its micro-batches' logits are ~33 MiB, and no row
 finishes early), 0.94–1.05×. `run_pretrain` and the torch sampler set it (bench_pretrain,

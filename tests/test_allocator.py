@@ -45,21 +45,24 @@ def _faults(mode: str) -> list[int]:
     return json.loads(done.stdout)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc knobs exist on Linux only")
-def test_large_tensors_reuse_their_pages_once_kept():
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc knobs exist on Linux only")
+
+
+@pytest.fixture(scope="module")
+def faulting() -> None:
+    """Skips where this C library or kernel already reuses the pages (nothing to keep)."""
     default = _faults("default")
     if min(default[-3:]) < 16_000:  # 2 x 64 MiB is 32,768 pages of 4 KiB
         pytest.skip(f"this C library or kernel already reuses the pages ({default[-3:]} faults a step)")
+
+
+def test_large_tensors_reuse_their_pages_once_kept(faulting):
     kept = _faults("keep")
     # The heap grows for the first few steps, then every step reuses it.
     assert max(kept[-3:]) < 1_000, kept
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc knobs exist on Linux only")
-def test_sampling_keeps_large_tensors():
+def test_sampling_keeps_large_tensors(faulting):
     """The sampler sets it: its row drops copy the KV cache into fresh MiB-sized tensors."""
-    default = _faults("default")
-    if min(default[-3:]) < 16_000:
-        pytest.skip(f"this C library or kernel already reuses the pages ({default[-3:]} faults a step)")
     after_sampling = _faults("sample")
     assert max(after_sampling[-3:]) < 1_000, after_sampling
