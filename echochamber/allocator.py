@@ -5,8 +5,8 @@ PyTorch allocates a CPU tensor with the C library's malloc. glibc serves a reque
 threshold (at most 32 MiB) with a fresh mmap and unmaps it on free, and trims the heap's free top
 once it passes twice that threshold, so tensors of MiBs made again and again — a pretraining step's
 [tokens, vocab] logits and their gradient (64 MiB each at 4,096 tokens and a 4k vocabulary), the KV
-cache the sampler copies whenever it drops finished rows (a layer's keys or values, ~11 MiB at 128
-rows of the tiny model) — come back as new pages that the kernel zero-fills one fault at a time.
+cache the sampler copies whenever it drops finished rows (a layer's keys or values: 128 rows × 4
+heads × ~230 slots × 24 floats ≈ 11 MiB for the tiny model) — come back as new pages that the kernel zero-fills one fault at a time.
 `keep_large_tensors` turns glibc's mmap off (M_MMAP_MAX 0: every block comes from the heap) and its
 trimming (M_TRIM_THRESHOLD: the heap's free top stays mapped), so after a few steps every step
 reuses the same pages.
@@ -15,8 +15,8 @@ Measured (docs/performance.md; a 2-core AMD EPYC Zen 3, one thread): bench_pretr
 page faults 44–47k a tiny pretraining step → 7.5k, tokens/s 1.10–1.11× (tiny) and, with the same
 settings through GLIBC_TUNABLES, 1.07–1.09× (small); the process keeps its peak heap (RSS 732–751
 → 806–812 MiB at tiny). Sampling as an evaluation does (the quickstart's pretrained model, its 128
-world-test prompts × 8 samples, ≤ 192 new tokens, rows dropped as they finish): ~470k → ~22k minor
-faults a generation, 1.15–1.28× faster, peak RSS +8 MiB. Not moved: the quickstart's pretraining (1k
+world-test prompts × 8 samples, ≤ 192 new tokens, rows dropped as they finish): 938–941k → 43k minor
+faults in a process making two generations, 1.15–1.28× faster, peak RSS +8 MiB. Not moved: the quickstart's pretraining (1k
 vocabulary, 4 MiB of logits a rank: glibc already reuses its heap below the threshold),
 0.97–1.01×, and a GRPO step of a random model (its micro-batches' logits are ~33 MiB, and no row
 finishes early), 0.94–1.05×. `run_pretrain` and the torch sampler set it (bench_pretrain,
