@@ -6,7 +6,8 @@ threshold (at most 32 MiB) with a fresh mmap and unmaps it on free, and trims th
 once it passes twice that threshold, so tensors of MiBs made again and again — a pretraining step's
 [tokens, vocab] logits and their gradient (64 MiB each at 4,096 tokens and a 4k vocabulary), the KV
 cache the sampler copies whenever it drops finished rows (a layer's keys or values: 128 rows × 4
-heads × ~230 slots × 24 floats ≈ 11 MiB for the tiny model) — come back as new pages that the kernel zero-fills one fault at a time.
+heads × ~230 slots × 24 floats ≈ 11 MiB for the tiny model) — come back as new pages that the
+kernel zero-fills one fault at a time.
 `keep_large_tensors` turns glibc's mmap off (M_MMAP_MAX 0: every block comes from the heap) and its
 trimming (M_TRIM_THRESHOLD: the heap's free top stays mapped), so after a few steps every step
 reuses the same pages.
