@@ -19,10 +19,10 @@ settings through GLIBC_TUNABLES, 1.07–1.09× (small); the process keeps its pe
 world-test prompts × 8 samples, ≤ 192 new tokens, rows dropped as they finish): 938–941k → 43k minor
 faults in a process making two generations, 1.15–1.28× faster, peak RSS +8 MiB. Not moved: the
 quickstart's pretraining (1k vocabulary, 4 MiB of logits a rank: glibc already reuses its heap
-below the threshold), 0.97–1.01×, and a GRPO step of a random model (its micro-batches' logits are ~33 MiB, and no row
-finishes early), 0.94–1.05×. `run_pretrain` and the torch sampler set it (bench_pretrain,
-bench_sampler and bench_grpo_vs_trl for both of their sides). Process-wide; only glibc has these
-knobs, and with any other C library (musl, macOS) nothing changes.
+below the threshold), 0.97–1.01×, and a GRPO step of a random model (its micro-batches' logits are
+~33 MiB, and no row finishes early), 0.94–1.05×. `run_pretrain` and the torch sampler set it
+(bench_pretrain, bench_sampler and bench_grpo_vs_trl for both of their sides). Process-wide; only
+glibc has these knobs, and with any other C library (musl, macOS) nothing changes.
 """
 
 from __future__ import annotations
