@@ -30,8 +30,10 @@ Where our step's time goes (docs/performance.md): each phase's share, and its ac
 (useful work only: the padding a micro-batch carries counts as lost time, a prompt counts once
 per group, and the output layer only where a response token is predicted) against the dense-GEMM
 rate of the model's own linear layers at that phase's rows, measured in the same run
-(bench_pretrain.bench_matmuls); sampling also as GB/s of weights and KV cache read per decoding
-step against a measured copy bandwidth.
+(limits.gemm_ceiling); sampling also as GB/s of weights and KV cache read per decoding step
+against a measured copy bandwidth. Then the machine's limits (limits.py): each phase's time with
+its matmuls at the GEMM ceiling and the KV cache read at the measured read bandwidth, everything else
+free, and the largest ratio to TRL's step that they leave on this CPU.
 
 The machine may be shared: the load average is printed before and after; compare runs made at
 similar load.
@@ -40,7 +42,6 @@ similar load.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import tempfile
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from limits import copy_bandwidth, gemm_ceiling, read_bandwidth, sampling_limit_seconds
 
 from echochamber.allocator import keep_large_tensors
 from echochamber.data.paths import data_dir
@@ -182,23 +184,10 @@ def step_tokens(out: Path, policy: Path, records: list, steps: range) -> tuple[f
     return prompt, statistics.mean(row["n_tokens"] for row in rows)
 
 
-def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
-    """GB/s of a large tensor copy (one read and one write per byte), best of `repeats`."""
-    source = torch.ones(megabytes * 2**20 // 4)
-    target = torch.empty_like(source)
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        target.copy_(source)
-        best = min(best, time.perf_counter() - started)
-    return 2 * source.numel() * 4 / best / 1e9
-
-
-def phase_table(model: Any, result: dict[str, Any], args: argparse.Namespace) -> None:
+def phase_table(model: Any, result: dict[str, Any], args: argparse.Namespace, peer_step: float | None) -> None:
     """Our step's phases: share, achieved GFLOP/s of useful tokens and % of the GEMM ceiling at the
-    phase's rows, sampling also as GB/s read against the copy bandwidth."""
-    from bench_pretrain import bench_matmuls
-
+    phase's rows, sampling also as GB/s read against the copy bandwidth; then each phase's time at
+    the machine's limits (limits.py) and the largest ratio to the peer's `peer_step` they allow."""
     prompt, response = result["tokens"]
     length, n = prompt + response, args.prompts * args.group
     spec, context = spec_of(model), prompt + response / 2  # mean context of a decoding step
@@ -209,26 +198,44 @@ def phase_table(model: Any, result: dict[str, Any], args: argparse.Namespace) ->
     layers = flops_per_token(model, int(length)) - head
     train = layers * (prompt * args.prompts + response * n) + head * response * n
     decode = flops_per_token(model, int(context)) / 3 * response * n  # forward only, generated tokens
-    update_ceiling = bench_matmuls(model, int(args.micro_batch * length), repeats=3, dtype=args.dtype)
-    decode_ceiling = bench_matmuls(model, n, repeats=20)
+    update_ceiling = gemm_ceiling(model, int(args.micro_batch * length), repeats=3, dtype=args.dtype)
+    decode_ceiling = gemm_ceiling(model, n, repeats=20)
     weights = sum(p.numel() for p in model.parameters()) * 4
     kv_cache = 2 * spec.n_layers * spec.d_model * context * n * 4  # K and V of every row, float32
-    bandwidth = copy_bandwidth()
+    bandwidth, read = copy_bandwidth(), read_bandwidth()
     split, step = result["split"], sum(result["split"].values())
     flops = {"time_generate": decode, "time_reward": None, "time_reference": train / 3, "time_update": train}
     ceilings = {"time_generate": decode_ceiling, "time_reference": update_ceiling, "time_update": update_ceiling}
     print(f"our step, phase by phase (mean of the timed steps; {prompt:.0f} prompt + {response:.0f} response tokens "
           f"per sample; {args.dtype} GEMM ceiling {update_ceiling:.1f} GFLOP/s at {int(args.micro_batch * length)} rows, "
-          f"{decode_ceiling:.1f} at {n}; copy {bandwidth:.1f} GB/s; load {os.getloadavg()[0]:.1f}):")  # fmt: skip
+          f"{decode_ceiling:.1f} at {n}; copy {bandwidth:.1f} GB/s, read {read:.1f} GB/s; "
+          f"load {os.getloadavg()[0]:.1f}):")  # fmt: skip
     for part, seconds in split.items():
         line = f"  {part.removeprefix('time_'):10s} {seconds:6.2f} s {seconds / step:5.0%}"
         if flops[part] is not None and seconds > 0:
             rate = flops[part] / seconds / 1e9
             line += f"  {rate:6.1f} GFLOP/s = {rate / ceilings[part]:4.0%} of the GEMM ceiling"
         if part == "time_generate" and seconds > 0:
-            read = (weights + kv_cache) * response / seconds / 1e9
-            line += f"; {read:.1f} GB/s of weights + KV cache read = {read / bandwidth:.0%} of copy bandwidth"
+            moved = (weights + kv_cache) * response / seconds / 1e9
+            line += f"; {moved:.1f} GB/s of weights + KV cache read = {moved / bandwidth:.0%} of copy bandwidth"
         print(line)
+    # The same work with every op at its limit and the rest free (limits.py); reward is left out. Each
+    # phase's matmuls at the best ceiling measured in its precision: a phase could cut its rows either way.
+    same = args.dtype == "float32"  # sampling is float32 whatever the training precision
+    sample_rate = max(decode_ceiling, update_ceiling if same else 0.0)
+    train_rate = max(update_ceiling, decode_ceiling if same else 0.0) * 1e9
+    sampling = sampling_limit_seconds(
+        spec, model.config.vocab_size, prompt_tokens=prompt, rows=n, new_tokens=response, prefill_rows=args.prompts,
+        gemm_gflops=sample_rate, read_gbs=read,
+    )  # fmt: skip
+    limits = {"generate": sampling, "reference": train / 3 / train_rate, "update": train / train_rate}
+    floor, ours = sum(limits.values()), step - split.get("time_reward", 0.0)
+    print("  at the machine's limits (matmuls at the GEMM ceiling, the KV cache at the read bandwidth, the rest free): "
+          + ", ".join(f"{part} {seconds:.2f} s" for part, seconds in limits.items())
+          + f"; a step >= {floor:.2f} s without reward, {floor / ours:.0%} of ours")  # fmt: skip
+    if peer_step is not None:
+        print(f"  so on this CPU no implementation of this arithmetic (training in {args.dtype}, sampling in float32) "
+              f"is more than {peer_step / floor:.1f}x faster than TRL's {peer_step:.2f} s/step (ours: {peer_step / step:.1f}x)")
 
 
 def main() -> None:
@@ -288,7 +295,8 @@ def main() -> None:
         ratio = statistics.median(results["trl"]["seconds"]) / statistics.median(results["ours"]["seconds"])
         print(f"speed-up (TRL s/step / ours): {ratio:.1f}x (goal >= 4x)")
     if "ours" in results:
-        phase_table(model, results["ours"], args)
+        peer = statistics.median(results["trl"]["seconds"]) if "trl" in results else None
+        phase_table(model, results["ours"], args, peer)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

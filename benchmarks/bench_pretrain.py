@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from limits import gemm_ceiling
 
 from echochamber.allocator import keep_large_tensors
 from echochamber.config import load_config
@@ -112,30 +113,6 @@ def bench_plain_loop(
     return steps * batch * seq_len / elapsed
 
 
-def bench_matmuls(model: torch.nn.Module, rows: int, repeats: int, dtype: str = "float32") -> float:
-    """GFLOP/s of the model's linear-layer matmuls (forward, grad-input, grad-weight) at `rows` tokens."""
-    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    operands = []
-    kind = getattr(torch, dtype)
-    for n_in, n_out in shapes:
-        x, w, g = (torch.randn(rows, n_in, dtype=kind), torch.randn(n_out, n_in, dtype=kind),
-                   torch.randn(rows, n_out, dtype=kind))  # fmt: skip
-        operands.append((x, w, g))
-    flops = sum(6 * rows * n_in * n_out for n_in, n_out in shapes)
-
-    def one_pass() -> None:
-        for x, w, g in operands:
-            x @ w.t()  # forward
-            g @ w  # gradient of the input
-            g.t() @ x  # gradient of the weight
-
-    one_pass()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        one_pass()
-    return flops * repeats / (time.perf_counter() - started) / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
@@ -182,7 +159,7 @@ def main() -> None:
                                                                 args.warmup, args.steps, dtype))  # fmt: skip
                         # The ceiling after each side, as many passes as a side has timed steps: on a shared
                         # machine one short measurement a round moved it by half (docs/performance.md).
-                        ceiling = max(ceiling, bench_matmuls(model, args.batch * args.seq_len,
+                        ceiling = max(ceiling, gemm_ceiling(model, args.batch * args.seq_len,
                                                              repeats=args.steps, dtype=dtype))  # fmt: skip
                 rates = [ours, plain]
                 if args.compile:

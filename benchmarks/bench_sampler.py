@@ -14,6 +14,11 @@ the filtered distribution, as RL's rollouts do. On a shared, oversubscribed mach
 (OpenMP barriers waiting on descheduled threads slow both sides several-fold) and read the CPU-time
 ratio too. Both sides run with glibc's large tensors kept in its heap (allocator.py), as our sampler
 sets it for its whole process; HF's cache, grown by concatenation every step, gains from it.
+
+"limit tok/s" is the same generation with its matmuls at the GEMM ceiling of these cores and its KV
+cache read at their read bandwidth, both measured in the same run, and everything else free
+(limits.py): no float32 implementation of this arithmetic is faster here, so "limit/HF" is the
+largest ratio to HF `generate` this CPU allows.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ import os
 import time
 
 import torch
+from limits import gemm_ceiling, read_bandwidth, sampling_limit_seconds
 
 from echochamber.allocator import keep_large_tensors
 from echochamber.data.paths import data_dir
 from echochamber.data.tokenizer import train_bpe
-from echochamber.model.presets import build_model, count_parameters
+from echochamber.model.presets import build_model, count_parameters, spec_of
 from echochamber.model.sampler import build_sampler
 from echochamber.model.sampling import SamplingParams
 
@@ -79,6 +85,17 @@ def time_hf(model, tokenizer, prompts: list[str], params: SamplingParams) -> Tim
     return timer
 
 
+def limit_seconds(model, tokenizer, prompts: list[str], new_tokens: int) -> float:
+    """The generation at the machine's limits, measured now (limits.py): its matmuls at the best GEMM
+    ceiling of the prefill's and the decoding's rows, the KV cache at the read bandwidth, the rest free."""
+    prompt = sum(len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts) / len(prompts)
+    return sampling_limit_seconds(
+        spec_of(model), model.config.vocab_size, prompt_tokens=prompt, rows=len(prompts), new_tokens=new_tokens,
+        prefill_rows=len(prompts), read_gbs=read_bandwidth(),
+        gemm_gflops=max(gemm_ceiling(model, int(prompt * len(prompts)), repeats=3), gemm_ceiling(model, len(prompts), repeats=20)),
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
@@ -106,7 +123,7 @@ def main() -> None:
           f"vocab {len(tokenizer)}, T={params.temperature}, top-p {params.top_p}, {params.max_new_tokens} new tokens, "
           f"ours {'with' if params.logprobs else 'without'} log-probs")
     print(f"{'preset':>6} {'params':>8} {'batch':>5} {'ours tok/s':>11} {'HF tok/s':>9} {'ratio':>6} "
-          f"{'CPU-time ratio':>14} {'load':>5}")
+          f"{'CPU-time ratio':>14} {'limit tok/s':>12} {'limit/HF':>9} {'load':>5}")
     for preset in args.presets:
         model = build_model(preset, len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id).eval()
@@ -119,9 +136,10 @@ def main() -> None:
             ours = min((run[0] for run in runs), key=lambda timer: timer.wall)
             hf = min((run[1] for run in runs), key=lambda timer: timer.wall)
             tokens = batch * params.max_new_tokens
+            limit = tokens / limit_seconds(model, tokenizer, prompts, params.max_new_tokens)
             print(f"{preset:>6} {count_parameters(model) / 1e6:>7.2f}M {batch:>5} {tokens / ours.wall:>11.0f} "
                   f"{tokens / hf.wall:>9.0f} {hf.wall / ours.wall:>5.1f}x {hf.cpu / ours.cpu:>13.1f}x "
-                  f"{os.getloadavg()[0]:>5.1f}", flush=True)
+                  f"{limit:>12.0f} {limit * hf.wall / tokens:>8.1f}x {os.getloadavg()[0]:>5.1f}", flush=True)
             if args.profile:
                 with torch.profiler.profile() as profiler:
                     time_ours(model, tokenizer, prompts, batch, params)

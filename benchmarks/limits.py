@@ -1,0 +1,96 @@
+"""What these cores can do, measured in the same run as a benchmark, and the fastest a phase of ours
+could run at it: the yardstick beside every ratio to a peer (docs/performance.md, issue 15).
+
+Two measured limits:
+- `gemm_ceiling`: GFLOP/s of a model's own linear layers (forward, grad-input, grad-weight) at a
+  number of rows, back to back: the practical ceiling for those layer shapes on this CPU;
+- `read_bandwidth`: GB/s of reading a tensor far larger than the caches once (a sum: one load per
+  float and almost no arithmetic), the rate at which decoding can stream a KV cache.
+
+And one bound, `sampling_limit_seconds`: a generation's time with each of its operations at its own
+limit, one after the other (a single thread does one at a time): the layers' matmuls (prefill and
+decoding) at the GEMM ceiling, and the KV cache read by every decoding step at the read bandwidth.
+Everything else a sampler does (norms, RoPE, the softmax and top-p over the vocabulary, cache
+writes, Python) counts as free, and the weights as read from cache, so no implementation of the
+same arithmetic in float32 on this CPU is faster: a ratio to a peer above `peer / limit` needs
+less arithmetic, fewer bytes (a bfloat16 cache) or other hardware, not better code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from echochamber.model.presets import ModelSpec
+
+
+def gemm_ceiling(model: torch.nn.Module, rows: int, repeats: int, dtype: str = "float32") -> float:
+    """GFLOP/s of the model's linear-layer matmuls (forward, grad-input, grad-weight) at `rows` tokens."""
+    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    operands = []
+    kind = getattr(torch, dtype)
+    for n_in, n_out in shapes:
+        x, w, g = (torch.randn(rows, n_in, dtype=kind), torch.randn(n_out, n_in, dtype=kind),
+                   torch.randn(rows, n_out, dtype=kind))  # fmt: skip
+        operands.append((x, w, g))
+    flops = sum(6 * rows * n_in * n_out for n_in, n_out in shapes)
+
+    def one_pass() -> None:
+        for x, w, g in operands:
+            x @ w.t()  # forward
+            g @ w  # gradient of the input
+            g.t() @ x  # gradient of the weight
+
+    one_pass()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        one_pass()
+    return flops * repeats / (time.perf_counter() - started) / 1e9
+
+
+def read_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """GB/s of reading a `megabytes` float32 tensor once (its sum), best of `repeats`."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        source.sum()
+        best = min(best, time.perf_counter() - started)
+    return source.numel() * 4 / best / 1e9
+
+
+def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """GB/s of a large tensor copy (one read and one write per byte), best of `repeats`."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.numel() * 4 / best / 1e9
+
+
+def sampling_limit_seconds(
+    spec: ModelSpec, vocab: int, *, prompt_tokens: float, rows: int, new_tokens: float, prefill_rows: int,
+    gemm_gflops: float, read_gbs: float,
+) -> float:  # fmt: skip
+    """Seconds to prefill `prefill_rows` prompts of `prompt_tokens` and decode `new_tokens` for each
+    of `rows` rows, each op at its limit: 2 FLOPs per matmul weight and token at `gemm_gflops` (pass
+    the best ceiling measured at the rows involved: a prefill can be cut into any number of rows),
+    and every decoding step reading its rows' cached keys and values (float32, 2·layers·d_model per
+    token) at `read_gbs`. Attention's own FLOPs are left out."""
+    matmul_weights = spec.n_layers * (4 * spec.d_model**2 + 3 * spec.d_model * spec.mlp_hidden) + vocab * spec.d_model
+    tokens = prompt_tokens * prefill_rows + new_tokens * rows
+    matmuls = 2 * matmul_weights * tokens / (gemm_gflops * 1e9)
+    # Step t reads the prompt and the t tokens before it: on average prompt + (new_tokens - 1) / 2.
+    cached = prompt_tokens + (new_tokens - 1) / 2
+    kv_read = kv_bytes_per_token(spec) * cached * rows * new_tokens / (read_gbs * 1e9)
+    return matmuls + kv_read
+
+
+def kv_bytes_per_token(spec: ModelSpec) -> int:
+    """Bytes one cached token of one row takes: a float32 key and value of d_model in every layer."""
+    return 2 * spec.n_layers * spec.d_model * 4
