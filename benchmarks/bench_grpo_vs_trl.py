@@ -32,8 +32,8 @@ per group, and the output layer only where a response token is predicted) agains
 rate of the model's own linear layers at that phase's rows, measured in the same run
 (limits.gemm_ceiling); sampling also as GB/s of weights and KV cache read per decoding step
 against a measured copy bandwidth. Then the machine's limits (limits.py): each phase's time with
-its matmuls at the GEMM ceiling and the KV cache read at the measured read bandwidth, everything else
-free, and the largest ratio to TRL's step that they leave on this CPU.
+its matmuls at the best GEMM rate measured and the KV cache read at the measured read bandwidth,
+everything else free, and the largest ratio to TRL's step that they leave on this CPU.
 
 The machine may be shared: the load average is printed before and after; compare runs made at
 similar load.
@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from limits import copy_bandwidth, gemm_ceiling, read_bandwidth, sampling_limit_seconds
+from limits import copy_bandwidth, gemm_ceiling, read_bandwidth, sampling_limit_seconds, square_gemm_rate
 
 from echochamber.allocator import keep_large_tensors
 from echochamber.data.paths import data_dir
@@ -220,22 +220,26 @@ def phase_table(model: Any, result: dict[str, Any], args: argparse.Namespace, pe
             line += f"; {moved:.1f} GB/s of weights + KV cache read = {moved / bandwidth:.0%} of copy bandwidth"
         print(line)
     # The same work with every op at its limit and the rest free (limits.py); reward is left out. Each
-    # phase's matmuls at the best ceiling measured in its precision: a phase could cut its rows either way.
+    # phase's matmuls at the best GEMM rate measured in its precision (the layers' shapes at either row
+    # count, or a large square product): a phase could cut its rows either way.
+    square = {dtype: square_gemm_rate(dtype=dtype) for dtype in {"float32", args.dtype}}
     same = args.dtype == "float32"  # sampling is float32 whatever the training precision
-    sample_rate = max(decode_ceiling, update_ceiling if same else 0.0)
-    train_rate = max(update_ceiling, decode_ceiling if same else 0.0) * 1e9
+    sample_rate = max(decode_ceiling, square["float32"], update_ceiling if same else 0.0)
+    train_rate = max(update_ceiling, square[args.dtype], decode_ceiling if same else 0.0) * 1e9
     sampling = sampling_limit_seconds(
         spec, model.config.vocab_size, prompt_tokens=prompt, rows=n, new_tokens=response, prefill_rows=args.prompts,
         gemm_gflops=sample_rate, read_gbs=read,
     )  # fmt: skip
     limits = {"generate": sampling, "reference": train / 3 / train_rate, "update": train / train_rate}
     floor, ours = sum(limits.values()), step - split.get("time_reward", 0.0)
-    print("  at the machine's limits (matmuls at the GEMM ceiling, the KV cache at the read bandwidth, the rest free): "
+    print(f"  at the machine's limits (matmuls at {train_rate / 1e9:.1f} GFLOP/s, the best GEMM rate measured "
+          f"(a {args.dtype} 2048-square product: {square[args.dtype]:.1f}), the KV cache at the read bandwidth, the rest free): "
           + ", ".join(f"{part} {seconds:.2f} s" for part, seconds in limits.items())
           + f"; a step >= {floor:.2f} s without reward, {floor / ours:.0%} of ours")  # fmt: skip
     if peer_step is not None:
-        print(f"  so on this CPU no implementation of this arithmetic (training in {args.dtype}, sampling in float32) "
-              f"is more than {peer_step / floor:.1f}x faster than TRL's {peer_step:.2f} s/step (ours: {peer_step / step:.1f}x)")
+        print(f"  so on this CPU no implementation of this arithmetic with torch's GEMM (training in {args.dtype}, sampling in float32) "
+              f"is more than {peer_step / floor:.1f}x faster than TRL's {peer_step:.2f} s/step "
+              f"(ours: {peer_step / statistics.median(result['seconds']):.1f}x)")
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ the filtered distribution, as RL's rollouts do. On a shared, oversubscribed mach
 ratio too. Both sides run with glibc's large tensors kept in its heap (allocator.py), as our sampler
 sets it for its whole process; HF's cache, grown by concatenation every step, gains from it.
 
-"limit tok/s" is the same generation with its matmuls at the GEMM ceiling of these cores and its KV
-cache read at their read bandwidth, both measured in the same run, and everything else free
-(limits.py): no float32 implementation of this arithmetic is faster here, so "limit/HF" is the
-largest ratio to HF `generate` this CPU allows.
+"limit tok/s" is the same generation with its matmuls at the best GEMM rate of these cores and its
+KV cache read at their read bandwidth, both measured in the same run, and everything else free
+(limits.py): no float32 implementation of this arithmetic with torch's GEMM is faster here, so
+"limit/HF" is the largest ratio to HF `generate` this CPU allows it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import os
 import time
 
 import torch
-from limits import gemm_ceiling, read_bandwidth, sampling_limit_seconds
+from limits import gemm_ceiling, read_bandwidth, sampling_limit_seconds, square_gemm_rate
 
 from echochamber.allocator import keep_large_tensors
 from echochamber.data.paths import data_dir
@@ -87,12 +87,14 @@ def time_hf(model, tokenizer, prompts: list[str], params: SamplingParams) -> Tim
 
 def limit_seconds(model, tokenizer, prompts: list[str], new_tokens: int) -> float:
     """The generation at the machine's limits, measured now (limits.py): its matmuls at the best GEMM
-    ceiling of the prefill's and the decoding's rows, the KV cache at the read bandwidth, the rest free."""
+    rate measured (the layers at the prefill's or the decoding's rows, or a large square product), the
+    KV cache at the read bandwidth, the rest free."""
     prompt = sum(len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts) / len(prompts)
     return sampling_limit_seconds(
         spec_of(model), model.config.vocab_size, prompt_tokens=prompt, rows=len(prompts), new_tokens=new_tokens,
         prefill_rows=len(prompts), read_gbs=read_bandwidth(),
-        gemm_gflops=max(gemm_ceiling(model, int(prompt * len(prompts)), repeats=3), gemm_ceiling(model, len(prompts), repeats=20)),
+        gemm_gflops=max(gemm_ceiling(model, int(prompt * len(prompts)), repeats=3), gemm_ceiling(model, len(prompts), repeats=20),
+                        square_gemm_rate()),
     )  # fmt: skip
 
 

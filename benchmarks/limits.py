@@ -1,19 +1,24 @@
 """What these cores can do, measured in the same run as a benchmark, and the fastest a phase of ours
 could run at it: the yardstick beside every ratio to a peer (docs/performance.md, issue 15).
 
-Two measured limits:
+Three measured limits:
 - `gemm_ceiling`: GFLOP/s of a model's own linear layers (forward, grad-input, grad-weight) at a
   number of rows, back to back: the practical ceiling for those layer shapes on this CPU;
+- `square_gemm_rate`: GFLOP/s of one large square product, the best torch's GEMM does on this core
+  (on a 2-core Zen 3: ~66 against 48-61 for the tiny and small presets' shapes; the FMA units' peak
+  at the 2.45 GHz it reports is 78);
 - `read_bandwidth`: GB/s of reading a tensor far larger than the caches once (a sum: one load per
   float and almost no arithmetic), the rate at which decoding can stream a KV cache.
 
 And one bound, `sampling_limit_seconds`: a generation's time with each of its operations at its own
 limit, one after the other (a single thread does one at a time): the layers' matmuls (prefill and
-decoding) at the GEMM ceiling, and the KV cache read by every decoding step at the read bandwidth.
+decoding) at a GEMM rate, and the KV cache read by every decoding step at the read bandwidth.
 Everything else a sampler does (norms, RoPE, the softmax and top-p over the vocabulary, cache
-writes, Python) counts as free, and the weights as read from cache, so no implementation of the
-same arithmetic in float32 on this CPU is faster: a ratio to a peer above `peer / limit` needs
-less arithmetic, fewer bytes (a bfloat16 cache) or other hardware, not better code.
+writes, Python) counts as free, and the weights as read from cache. The benchmarks pass the best
+GEMM rate they measured (the layers' shapes or the square product), so an implementation of the
+same arithmetic in float32 with torch's GEMM is not faster: a ratio to a peer above
+`peer / limit` needs less arithmetic, fewer bytes (a bfloat16 cache), matmul kernels beyond torch's
+for these shapes, or other hardware.
 """
 
 from __future__ import annotations
@@ -48,6 +53,20 @@ def gemm_ceiling(model: torch.nn.Module, rows: int, repeats: int, dtype: str = "
     for _ in range(repeats):
         one_pass()
     return flops * repeats / (time.perf_counter() - started) / 1e9
+
+
+def square_gemm_rate(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """GFLOP/s of an n x n by n x n product (best of `repeats`): the rate torch's GEMM reaches when the
+    shapes are no obstacle."""
+    kind = getattr(torch, dtype)
+    a, b = torch.randn(n, n, dtype=kind), torch.randn(n, n, dtype=kind)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
 
 
 def read_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -217,8 +218,9 @@ def test_a_study_whose_prompts_exceed_the_context_stops_before_pretraining(tmp_p
 
 
 @pytest.mark.slow
-def test_smoke_preset_end_to_end(tmp_path: Path, capsys) -> None:
-    """The CI smoke pipeline: every real stage (under 2 minutes on 2 cores); a second run skips it all."""
+def test_smoke_preset_end_to_end(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CI smoke pipeline: every real stage (under 2 minutes on 2 cores); a second run skips it all;
+    the run folder holds what benchmarks/bench_run_limits.py reads to bound each stage."""
     run = tmp_path / "smoke"
     index = run_study(smoke(), run, preset="smoke", progress=False)
     assert index.is_file() and "<html" in index.read_text().lower()
@@ -236,9 +238,31 @@ def test_smoke_preset_end_to_end(tmp_path: Path, capsys) -> None:
     assert all(line["provenance"]["generations"] == 16 for line in lines if line["stage"] == "rl")
     assert (run / "pretrain" / "final" / "config.json").is_file() and (run / "shards" / "tokenizer").is_dir()
 
+    _check_run_limits(run, capsys, monkeypatch)
+
     recorded = read_run(run)
     capsys.readouterr()
     run_study(smoke(), run, progress=False)
     said = capsys.readouterr().out
     assert said.count("up to date, skipped") == len(recorded["stages"]) and "running" not in said
     assert read_run(run)["stages"] == recorded["stages"]  # no stage redone, none re-timed
+
+
+def _check_run_limits(run: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_run_limits counts the run's real work (8 prompts: 8 greedy rows, 2 x 8 sampled) and
+    bounds every model stage below what it took (the smoke stages are mostly overhead)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_run_limits
+
+    folder = run / "eval" / "base" / "world-test"
+    prompts = {p["id"]: 1 for p in bench_run_limits.jsonl(folder / "prompts.jsonl")}
+    work = bench_run_limits.generation_work(bench_run_limits.jsonl(folder / "generations.jsonl"), prompts)
+    assert sorted((w["rows"], w["prompts"]) for w in work) == [(8, 8), (16, 8)]
+    monkeypatch.setattr(sys, "argv", ["bench_run_limits.py", str(run), "--procs", "1"])
+    capsys.readouterr()
+    bench_run_limits.main()
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.split()}
+    for stage in ("pretrain", "eval-base", "rl", "eval-final"):
+        measured, bound = float(rows[stage][1]), float(rows[stage][2])
+        assert 0 < bound < measured, (stage, measured, bound)
+    assert rows["report"][2] == "(not"
