@@ -14,7 +14,13 @@ from echochamber.model.decoders import OlmoDecoder
 from echochamber.model.presets import build_model, flops_per_token, get_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from limits import gemm_ceiling, kv_bytes_per_token, read_bandwidth, sampling_limit_seconds  # noqa: E402
+from limits import (  # noqa: E402
+    gemm_ceiling,
+    kv_bytes_per_token,
+    read_bandwidth,
+    sampling_limit_seconds,
+    square_gemm_rate,
+)
 
 VOCAB = 300
 
@@ -51,5 +57,6 @@ def test_kv_part_reads_the_mean_context_of_every_decoding_step():
 
 def test_measured_limits_are_finite_rates():
     model = build_model("tiny", VOCAB)
-    for rate in (gemm_ceiling(model, rows=64, repeats=1), read_bandwidth(megabytes=8, repeats=2)):
+    rates = (gemm_ceiling(model, rows=64, repeats=1), square_gemm_rate(n=128, repeats=2), read_bandwidth(8, repeats=2))
+    for rate in rates:
         assert 0 < rate < math.inf
