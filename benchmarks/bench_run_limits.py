@@ -15,8 +15,9 @@ measured and left out of the bound.
 
 So the bound is generous: no implementation of the same arithmetic in float32 with torch's GEMM
 runs the study faster on this CPU. A goal below it (issue 15's six minutes for the quickstart) needs less arithmetic,
-other precision or other hardware, not better code. Run it on the machine that made the run: the
-measured column is that machine's, the limits this one's.
+other precision or other hardware, not better code. Run it on the machine that made the run, right
+after it: the measured column is that run's, the limits are this process's, and on a shared host they
+move from hour to hour (a 2-core Zen 3's square GEMM rate read 66 and 79 GFLOP/s an hour apart).
 """
 
 from __future__ import annotations
