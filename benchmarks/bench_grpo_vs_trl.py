@@ -50,7 +50,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from limits import copy_bandwidth, gemm_ceiling, read_bandwidth, sampling_limit_seconds, square_gemm_rate
+from limits import (
+    copy_bandwidth,
+    gemm_ceiling,
+    kv_bytes_per_token,
+    read_bandwidth,
+    rl_update_flops,
+    sampling_limit_seconds,
+    square_gemm_rate,
+)
 
 from echochamber.allocator import keep_large_tensors
 from echochamber.data.paths import data_dir
@@ -191,17 +199,13 @@ def phase_table(model: Any, result: dict[str, Any], args: argparse.Namespace, pe
     prompt, response = result["tokens"]
     length, n = prompt + response, args.prompts * args.group
     spec, context = spec_of(model), prompt + response / 2  # mean context of a decoding step
-    # Forward + backward of the work that is needed: each prompt through the layers once (its group
-    # shares it: rollout.micro_batch_rows), every response token through the layers and the output
-    # layer (nothing reads the prompt's logits: rollout.sequence_logprobs).
-    head = 6.0 * model.config.vocab_size * spec.d_model
-    layers = flops_per_token(model, int(length)) - head
-    train = layers * (prompt * args.prompts + response * n) + head * response * n
+    train = rl_update_flops(spec, model.config.vocab_size, prompt_tokens=prompt, prompts=args.prompts,
+                            response_tokens=response, rows=n)  # fmt: skip
     decode = flops_per_token(model, int(context)) / 3 * response * n  # forward only, generated tokens
     update_ceiling = gemm_ceiling(model, int(args.micro_batch * length), repeats=3, dtype=args.dtype)
     decode_ceiling = gemm_ceiling(model, n, repeats=20)
     weights = sum(p.numel() for p in model.parameters()) * 4
-    kv_cache = 2 * spec.n_layers * spec.d_model * context * n * 4  # K and V of every row, float32
+    kv_cache = kv_bytes_per_token(spec) * context * n  # K and V of every row
     bandwidth, read = copy_bandwidth(), read_bandwidth()
     split, step = result["split"], sum(result["split"].values())
     flops = {"time_generate": decode, "time_reward": None, "time_reference": train / 3, "time_update": train}

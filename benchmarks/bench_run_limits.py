@@ -23,7 +23,6 @@ move from hour to hour (a 2-core Zen 3's square GEMM rate read 66 and 79 GFLOP/s
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import statistics
@@ -31,7 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from limits import gemm_ceiling, read_bandwidth, sampling_limit_seconds, square_gemm_rate
+from limits import gemm_ceiling, read_bandwidth, rl_update_flops, sampling_limit_seconds, square_gemm_rate
 from machine import cpu_model
 
 from echochamber.config import load_config
@@ -39,14 +38,8 @@ from echochamber.data.tokenizer import encode_prompt, load_tokenizer
 from echochamber.model.presets import flops_per_token, load_model, spec_of
 from echochamber.pretrain.config import PretrainConfig
 from echochamber.rl.config import load_rl_config
-from echochamber.rl.rollout import load_prompts
-from echochamber.runlog import read_metrics
-
-
-def jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+from echochamber.rl.rollout import load_prompts, read_rollouts
+from echochamber.runlog import read_jsonl, read_metrics
 
 
 def generation_work(generations: list[dict], prompt_tokens: dict[str, int]) -> list[dict]:
@@ -81,27 +74,26 @@ def evaluation_folders(root: Path) -> list[Path]:
 def evaluation_limit(folders: list[Path], tokenizer, spec, vocab: int, gemm: float, read: float) -> float:
     seconds = 0.0
     for folder in folders:
-        prompts = {p["id"]: len(encode_prompt(tokenizer, p["prompt"])) for p in jsonl(folder / "prompts.jsonl")}
-        seconds += sampling_seconds(generation_work(jsonl(folder / "generations.jsonl"), prompts), spec, vocab, gemm, read)
+        prompts = {p["id"]: len(encode_prompt(tokenizer, p["prompt"])) for p in read_jsonl(folder / "prompts.jsonl")[0]}
+        generations = read_jsonl(folder / "generations.jsonl")[0]
+        seconds += sampling_seconds(generation_work(generations, prompts), spec, vocab, gemm, read)
     return seconds
 
 
 def rl_limits(run: Path, tokenizer, model, gemm: float, read: float) -> dict[str, float]:
-    """Generation, reference and update seconds of every RL step at the limits (as bench_grpo_vs_trl
-    counts an update: each prompt through the layers once per group, the output layer only over the
-    response)."""
+    """Generation, reference and update seconds of every RL step at the limits (limits.rl_update_flops:
+    the work an update needs)."""
     config = load_rl_config(str(run / "rl" / "config.yaml"))
     prompts = {r.id: len(encode_prompt(tokenizer, r.prompt)) for r in load_prompts(config.prompts)}
     spec, vocab = spec_of(model), model.config.vocab_size
-    head = 6.0 * vocab * spec.d_model
     out = {"generate": 0.0, "reference": 0.0, "update": 0.0}
     uses_reference = any(m.get("time_reference", 0) > 0 for m in read_metrics(run / "rl" / "metrics.jsonl"))
     for path in sorted((run / "rl" / "rollouts").glob("step_*.jsonl.gz")):
-        work = generation_work(jsonl(path), prompts)
+        work = generation_work(read_rollouts(path), prompts)
         out["generate"] += sampling_seconds(work, spec, vocab, gemm, read)
         for w in work:
-            layers = flops_per_token(model, int(w["prompt"] + w["response"])) - head
-            train = layers * (w["prompt"] * w["prompts"] + w["response"] * w["rows"]) + head * w["response"] * w["rows"]
+            train = rl_update_flops(spec, vocab, prompt_tokens=w["prompt"], prompts=w["prompts"],
+                                    response_tokens=w["response"], rows=w["rows"])  # fmt: skip
             out["update"] += train / (gemm * 1e9)
             out["reference"] += train / 3 / (gemm * 1e9) if uses_reference else 0.0
     return out

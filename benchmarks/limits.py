@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from echochamber.model.presets import ModelSpec
+from echochamber.model.presets import ModelSpec, flops_per_token
 
 
 def gemm_ceiling(model: torch.nn.Module, rows: int, repeats: int, dtype: str = "float32") -> float:
@@ -97,13 +97,12 @@ def sampling_limit_seconds(
     gemm_gflops: float, read_gbs: float,
 ) -> float:  # fmt: skip
     """Seconds to prefill `prefill_rows` prompts of `prompt_tokens` and decode `new_tokens` for each
-    of `rows` rows, each op at its limit: 2 FLOPs per matmul weight and token at `gemm_gflops` (pass
-    the best ceiling measured at the rows involved: a prefill can be cut into any number of rows),
-    and every decoding step reading its rows' cached keys and values (float32, 2·layers·d_model per
-    token) at `read_gbs`. Attention's own FLOPs are left out."""
-    matmul_weights = spec.n_layers * (4 * spec.d_model**2 + 3 * spec.d_model * spec.mlp_hidden) + vocab * spec.d_model
+    of `rows` rows, each op at its limit: 2 FLOPs per matmul weight and token (a third of
+    `flops_per_token` without attention) at `gemm_gflops` (pass the best GEMM rate measured: a prefill
+    can be cut into any number of rows), and every decoding step reading its rows' cached keys and
+    values (float32, 2·layers·d_model per token) at `read_gbs`. Attention's own FLOPs are left out."""
     tokens = prompt_tokens * prefill_rows + new_tokens * rows
-    matmuls = 2 * matmul_weights * tokens / (gemm_gflops * 1e9)
+    matmuls = flops_per_token(spec, 0, vocab_size=vocab) / 3 * tokens / (gemm_gflops * 1e9)
     # Step t reads the prompt and the t tokens before it: on average prompt + (new_tokens - 1) / 2.
     cached = prompt_tokens + (new_tokens - 1) / 2
     kv_read = kv_bytes_per_token(spec) * cached * rows * new_tokens / (read_gbs * 1e9)
@@ -113,3 +112,14 @@ def sampling_limit_seconds(
 def kv_bytes_per_token(spec: ModelSpec) -> int:
     """Bytes one cached token of one row takes: a float32 key and value of d_model in every layer."""
     return 2 * spec.n_layers * spec.d_model * 4
+
+
+def rl_update_flops(spec: ModelSpec, vocab: int, *, prompt_tokens: float, prompts: int, response_tokens: float, rows: int) -> float:
+    """Forward + backward FLOPs of an RL update over `rows` responses of `response_tokens` to `prompts`
+    prompts of `prompt_tokens`, counting the work that is needed: each prompt through the layers once
+    (its group shares it: rollout.micro_batch_rows), every response token through the layers and the
+    output layer (nothing reads the prompt's logits: rollout.sequence_logprobs). A no-grad pass (the
+    reference's) is a third of it."""
+    head = 6.0 * vocab * spec.d_model
+    layers = flops_per_token(spec, int(prompt_tokens + response_tokens), vocab_size=vocab) - head
+    return layers * (prompt_tokens * prompts + response_tokens * rows) + head * response_tokens * rows

@@ -18,6 +18,7 @@ from limits import (  # noqa: E402
     gemm_ceiling,
     kv_bytes_per_token,
     read_bandwidth,
+    rl_update_flops,
     sampling_limit_seconds,
     square_gemm_rate,
 )
@@ -36,14 +37,25 @@ def test_kv_bytes_per_token_is_what_the_sampler_caches():
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
-def test_matmul_part_counts_two_flops_per_weight_and_token(preset):
+def test_matmul_part_counts_two_flops_per_weight_of_every_linear_layer(preset):
     spec = get_spec(preset)
     seconds = sampling_limit_seconds(
         spec, VOCAB, prompt_tokens=10, rows=8, new_tokens=20, prefill_rows=2, gemm_gflops=1.0, read_gbs=math.inf
     )
     tokens = 10 * 2 + 20 * 8  # the prompts once each, every row's new tokens
-    # A forward is a third of training's 6 FLOPs per matmul weight (attention's own FLOPs at length 0).
-    assert seconds * 1e9 == pytest.approx(flops_per_token(spec, 0, vocab_size=VOCAB) / 3 * tokens)
+    model = build_model(preset, VOCAB)  # its output layer is a Linear too (tied to the embedding)
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert seconds * 1e9 == pytest.approx(2 * weights * tokens)
+
+
+def test_an_update_counts_the_output_layer_over_responses_and_a_shared_prompt_once():
+    spec = get_spec("tiny")
+    work = {"prompt_tokens": 30, "response_tokens": 50, "rows": 8}
+    wider = rl_update_flops(spec, 2 * VOCAB, prompts=1, **work) - rl_update_flops(spec, VOCAB, prompts=1, **work)
+    assert wider == pytest.approx(6 * VOCAB * spec.d_model * 50 * 8)  # no logits for prompt positions
+    unshared = rl_update_flops(spec, VOCAB, prompts=8, **work) - rl_update_flops(spec, VOCAB, prompts=1, **work)
+    layers = flops_per_token(spec, 80, vocab_size=VOCAB) - 6 * VOCAB * spec.d_model
+    assert unshared == pytest.approx(7 * 30 * layers)  # seven more prompts through the layers
 
 
 def test_kv_part_reads_the_mean_context_of_every_decoding_step():

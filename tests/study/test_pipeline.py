@@ -17,6 +17,7 @@ import pytest
 
 from echochamber.checkpoint import LOCK_FILE
 from echochamber.errors import UserError
+from echochamber.runlog import read_jsonl
 from echochamber.study import pipeline
 from echochamber.study.config import StudyConfig, load_study
 from echochamber.study.pipeline import RUN_FILE, STAGES, read_run, run_study, stage_hashes
@@ -255,8 +256,8 @@ def _check_run_limits(run: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> Non
     import bench_run_limits
 
     folder = run / "eval" / "base" / "world-test"
-    prompts = {p["id"]: 1 for p in bench_run_limits.jsonl(folder / "prompts.jsonl")}
-    work = bench_run_limits.generation_work(bench_run_limits.jsonl(folder / "generations.jsonl"), prompts)
+    prompts = {p["id"]: 1 for p in read_jsonl(folder / "prompts.jsonl")[0]}
+    work = bench_run_limits.generation_work(read_jsonl(folder / "generations.jsonl")[0], prompts)
     assert sorted((w["rows"], w["prompts"]) for w in work) == [(8, 8), (16, 8)]
     monkeypatch.setattr(sys, "argv", ["bench_run_limits.py", str(run), "--procs", "1"])
     capsys.readouterr()
