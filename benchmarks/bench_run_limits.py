@@ -8,16 +8,17 @@ The work is read from the run folder, not assumed: the tokens pretraining saw (i
 generation of every evaluation (eval/, rl/eval/: prompt and response lengths) and every RL step's
 rollouts. The limits are limits.py's, measured on one thread in this process: matmuls at the best
 GEMM rate measured (the model's own layers at the row counts the run uses, or a large square
-product), KV-cache reads at the read bandwidth, everything else (attention's arithmetic, norms, sampling, the optimizer, Python,
-validation passes, checkpoints) free. `--procs` ranks each get a core at those rates. The verifier's
-subprocesses (reward) and the data and report stages are not model arithmetic: they are shown as
-measured and left out of the bound.
+product), KV-cache reads at the read bandwidth, everything else (attention's arithmetic, norms,
+sampling, the optimizer, Python, validation passes, checkpoints) free. `--procs` ranks each get a
+core at those rates. The verifier's subprocesses (reward) and the data and report stages are not
+model arithmetic: they are shown as measured and left out of the bound.
 
 So the bound is generous: no implementation of the same arithmetic in float32 with torch's GEMM
-runs the study faster on this CPU. A goal below it (issue 15's six minutes for the quickstart) needs less arithmetic,
-other precision or other hardware, not better code. Run it on the machine that made the run, right
-after it: the measured column is that run's, the limits are this process's, and on a shared host they
-move from hour to hour (a 2-core Zen 3's square GEMM rate read 66 and 79 GFLOP/s an hour apart).
+runs the study faster on this CPU. A goal below it (issue 15's six minutes for the quickstart)
+needs less arithmetic, other precision or other hardware, not better code. Run it on the machine
+that made the run, right after it: the measured column is that run's, the limits are this
+process's, and on a shared host they move (a 2-core Zen 3's square GEMM rate read 66 and 79 GFLOP/s
+25 minutes apart).
 """
 
 from __future__ import annotations

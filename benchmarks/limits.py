@@ -114,7 +114,9 @@ def kv_bytes_per_token(spec: ModelSpec) -> int:
     return 2 * spec.n_layers * spec.d_model * 4
 
 
-def rl_update_flops(spec: ModelSpec, vocab: int, *, prompt_tokens: float, prompts: int, response_tokens: float, rows: int) -> float:
+def rl_update_flops(
+    spec: ModelSpec, vocab: int, *, prompt_tokens: float, prompts: int, response_tokens: float, rows: int
+) -> float:
     """Forward + backward FLOPs of an RL update over `rows` responses of `response_tokens` to `prompts`
     prompts of `prompt_tokens`, counting the work that is needed: each prompt through the layers once
     (its group shares it: rollout.micro_batch_rows), every response token through the layers and the
