@@ -5,8 +5,8 @@ Three measured limits:
 - `gemm_ceiling`: GFLOP/s of a model's own linear layers (forward, grad-input, grad-weight) at a
   number of rows, back to back: the practical ceiling for those layer shapes on this CPU;
 - `square_gemm_rate`: GFLOP/s of one large square product, the best torch's GEMM does on this core
-  (on a 2-core Zen 3 in one session: 66-79, against 44-68 for the tiny and small presets' shapes;
-  every limit moves from hour to hour on a shared host, hence measured in the same run);
+  (on a 2-core Zen 3 over two sessions: 62-86, against 44-80 for the tiny and small presets' shapes;
+  every limit moves from minute to minute on a shared host, hence measured in the same run);
 - `read_bandwidth`: GB/s of reading a tensor far larger than the caches once (a sum: one load per
   float and almost no arithmetic), the rate at which decoding can stream a KV cache.
 
