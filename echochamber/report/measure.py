@@ -62,7 +62,9 @@ def gain(benchmark: str | None, metric: Metric) -> Measure:
         old, new = before(run), after(run)
         if not old or not new:
             return None
-        return {key: new[key] - old[key] for key in new.keys() & old.keys()} or None
+        # In the after side's order, not a set's: str hashes change with every process, and with them
+        # the order, and so the last digits, of every sum over these values.
+        return {key: new[key] - old[key] for key in new if key in old} or None
 
     return measure
 
@@ -227,7 +229,7 @@ def paired(
     prompts of the per-prompt difference; seeds present on one side only are left out."""
     left, right = _samples(a, measure), _samples(b, measure_b or measure)
     seeds = [seed for seed in left if seed in right]
-    diffs = [[left[s][key] - right[s][key] for key in left[s].keys() & right[s].keys()] for s in seeds]
+    diffs = [[left[s][key] - right[s][key] for key in left[s] if key in right[s]] for s in seeds]  # as in `gain`
     return estimate(diffs, seeds)
 
 
@@ -240,7 +242,7 @@ def unpaired(a: Sequence[RunData], b: Sequence[RunData], measure: Measure) -> Es
     if left.level == "seed" and right.level == "seed":
         return welch(left, right)
     one, two = (next(iter(_samples(side, measure).items())) for side in (a, b))
-    diffs = [one[1][key] - two[1][key] for key in one[1].keys() & two[1].keys()]
+    diffs = [one[1][key] - two[1][key] for key in one[1] if key in two[1]]  # as in `gain`
     return estimate([diffs], [f"{one[0]} vs {two[0]}"])
 
 
