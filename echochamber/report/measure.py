@@ -62,11 +62,15 @@ def gain(benchmark: str | None, metric: Metric) -> Measure:
         old, new = before(run), after(run)
         if not old or not new:
             return None
-        # In the after side's order, not a set's: str hashes change with every process, and with them
-        # the order, and so the last digits, of every sum over these values.
-        return {key: new[key] - old[key] for key in new if key in old} or None
+        return difference(new, old) or None
 
     return measure
+
+
+def difference(a: Values, b: Values) -> Values:
+    """a - b per prompt both have, in a's order: not a set's, whose order follows the process's string
+    hashes and would move the last digits of every sum over the result from one report to the next."""
+    return {key: a[key] - b[key] for key in a if key in b}
 
 
 def accuracy_gap(benchmark: str | None, a: str, b: str) -> Measure:
@@ -229,7 +233,7 @@ def paired(
     prompts of the per-prompt difference; seeds present on one side only are left out."""
     left, right = _samples(a, measure), _samples(b, measure_b or measure)
     seeds = [seed for seed in left if seed in right]
-    diffs = [[left[s][key] - right[s][key] for key in left[s] if key in right[s]] for s in seeds]  # as in `gain`
+    diffs = [list(difference(left[s], right[s]).values()) for s in seeds]
     return estimate(diffs, seeds)
 
 
@@ -242,7 +246,7 @@ def unpaired(a: Sequence[RunData], b: Sequence[RunData], measure: Measure) -> Es
     if left.level == "seed" and right.level == "seed":
         return welch(left, right)
     one, two = (next(iter(_samples(side, measure).items())) for side in (a, b))
-    diffs = [one[1][key] - two[1][key] for key in one[1] if key in two[1]]  # as in `gain`
+    diffs = list(difference(one[1], two[1]).values())
     return estimate([diffs], [f"{one[0]} vs {two[0]}"])
 
 
