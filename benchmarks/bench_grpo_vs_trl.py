@@ -19,7 +19,7 @@ sides sample the full length: the worst case for sampling speed.
 
 Both sides run with glibc's large tensors kept in its heap (allocator.py), as our sampler sets it
 for its whole process: TRL's update, which writes [rows, vocab] tensors of MiBs every micro-batch,
-gains most from it (docs/performance.md, session 14).
+gains most from it (docs/performance-log.md, session 14).
 
 Precision (--dtype) is the same on both sides: float32 by default; under bfloat16 (or "auto" where
 it resolves to bfloat16) TRL trains with `bf16=True` (autocast, HF's default sdpa attention) and ours
