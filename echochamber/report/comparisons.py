@@ -20,7 +20,6 @@ from echochamber.report.measure import (
     Measure,
     at,
     by_value,
-    default_kl,
     find_value,
     finding,
     gain,
@@ -37,6 +36,7 @@ from echochamber.report.measure import (
 )
 from echochamber.report.results import number
 from echochamber.report.stats import Claim, Estimate
+from echochamber.rl.defaults import DEFAULT_KL_COEF
 
 SIMILAR = 0.05  # pass@1 "similar": the difference lies within ±5 points
 SAME_SHARE = 0.10  # "the same format wins": its share differs by at most 10 points
@@ -57,7 +57,6 @@ def _kl(sweep: SweepData) -> list[dict[str, Any]]:
     setting per dose); KL 0 behaves like the default (same winner, similar pass@1). All paired by
     seed: the cells share pretraining. The trend over all doses at once is dose.kl_dose_trend."""
     axis = find_axis(sweep, "kl_coef", "kl")
-    default = default_kl()
     keeps, similar = Claim("directional", NEGLIGIBLE), Claim("equivalence", SIMILAR)
     same = Claim("equivalence", SAME_SHARE)
     found: dict[str, list[dict[str, Any]]] = {"keeps": [], "similar": [], "kl0_format": [], "kl0_pass1": []}
@@ -66,7 +65,7 @@ def _kl(sweep: SweepData) -> list[dict[str, Any]]:
         by_kl = by_value(policy_gradient(runs), lambda r: r.kl_coef, bench)
         if len(by_kl) < 2:
             continue
-        at_default = find_value(by_kl, default)
+        at_default = find_value(by_kl, DEFAULT_KL_COEF)
         low = at_default if at_default is not None else min(by_kl)
         top = winner(by_kl[low], bench)
         for high in sorted(dose for dose in by_kl if dose > low) if top is not None else ():
@@ -93,7 +92,7 @@ def _kl(sweep: SweepData) -> list[dict[str, Any]]:
                 )
             )
     no_axis = "no sweep axis over the KL coefficient with final evaluations"
-    no_zero = f"no pair of KL 0 and KL {default:g} (the default) cells with final evaluations"
+    no_zero = f"no pair of KL 0 and KL {DEFAULT_KL_COEF:g} (the default) cells with final evaluations"
     return [
         finding(
             "kl_keeps_formats",
@@ -122,8 +121,7 @@ def _kl(sweep: SweepData) -> list[dict[str, Any]]:
 
 def _at_default_kl(runs: list[RunData]) -> bool:
     """Whether the PPO/GRPO cells of a group ran at the config's default KL (unrecorded = default)."""
-    default = default_kl()
-    return all(run.kl_coef is None or math.isclose(run.kl_coef, default) for run in policy_gradient(runs))
+    return all(run.kl_coef is None or math.isclose(run.kl_coef, DEFAULT_KL_COEF) for run in policy_gradient(runs))
 
 
 def _algorithms(sweep: SweepData) -> list[dict[str, Any]]:
@@ -145,7 +143,7 @@ def _algorithms(sweep: SweepData) -> list[dict[str, Any]]:
         if tops["ppo"] and tops["ei"]:
             moved = [gain(bench, share_of(tops[algo][0])) for algo in ("ppo", "ei")]
             found["shifts"].append(judge(key, shifts, paired(by_algo["ppo"], by_algo["ei"], *moved), details))
-    missing = f"no PPO and Expert Iteration cells at the default KL ({default_kl():g}) with final evaluations"
+    missing = f"no PPO and Expert Iteration cells at the default KL ({DEFAULT_KL_COEF:g}) with final evaluations"
     return [
         finding(
             "ei_below_ppo",

@@ -27,7 +27,6 @@ from echochamber.report.measure import (
     at,
     by_value,
     common_k,
-    default_kl,
     find_value,
     finding,
     judge,
@@ -42,6 +41,7 @@ from echochamber.report.measure import (
 )
 from echochamber.report.results import real_formats
 from echochamber.report.stats import Claim, Estimate, estimate
+from echochamber.rl.defaults import DEFAULT_KL_COEF
 
 MIN_DOSES = 3  # two KL values are a pair (the comparisons' findings), not a dose-response
 
@@ -69,7 +69,7 @@ def dose_series(sweep: SweepData) -> list[DoseSeries]:
         if len(by_kl) < MIN_DOSES or bench is None:
             continue
         doses = tuple(sorted(by_kl))
-        default = find_value(by_kl, default_kl())
+        default = find_value(by_kl, DEFAULT_KL_COEF)
         default = doses[0] if default is None else default
         top = winner(by_kl[default], bench)
         if top is None:

@@ -19,6 +19,7 @@ import numpy as np
 from echochamber.report.collect import PromptEval, RunData
 from echochamber.report.results import degenerate, dominant, format_shares, format_summary, merge_names
 from echochamber.report.stats import Claim, Estimate, estimate, evidence, overall, welch
+from echochamber.rl.defaults import DEFAULT_KL_COEF
 
 MAIN_BENCHMARKS = ("gsm8k", "world-test")  # the test set of the RL prompts' distribution
 HARD_BENCHMARKS = ("world-hard", "math500", "aime")  # transfer: harder than what RL trained on
@@ -28,13 +29,6 @@ NEGLIGIBLE = 0.02  # directional claims: a change within ±2 points of a rate or
 Values = dict[str, float]  # prompt id -> a per-prompt value
 Metric = Callable[[PromptEval], float | None]
 Measure = Callable[[RunData], Values | None]  # a run -> per-prompt values
-
-
-def default_kl() -> float:
-    """The RL config's default KL coefficient (PPO's, GRPO's and REINFORCE's: the paper's)."""
-    from echochamber.rl.config import DEFAULT_KL_COEF  # here, not at the top: the RL package imports torch
-
-    return DEFAULT_KL_COEF
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +180,7 @@ def degenerate_note(runs: Sequence[RunData], bench: str | None) -> str | None:
 
 def is_default_kl_or_below(run: RunData) -> bool:
     """PPO/GRPO at the paper's KL or weaker (an unrecorded coefficient is the config default)."""
-    return (run.kl_coef if run.kl_coef is not None else default_kl()) <= default_kl() * (1 + 1e-9)
+    return (run.kl_coef if run.kl_coef is not None else DEFAULT_KL_COEF) <= DEFAULT_KL_COEF * (1 + 1e-9)
 
 
 def policy_gradient(runs: Sequence[RunData]) -> list[RunData]:

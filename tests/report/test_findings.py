@@ -270,11 +270,11 @@ def test_a_finding_counts_the_seeds_of_the_settings_its_verdict_rests_on() -> No
 
 
 def test_the_default_kl_is_the_rl_configs() -> None:
-    """The report reads the default KL from the RL config (PPO's); GRPO's must be the same."""
-    from echochamber.report.measure import default_kl
-    from echochamber.rl.config import GRPOConfig, PPOConfig
+    """The KL the report judges "at the default KL" by is every KL-penalised algorithm's default."""
+    from echochamber.rl.config import GRPOConfig, PPOConfig, REINFORCEConfig
+    from echochamber.rl.defaults import DEFAULT_KL_COEF
 
-    assert default_kl() == PPOConfig().kl_coef == GRPOConfig().kl_coef
+    assert DEFAULT_KL_COEF == PPOConfig().kl_coef == GRPOConfig().kl_coef == REINFORCEConfig().kl_coef
 
 
 def test_transfer_is_judged_on_each_rung_of_the_ladder_with_its_base_headroom(

@@ -6,6 +6,8 @@ import html
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +359,20 @@ def test_the_parameter_count_comes_from_the_checkpoints_headers(tmp_path: Path) 
     (tmp_path / "final" / "model.safetensors").write_bytes(b"\x05")  # a truncated file
     with pytest.raises(UserError, match="not a readable safetensors file"):
         parameter_count(tmp_path / "final")
+
+
+def test_the_report_imports_neither_torch_nor_transformers(sweep_dir: Path, tmp_path: Path) -> None:
+    """`echochamber report` over finished run folders needs no model: importing torch and transformers
+    (through `rl.config`'s sampler settings, for the default KL) cost it ~6 of its ~10 s on a 2-core
+    CPU. A KL sweep's report judges cells "at the default KL"; built in a fresh interpreter, since
+    this one has imported both already."""
+    code = (
+        "import sys; from pathlib import Path; from echochamber.report.page import build_report; "
+        "build_report(Path(sys.argv[1]), Path(sys.argv[2])); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    command = [sys.executable, "-c", code, str(sweep_dir), str(tmp_path / "report")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "report" / "findings.json").is_file()
+    assert result.stdout.strip().splitlines()[-1] == "[]"
