@@ -25,7 +25,7 @@ from bench_sampler import time_hf, time_ours
 
 from echochamber.data.tokenizer import train_bpe
 from echochamber.model.presets import build_model, count_parameters, flops_per_token
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SamplingParams
 
 
 def plain_loop(preset: str, tokens: np.ndarray, seq_len: int, batch: int, warmup: int, steps: int) -> float:

@@ -43,7 +43,7 @@ from echochamber.data.tokenizer import PROMPT_SEPARATOR, encode_prompt, pad_toke
 from echochamber.data.world import WorldConfig, world_records
 from echochamber.model.presets import build_model
 from echochamber.model.sampler import build_sampler
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SamplingParams
 from echochamber.rl.config import RLConfig
 from echochamber.rl.core import run_rl
 from echochamber.runlog import read_metrics

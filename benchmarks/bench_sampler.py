@@ -36,7 +36,7 @@ from echochamber.data.paths import data_dir
 from echochamber.data.tokenizer import train_bpe
 from echochamber.model.presets import build_model, count_parameters, spec_of
 from echochamber.model.sampler import build_sampler
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SamplingParams
 
 
 def gsm8k_questions() -> list[str]:

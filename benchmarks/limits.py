@@ -28,7 +28,8 @@ import time
 
 import torch
 
-from echochamber.model.presets import ModelSpec, flops_per_token
+from echochamber.model.presets import flops_per_token
+from echochamber.model.specs import ModelSpec
 
 
 def gemm_ceiling(model: torch.nn.Module, rows: int, repeats: int, dtype: str = "float32") -> float:

@@ -70,9 +70,11 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from echochamber.config import load_config
     from echochamber.pretrain.config import PretrainConfig
-    from echochamber.pretrain.loop import run_pretrain
 
-    final = run_pretrain(load_config(PretrainConfig, args.config, list(args.set)), resume=args.resume)
+    config = load_config(PretrainConfig, args.config, list(args.set))
+    from echochamber.pretrain.loop import run_pretrain  # after the config, as in _cmd_rl
+
+    final = run_pretrain(config, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
         print(f"pretrained model written to {final}")
     return 0
@@ -89,9 +91,10 @@ def _tracer(shards: str | None) -> Any:
 
 def _cmd_rl(args: argparse.Namespace) -> int:
     from echochamber.rl.config import load_rl_config
-    from echochamber.rl.core import run_rl
 
     config = load_rl_config(args.config, list(args.set))
+    from echochamber.rl.core import run_rl  # after the config: a config error costs no torch import (~8 s)
+
     tracer = _tracer(args.shards) if os.environ.get("RANK", "0") == "0" else None  # rank 0 traces alone
     final = run_rl(config, algo=args.algo, resume=args.resume, tracer=tracer)
     print(f"RL policy written to {final}")
@@ -116,7 +119,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from echochamber.config import load_config
     from echochamber.eval.config import EvalConfig
-    from echochamber.eval.suite import render_summary, run_eval
 
     flags = {
         "n": args.n,
@@ -139,7 +141,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out is not None and len(config.benchmarks) > 1:
         raise UserError("--out is one evaluation's folder: name one --benchmark (or leave --out out: CKPT/eval/NAME)")
     evaluations = [config.evaluation(benchmark) for benchmark in config.benchmarks]  # all checked first
-    from echochamber import dist
+    from echochamber import dist  # after the config, as in _cmd_rl
+    from echochamber.eval.suite import render_summary, run_eval
 
     process = dist.init()  # under torchrun the ranks split each evaluation's prompts; rank 0 writes
     try:
@@ -157,9 +160,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from echochamber.study.config import DEFAULT_PRESET, load_study
-    from echochamber.study.pipeline import default_run_dir, plan, run_study
 
     study = load_study(args.config, args.preset, list(args.set))
+    from echochamber.study.pipeline import default_run_dir, plan, run_study  # after the config, as in _cmd_rl
+
     out = Path(args.out) if args.out else default_run_dir(args.config, args.preset)
     if args.procs != 1:
         if args.procs < 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -94,7 +94,7 @@ def build_paper_checkpoint(folder: Path, tokenizer: Path, preset: str = "150m", 
     import torch
     from transformers import OlmoConfig, OlmoForCausalLM
 
-    from echochamber.model.presets import get_spec
+    from echochamber.model.specs import get_spec
 
     spec = get_spec(preset)
     config = OlmoConfig(
@@ -201,7 +201,7 @@ class FakeLLM:
         self, prompts: list[dict], requests: list[SimpleNamespace], use_tqdm: bool = False
     ) -> list[Any]:
         from echochamber.model.sampler import TorchSampler
-        from echochamber.model.sampling import SamplingParams
+        from echochamber.model.sampling_params import SamplingParams
 
         sampler = TorchSampler(self.model, self.tokenizer)
         outputs = []

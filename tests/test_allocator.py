@@ -23,7 +23,7 @@ if sys.argv[1] == "sample":
     from echochamber.data.tokenizer import train_bpe
     from echochamber.model.presets import build_model
     from echochamber.model.sampler import build_sampler
-    from echochamber.model.sampling import SamplingParams
+    from echochamber.model.sampling_params import SamplingParams
     tokenizer = train_bpe(["Natalia sold 48 clips.", "She sold half as many in May."] * 4, 300)
     model = build_model("tiny", len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     sampler = build_sampler(model, tokenizer)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from echochamber.model.decoders import OlmoDecoder
-from echochamber.model.presets import build_model, flops_per_token, get_spec
+from echochamber.model.presets import build_model, flops_per_token
+from echochamber.model.specs import get_spec
 
 # Loaded from its file, so the benchmarks folder is not put on sys.path for every later test.
 _SPEC = importlib.util.spec_from_file_location("limits", Path(__file__).parents[1] / "benchmarks" / "limits.py")

@@ -29,14 +29,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-# Not AutoTokenizer here: importing it pulls in torch (seconds), which only `load_tokenizer` needs.
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
-
 from echochamber.errors import UserError
 
 if TYPE_CHECKING:
     import datasets
     import pyarrow as pa
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PROMPT_SEPARATOR = "\n\n"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -83,6 +81,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer)
+    # Here, not at the top: transformers takes ~1 s to import (AutoTokenizer pulls in torch too), and
+    # the config modules that import this one must load without it, so a config error is instant.
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
 
 

@@ -20,8 +20,7 @@ from echochamber.errors import UserError
 from echochamber.eval.context import OverContext
 from echochamber.eval.passk import MAX_SAMPLES, default_ks
 from echochamber.formats.registry import DEFAULT_FORMATS, FormatSpec, Registry, build_registry
-from echochamber.model.sampler import DTYPES
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SAMPLER_DTYPES, SamplingParams
 
 
 @dataclass
@@ -76,8 +75,8 @@ class EvalConfig:
             raise UserError(f"limit must be at least 1, got {self.limit}")
         if self.batch_size < 1 or self.workers < 1:
             raise UserError("batch_size and workers must be at least 1")
-        if self.dtype not in DTYPES:
-            raise UserError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
+        if self.dtype not in SAMPLER_DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}; known: {', '.join(SAMPLER_DTYPES)}")
         self.sampling_params()  # SamplingParams checks temperature, top_p, top_k, max_new_tokens
         if self.formats is not None:
             build_registry(self.formats)  # every declaration checked before anything runs

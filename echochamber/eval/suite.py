@@ -56,7 +56,7 @@ from echochamber.formats import PAPER_FORMATS
 from echochamber.formats.registry import Registry, default_registry
 from echochamber.model.presets import load_model
 from echochamber.model.sampler import Sampler, build_sampler, sampler_precision
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SamplingParams
 from echochamber.provenance.records import check_tokenizer, pooled, trace_generations
 from echochamber.verify.grade import Grade, Grader
 from echochamber.verify.normalize import vote_key

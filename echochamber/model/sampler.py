@@ -33,7 +33,8 @@ from transformers import PreTrainedModel
 from echochamber.allocator import keep_large_tensors
 from echochamber.errors import UserError
 from echochamber.model.decoders import Decoder, build_decoder
-from echochamber.model.sampling import SamplingParams, pick, sample_key
+from echochamber.model.sampling import pick, sample_key
+from echochamber.model.sampling_params import SAMPLER_DTYPES, SamplingParams
 
 
 @dataclass
@@ -214,8 +215,6 @@ def _generate_batch(
 
 
 BACKENDS = ("torch", "vllm")
-# The precision a sampler computes in: "auto" is the weights' own dtype (see sampler_precision).
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def build_sampler(
@@ -248,8 +247,8 @@ def sampler_precision(model: PreTrainedModel | None, backend: str, dtype: str = 
     vLLM backend is told its dtype explicitly (`sampler_vllm.vllm_dtype`: vLLM's own "auto" would
     run float32 weights in float16) and runs on CUDA. Unknown (None) where no model is given.
     """
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    if dtype not in SAMPLER_DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(SAMPLER_DTYPES)}")
     if backend == "vllm":
         from echochamber.model.sampler_vllm import vllm_dtype
 

@@ -21,7 +21,8 @@ from transformers import PreTrainedModel
 
 from echochamber.errors import UserError
 from echochamber.model.sampler import Sample, check_request, decode_texts, encode_texts
-from echochamber.model.sampling import SamplingParams, sample_key
+from echochamber.model.sampling import sample_key
+from echochamber.model.sampling_params import SamplingParams
 
 
 @dataclass

@@ -15,36 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from echochamber.errors import UserError
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = no top-k filter
-    max_new_tokens: int = 256
-    seed: int = 0
-    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
-    # False where nobody reads the sampled tokens' log-probs (evaluations): top-p then needs no
-    # normaliser, so the nucleus histogram is skipped for a masked sum per draw (see `pick`).
-    logprobs: bool = True
-
-    def __post_init__(self) -> None:
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise UserError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-
+from echochamber.model.sampling_params import SamplingParams
 
 # ---------------------------------------------------------------------------------------------
 # The distribution a sampler draws from

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from echochamber.errors import UserError
-from echochamber.model.presets import get_spec
+from echochamber.model.specs import get_spec
 
 # Keys that define what a run computes; resuming with any of them changed would splice two runs.
 RUN_DEFINING_KEYS = (

@@ -21,10 +21,12 @@ from echochamber.eval.config import EvalConfig, Evaluation
 from echochamber.eval.context import OverContext
 from echochamber.formats.registry import FormatSpec, build_registry, default_entries
 from echochamber.rl.defaults import DEFAULT_KL_COEF
-from echochamber.rl.losses import Aggregation, KLEstimator
 
 ALGORITHMS = ("ppo", "grpo", "reinforce", "ei")
 KLPlacement = Literal["reward", "loss"]
+# Named here, with the options they are; rl/losses.py implements them.
+KLEstimator = Literal["k1", "k2", "k3"]
+Aggregation = Literal["token_mean", "seq_mean", "constant"]
 
 
 def _positive(section: str, **values: float | int | None) -> None:

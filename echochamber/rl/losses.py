@@ -11,13 +11,11 @@ padding, prompt, or tokens after EOS).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-KLEstimator = Literal["k1", "k2", "k3"]
+from echochamber.rl.config import Aggregation, KLEstimator
+
 KL_ESTIMATORS: tuple[KLEstimator, ...] = ("k1", "k2", "k3")
-Aggregation = Literal["token_mean", "seq_mean", "constant"]
 
 
 def masked_log_ratio(numerator: torch.Tensor, denominator: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

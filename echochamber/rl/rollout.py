@@ -42,7 +42,7 @@ from echochamber.model.decoders import cache_keyword
 from echochamber.model.logprobs import token_logprobs
 from echochamber.model.precision import autocast
 from echochamber.model.sampler import Sampler, build_sampler
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SamplingParams
 from echochamber.rl.config import PromptConfig
 from echochamber.verify.grade import Grader
 

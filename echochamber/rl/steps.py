@@ -20,7 +20,7 @@ import torch
 from echochamber import dist
 from echochamber.checkpoint import restore_rank_rng
 from echochamber.data.records import Record
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SamplingParams
 from echochamber.rl.config import RLConfig
 from echochamber.rl.engine import logprob_gap
 from echochamber.rl.losses import KL_ESTIMATORS, kl_estimate

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from echochamber.model import sampling
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SamplingParams
 
 
 def _filtered_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -5,13 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from echochamber.errors import UserError
-from echochamber.model.presets import (
-    MODEL_PRESETS,
-    build_model,
-    count_parameters,
-    flops_per_token,
-    load_model,
-)
+from echochamber.model.presets import build_model, count_parameters, flops_per_token, load_model
+from echochamber.model.specs import MODEL_PRESETS
 
 VOCAB = 4096
 

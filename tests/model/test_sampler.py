@@ -18,7 +18,7 @@ from echochamber.model import decoders as decoders_module
 from echochamber.model.presets import build_model
 from echochamber.model.sampler import Sample, build_sampler, sampler_precision
 from echochamber.model.sampler_vllm import build_vllm_sampler, vllm_dtype
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SamplingParams
 
 TEXT = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.\n\n",

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from echochamber.model import sampling
-from echochamber.model.sampling import SamplingParams, sample_key, uniforms
+from echochamber.model.sampling import sample_key, uniforms
+from echochamber.model.sampling_params import SamplingParams
 
 
 def test_uniforms_are_splitmix64_and_look_uniform():

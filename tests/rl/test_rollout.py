@@ -11,7 +11,7 @@ from echochamber.data.records import Record
 from echochamber.data.tokenizer import encode_prompt, load_tokenizer, pad_token_id
 from echochamber.errors import UserError
 from echochamber.model.presets import load_model
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SamplingParams
 from echochamber.rl.config import PromptConfig
 from echochamber.rl.rollout import (
     Rollout,

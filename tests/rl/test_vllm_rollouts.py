@@ -17,7 +17,7 @@ from echochamber.config import load_config
 from echochamber.data.tokenizer import load_tokenizer
 from echochamber.errors import UserError
 from echochamber.model.presets import load_model
-from echochamber.model.sampling import SamplingParams
+from echochamber.model.sampling_params import SamplingParams
 from echochamber.rl.config import RLConfig
 from echochamber.rl.core import run_rl
 from echochamber.rl.engine import logprob_gap
