@@ -186,7 +186,7 @@ def test_the_document_names_what_the_checker_enforces() -> None:
     for word in (*sorted(RUNNING_IMPORTS), *sorted(RUNNING_BUILTINS), "os.system", "os.popen", "argparse",
                  "rl/steps.py", f"{MAX_LINES} lines"):  # fmt: skip
         assert word in rules, word
-    assert read_report_rule(doc) >= {"echochamber.eval.store", "echochamber.verify.normalize", "echochamber.rl.defaults"}
+    assert read_report_rule(doc) >= {"echochamber.eval.store", "echochamber.verify.normalize", "echochamber.rl.config"}
 
 
 PLANTED = {
@@ -204,7 +204,7 @@ PLANTED = {
     "rl/core.py": "from echochamber.rl.grpo import GRPO\n",  # rule 2: only steps.py dispatches
     "rl/steps.py": "from echochamber.rl import ei, grpo, ppo\n",  # allowed
     "report/__init__.py": "",
-    "report/page.py": "from echochamber.rl.defaults import X\nfrom echochamber.rl import core\n",  # rule 4 (core)
+    "report/page.py": "from echochamber.rl.config import X\nfrom echochamber.rl import core\n",  # rule 4 (core)
     "report/tool.py": "import argparse\nimport os\nos.system('ls')\nif __name__ == '__main__':\n    pass\n",  # rules 3, 5
     "verify/__init__.py": "",
     "verify/sandbox.py": "import subprocess\nexec('1')\n",  # allowed: verify runs generated code
@@ -220,7 +220,7 @@ def test_the_checker_reports_every_planted_violation_and_nothing_else(tmp_path: 
     for relative, text in PLANTED.items():
         (package / relative).parent.mkdir(parents=True, exist_ok=True)
         (package / relative).write_text(text)
-    problems = check(read_tree(package), PLANTED_TABLE, frozenset({"echochamber.rl.defaults"}))
+    problems = check(read_tree(package), PLANTED_TABLE, frozenset({"echochamber.rl.config"}))
     assert sorted(problems) == sorted([
         "rule 1: echochamber.data.world imports echochamber.eval.suite (data may not import eval)",
         "rule 2: echochamber.rl.grpo imports another algorithm, echochamber.rl.ppo",

@@ -36,7 +36,7 @@ from echochamber.report.measure import (
 )
 from echochamber.report.results import number
 from echochamber.report.stats import Claim, Estimate
-from echochamber.rl.defaults import DEFAULT_KL_COEF
+from echochamber.rl.config import DEFAULT_KL_COEF
 
 SIMILAR = 0.05  # pass@1 "similar": the difference lies within ±5 points
 SAME_SHARE = 0.10  # "the same format wins": its share differs by at most 10 points

@@ -41,7 +41,7 @@ from echochamber.report.measure import (
 )
 from echochamber.report.results import real_formats
 from echochamber.report.stats import Claim, Estimate, estimate
-from echochamber.rl.defaults import DEFAULT_KL_COEF
+from echochamber.rl.config import DEFAULT_KL_COEF
 
 MIN_DOSES = 3  # two KL values are a pair (the comparisons' findings), not a dose-response
 

@@ -19,7 +19,7 @@ import numpy as np
 from echochamber.report.collect import PromptEval, RunData
 from echochamber.report.results import degenerate, dominant, format_shares, format_summary, merge_names
 from echochamber.report.stats import Claim, Estimate, estimate, evidence, overall, welch
-from echochamber.rl.defaults import DEFAULT_KL_COEF
+from echochamber.rl.config import DEFAULT_KL_COEF
 
 MAIN_BENCHMARKS = ("gsm8k", "world-test")  # the test set of the RL prompts' distribution
 HARD_BENCHMARKS = ("world-hard", "math500", "aime")  # transfer: harder than what RL trained on

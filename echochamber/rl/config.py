@@ -20,10 +20,11 @@ from echochamber.errors import UserError
 from echochamber.eval.config import EvalConfig, Evaluation
 from echochamber.eval.context import OverContext
 from echochamber.formats.registry import FormatSpec, build_registry, default_entries
-from echochamber.rl.defaults import DEFAULT_KL_COEF
 
 ALGORITHMS = ("ppo", "grpo", "reinforce", "ei")
 KLPlacement = Literal["reward", "loss"]
+# The paper's KL coefficient, for PPO, GRPO and REINFORCE alike (the report judges "at the default KL" by it).
+DEFAULT_KL_COEF = 1e-3
 # Named here, with the options they are; rl/losses.py implements them.
 KLEstimator = Literal["k1", "k2", "k3"]
 Aggregation = Literal["token_mean", "seq_mean", "constant"]

@@ -271,8 +271,7 @@ def test_a_finding_counts_the_seeds_of_the_settings_its_verdict_rests_on() -> No
 
 def test_the_default_kl_is_the_rl_configs() -> None:
     """The KL the report judges "at the default KL" by is every KL-penalised algorithm's default."""
-    from echochamber.rl.config import GRPOConfig, PPOConfig, REINFORCEConfig
-    from echochamber.rl.defaults import DEFAULT_KL_COEF
+    from echochamber.rl.config import DEFAULT_KL_COEF, GRPOConfig, PPOConfig, REINFORCEConfig
 
     assert DEFAULT_KL_COEF == PPOConfig().kl_coef == GRPOConfig().kl_coef == REINFORCEConfig().kl_coef
 

@@ -363,9 +363,9 @@ def test_the_parameter_count_comes_from_the_checkpoints_headers(tmp_path: Path) 
 
 def test_the_report_imports_neither_torch_nor_transformers(sweep_dir: Path, tmp_path: Path) -> None:
     """`echochamber report` over finished run folders needs no model: importing torch and transformers
-    (through `rl.config`'s sampler settings, for the default KL) cost it ~6 of its ~10 s on a 2-core
-    CPU. A KL sweep's report judges cells "at the default KL"; built in a fresh interpreter, since
-    this one has imported both already."""
+    (once reached through the RL config it reads the default KL from) cost it ~6 of its ~10 s on a
+    2-core CPU. A KL sweep's report judges cells "at the default KL"; built in a fresh interpreter,
+    since this one has imported both already."""
     code = (
         "import sys; from pathlib import Path; from echochamber.report.page import build_report; "
         "build_report(Path(sys.argv[1]), Path(sys.argv[2])); "
