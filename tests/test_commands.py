@@ -47,14 +47,15 @@ def test_rl_offers_every_algorithm_of_the_rl_config() -> None:
 
 
 def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
-    """A misspelt key is one line and exit 2 from `run`, `rl`, `pretrain` and `eval` without importing
-    torch or transformers, which take ~8 s on a 2-core CPU: the config modules hold plain data and
-    the commands import their training code only after the config has loaded."""
+    """A misspelt key is one line and exit 2 from `run`, `rl`, `pretrain`, `eval` and `sweep` without
+    importing torch or transformers, which take ~8 s on a 2-core CPU: the config modules hold plain
+    data and the commands import their training code only after the config has loaded."""
     configs = {
         "run.yaml": "algo: grpo\nrl:\n  max_stepz: 3\n",
         "rl.yaml": "grpo:\n  lrr: 1\n",
         "pretrain.yaml": "modell: tiny\n",
         "eval.yaml": "nn: 3\n",
+        "sweep.yaml": "name: s\nbase: quickstart\naxess: {}\n",
     }
     for name, text in configs.items():
         (tmp_path / name).write_text(text)
@@ -63,6 +64,7 @@ def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
         ["rl", str(tmp_path / "rl.yaml"), "--algo", "grpo"],
         ["pretrain", str(tmp_path / "pretrain.yaml")],
         ["eval", str(tmp_path / "model"), "--config", str(tmp_path / "eval.yaml")],
+        ["sweep", str(tmp_path / "sweep.yaml"), "--out", str(tmp_path / "sweep")],
     ]
     code = (
         "import sys; from echochamber.cli import main; "
@@ -70,7 +72,8 @@ def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
         "print(codes, sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "[2, 2, 2, 2] []", done.stderr
+    assert done.stdout.strip() == "[2, 2, 2, 2, 2] []", done.stderr
     errors = done.stderr.strip().splitlines()
-    assert len(errors) == 4 and all(line.startswith("echochamber: error: unknown config key") for line in errors)
-    assert [key in line for key, line in zip(("max_stepz", "lrr", "modell", "nn"), errors, strict=True)] == [True] * 4
+    assert len(errors) == 5 and all(line.startswith("echochamber: error: unknown config key") for line in errors)
+    keys = ("max_stepz", "lrr", "modell", "nn", "axess")
+    assert [key in line for key, line in zip(keys, errors, strict=True)] == [True] * 5

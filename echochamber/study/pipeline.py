@@ -43,8 +43,6 @@ from typing import Any
 
 import yaml
 
-from echochamber import dist
-from echochamber.checkpoint import sole_writer
 from echochamber.config import config_hash, to_dict
 from echochamber.data.shards import describe_manifest
 from echochamber.errors import UserError
@@ -122,6 +120,7 @@ def _run_data(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) ->
 
 
 def _run_pretrain(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
+    from echochamber import dist
     from echochamber.pretrain.loop import run_pretrain
 
     if study.pretrained is not None:  # the later stages read pretrain/final: a link to the checkpoint
@@ -139,6 +138,7 @@ def _run_pretrain(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool
 
 
 def _run_rl(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
+    from echochamber import dist
     from echochamber.rl.core import run_rl
 
     config = replace(
@@ -157,6 +157,7 @@ def _evaluation(phase: str, checkpoint: str) -> Callable[[StudyConfig, Path, _Co
     def run(study: StudyConfig, run_dir: Path, ctx: _Context, resume: bool) -> None:
         import torch
 
+        from echochamber import dist
         from echochamber.data.tokenizer import load_tokenizer
         from echochamber.eval.suite import evaluate_benchmark, render_summary
         from echochamber.model.presets import load_model
@@ -241,6 +242,10 @@ def run_study(
     `progress` False silences the stages' progress bars (parallel sweep cells); the stage lines are
     printed anyway, prefixed with `label`.
     """
+    # Here, not at the top: both import torch (seconds), which planning a run or a sweep never needs.
+    from echochamber import dist
+    from echochamber.checkpoint import sole_writer
+
     run_dir = Path(run_dir)
     # Under torchrun the process group is joined here so that pretraining and RL reuse it; the other
     # ranks wait for rank 0 (building data, evaluating) on the long-timeout group.
