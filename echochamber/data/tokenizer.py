@@ -81,7 +81,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer)
-    # Here, not at the top: transformers takes ~1 s to import (AutoTokenizer pulls in torch too), and
+    # Here, not at the top: transformers takes ~1 s to import on a 2-core Zen 3 (AutoTokenizer pulls in torch too), and
     # the config modules that import this one must load without it, so a config error is instant.
     from transformers import PreTrainedTokenizerFast
 
